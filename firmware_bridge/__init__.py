@@ -1,0 +1,1 @@
+"""The stethoscope link: framed PCM protocol, audio sources and a device simulator."""

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from qlung_edge.cli import cli
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qlung_edge.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_command_with_a_purpose() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in cli.commands:
+        line = next(ln for ln in result.output.splitlines() if ln.strip().startswith(command + " "))
+        assert len(line.split(None, 1)[1]) > 10
+    assert {"demo", "synth", "data-summary"} <= set(cli.commands)
+
+
+def test_data_summary_on_the_real_annotations(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(cli, ["data-summary", str(shared_data / "icbhi-annotations"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {
+        ln.split()[0]: ln.split()[1:] for ln in result.output.splitlines() if ln.strip().startswith(("train", "test"))
+    }
+    assert rows["train"] == ["539", "79", "4142", "2063", "1215", "501", "363"]
+    assert rows["test"] == ["381", "49", "2756", "1579", "649", "385", "143"]
+    summary = json.loads(out.read_text())
+    assert summary["cycles"] == 6898 and summary["with_audio"] is False
+
+
+def test_data_summary_on_real_sprsound(shared_data: Path) -> None:
+    result = CliRunner().invoke(cli, ["data-summary", str(shared_data / "sprsound")])
+    assert result.exit_code == 0, result.output
+    assert "Poor Quality 83" in result.output and "1135 recordings" in result.output
+
+
+def test_user_errors_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "split.txt").write_text("101_1b1_Al_sc_Meditron\tdev\n")
+    (tmp_path / "101_1b1_Al_sc_Meditron.txt").write_text("0.1 1.0 0 0\n")
+    result = _run("data-summary", str(tmp_path), "--split-file", str(tmp_path / "split.txt"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'split.txt'}:1: unknown split name 'dev' (expected one of train, test)"
+    )
+    assert "Traceback" not in result.stderr
+    sf.write(tmp_path / "102_1b1_Ar_sc_Meditron.wav", np.zeros(800, np.float32), 8000)  # audio, so audio is expected
+    strict = _run("data-summary", str(tmp_path), "--strict")
+    assert strict.returncode == 2 and "annotation has no .wav beside it" in strict.stderr
+
+
+def test_synth_then_summary_through_the_installed_command(tmp_path: Path) -> None:
+    made = _run("synth", str(tmp_path / "d"), "--recordings", "5", "--layout", "sprsound", "--ood")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "d" / "sprsound" / "ground_truth.json").exists() and not (tmp_path / "d" / "icbhi").exists()
+    summary = _run("data-summary", str(tmp_path / "d" / "sprsound"))
+    assert summary.returncode == 0 and "5 recordings" in summary.stdout
+    truth = json.loads((tmp_path / "d" / "sprsound" / "ground_truth.json").read_text())
+    assert {r["device"] for r in truth["recordings"]} <= {"WideBand48k", "NarrowBand8k"}
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = _run("demo", "--out", str(tmp_path / "demo"), "--recordings", "8")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("ground truth matches") == 2
+    assert "demo finished" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["qlung_edge", "qlung_edge.cli", "qlung_edge.audio", "qlung_edge.demo"])
+def test_device_side_never_imports_torch(module: str) -> None:
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,114 @@
+"""The record and cycle types that every data set loader returns.
+
+ICBHI and SPRSound differ in layout and vocabulary; after loading they are the
+same thing: recordings of one patient on one device, each holding labelled
+time spans ("cycles": respiratory cycles for ICBHI, events for SPRSound).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qlung_edge import CLASS_NAMES
+from qlung_edge.errors import DataError
+
+
+def label_from_flags(crackle: int, wheeze: int) -> int:
+    """ICBHI's (crackle, wheeze) flags to the class index: normal, crackle, wheeze, both."""
+    if crackle not in (0, 1) or wheeze not in (0, 1):
+        raise ValueError(f"crackle and wheeze flags must be 0 or 1, got {crackle}, {wheeze}")
+    return crackle + 2 * wheeze
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One labelled span of a recording."""
+
+    recording: str
+    patient: str
+    device: str
+    start: float
+    """Seconds from the start of the recording."""
+    end: float
+    label: int
+    """Index into `CLASS_NAMES`."""
+    split: str | None = None
+    source: str = ""
+    """Where the label came from, `file:line` or `file#event`, for error messages."""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def label_name(self) -> str:
+        return CLASS_NAMES[self.label]
+
+
+@dataclass
+class Recording:
+    id: str
+    dataset: str
+    patient: str
+    device: str
+    location: str
+    annotation_path: Path
+    audio_path: Path | None = None
+    split: str | None = None
+    sample_rate: int | None = None
+    duration: float | None = None
+    """Seconds of readable audio; None in an annotation-only scan."""
+    record_label: str | None = None
+    """SPRSound's record-level annotation (Normal, CAS, DAS, CAS & DAS, Poor Quality)."""
+    cycles: list[Cycle] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something a scan skipped, changed or doubts, and where it is."""
+
+    path: Path
+    reason: str
+    action: str
+    """What the scan did about it: 'skipped recording', 'skipped line', 'clipped cycle', 'downmixed', ..."""
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+        return f"{where}: {self.reason} ({self.action})"
+
+
+@dataclass
+class DatasetScan:
+    """The outcome of scanning a data set folder: what was loaded and what was not."""
+
+    dataset: str
+    root: Path
+    recordings: list[Recording] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    strict: bool = False
+
+    def report(self, path: Path, reason: str, action: str, line: int | None = None) -> None:
+        """Record a problem; in strict mode it is an error instead."""
+        if self.strict:
+            raise DataError(path, reason, line)
+        problem = Problem(path=path, reason=reason, action=action, line=line)
+        self.problems.append(problem)
+        warnings.warn(str(problem), stacklevel=2)
+
+    def cycles(self, split: str | None = None) -> list[Cycle]:
+        return [c for r in self.recordings if split is None or r.split == split for c in r.cycles]
+
+    def recordings_in(self, split: str | None) -> list[Recording]:
+        return [r for r in self.recordings if split is None or r.split == split]
+
+    def splits(self) -> list[str]:
+        return sorted({r.split for r in self.recordings if r.split is not None})
+
+    def subset(self, recording_ids: Iterable[str]) -> DatasetScan:
+        keep = set(recording_ids)
+        return DatasetScan(self.dataset, self.root, [r for r in self.recordings if r.id in keep], list(self.problems))
