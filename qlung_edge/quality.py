@@ -1,0 +1,266 @@
+"""Audio Quality Score (AQS) and the quality gate's reasons, numpy only.
+
+QLung's no-reference score: `AQS = clip(1 - alpha * H_norm + beta * R_norm, 0, 1)`, where `H_norm` is the
+spectral entropy of each 25 ms frame divided by log(bins), averaged over frames, and `R_norm` maps the RMS
+level to [0, 1]. Noise-like audio has a flat spectrum (entropy near 1) and scores low; quiet audio scores low.
+
+The paper does not pin the RMS mapping, so it is a named option (`rms_norm`) recorded in the model manifest.
+Beyond the score, the gate needs reasons a clinician can act on: too quiet, clipped, noise-like, dropout.
+
+Frames sit at multiples of the hop from the first sample, whether a signal comes whole (`assess`) or in
+blocks (`StreamingQuality`), so both give the same numbers; the device computes each frame once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+from qlung_edge.audio import as_float32
+
+RMS_NORMS = ("dbfs", "linear")
+REASONS = ("too_quiet", "clipped", "noise_like", "dropout", "low_quality")
+"""Why the gate refuses a window, in the order they are reported."""
+
+
+class QualityInputError(ValueError):
+    """Audio the quality score cannot be computed on, with what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """The score's definition and the gate's thresholds; the model manifest stores all of it."""
+
+    sample_rate: int = 16_000
+    frame_length: int = 400
+    """25 ms at 16 kHz."""
+    hop_length: int = 160
+    """10 ms at 16 kHz."""
+    n_fft: int = 512
+    alpha: float = 0.7
+    beta: float = 0.3
+    rms_norm: str = "dbfs"
+    """'dbfs': R_norm rises linearly from `rms_floor_dbfs` to `rms_ceil_dbfs`; 'linear': RMS / 10^(ceil/20)."""
+    rms_floor_dbfs: float = -60.0
+    rms_ceil_dbfs: float = -20.0
+    # Gate thresholds.
+    min_aqs: float = 0.0
+    quiet_dbfs: float = -55.0
+    """Below this RMS level (over the window) a window is too quiet."""
+    clip_level: float = 0.999
+    """A sample at or above this magnitude counts as clipped (full scale is 1.0)."""
+    max_clipped_fraction: float = 0.01
+    max_entropy: float = 0.95
+    """Mean normalised entropy above this is noise-like."""
+    dead_level: float = 1.0 / 32768.0
+    """A frame whose samples all stay below one 16-bit step is digital silence."""
+    max_dropout_seconds: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.rms_norm not in RMS_NORMS:
+            raise ValueError(f"rms_norm must be one of {RMS_NORMS}, got {self.rms_norm!r}")
+        if not self.rms_floor_dbfs < self.rms_ceil_dbfs:
+            raise ValueError("rms_floor_dbfs must be below rms_ceil_dbfs")
+        if not 0 < self.hop_length <= self.frame_length <= self.n_fft:
+            raise ValueError("need 0 < hop_length <= frame_length <= n_fft")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QualityConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown quality options: {', '.join(unknown)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """Per-frame quantities; any run of frames summarises into a `QualityReport`."""
+
+    entropy: np.ndarray
+    """Spectral entropy / log(bins), in [0, 1]."""
+    power: np.ndarray
+    """Mean square after removing the frame's DC."""
+    clipped: np.ndarray
+    """Fraction of the frame's samples at or above the clip level."""
+    dead: np.ndarray
+    """True where the frame is digital silence."""
+
+    def __len__(self) -> int:
+        return len(self.entropy)
+
+    @staticmethod
+    def concatenate(parts: list[FrameFeatures]) -> FrameFeatures:
+        if not parts:
+            return _empty_features()
+        return FrameFeatures(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(FrameFeatures)))
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    aqs: float
+    entropy: float
+    rms_dbfs: float
+    r_norm: float
+    clipped_fraction: float
+    dropout_seconds: float
+    frames: int
+    reasons: tuple[str, ...]
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons
+
+
+def _empty_features() -> FrameFeatures:
+    return FrameFeatures(np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, bool))
+
+
+def _checked(samples: np.ndarray, sample_rate: int, config: QualityConfig) -> np.ndarray:
+    if sample_rate != config.sample_rate:
+        raise QualityInputError(
+            f"quality is defined at {config.sample_rate} Hz, got {sample_rate} Hz: resample first "
+            "(qlung_edge.audio.resample)"
+        )
+    samples = np.asarray(samples)
+    if samples.ndim != 1:
+        raise QualityInputError(f"expected mono 1-D samples, got shape {samples.shape}")
+    try:
+        samples = as_float32(samples)
+    except TypeError as err:
+        raise QualityInputError(str(err)) from None
+    bad = np.count_nonzero(~np.isfinite(samples))
+    if bad:
+        raise QualityInputError(f"{bad} NaN or infinite samples")
+    return samples
+
+
+def _per_frame_counts(flags: np.ndarray, count: int, n: int, hop: int) -> np.ndarray:
+    """How many flagged samples each frame holds, from one cumulative sum over the signal."""
+    cumulative = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    starts = np.arange(count) * hop
+    return cumulative[starts + n] - cumulative[starts]
+
+
+def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
+    """Features of every whole frame of a float32 signal (frames start at multiples of the hop)."""
+    n, hop = config.frame_length, config.hop_length
+    if len(samples) < n:
+        return _empty_features()
+    count = 1 + (len(samples) - n) // hop
+    used = samples[: (count - 1) * hop + n]
+    magnitude = np.abs(used)
+    clipped = _per_frame_counts(magnitude >= config.clip_level, count, n, hop).astype(np.float32) / n
+    dead = _per_frame_counts(magnitude >= config.dead_level, count, n, hop) == 0
+    frames = np.lib.stride_tricks.sliding_window_view(used, n)[::hop]
+    centred = frames - frames.mean(axis=1, keepdims=True, dtype=np.float32)
+    power = np.einsum("ij,ij->i", centred, centred) / np.float32(n)
+    padded = np.zeros((count, config.n_fft), np.float32)
+    np.multiply(centred, np.hanning(n).astype(np.float32), out=padded[:, :n])
+    spectrum = scipy.fft.rfft(padded, axis=1, overwrite_x=True)
+    bins = np.square(spectrum.real, dtype=np.float32) + np.square(spectrum.imag, dtype=np.float32)
+    bins += np.float32(1e-20)  # silence becomes a flat spectrum: entropy 1, not 0/0
+    total = bins.sum(axis=1)
+    entropy = np.log(total) - np.einsum("ij,ij->i", bins, np.log(bins)) / total
+    entropy = np.clip(entropy / np.log(bins.shape[1]), 0.0, 1.0).astype(np.float32)
+    return FrameFeatures(entropy=entropy, power=power.astype(np.float32), clipped=clipped, dead=dead)
+
+
+def rms_norm(rms_dbfs: float, config: QualityConfig) -> float:
+    """R_norm in [0, 1] by the configured mapping."""
+    if config.rms_norm == "dbfs":
+        span = config.rms_ceil_dbfs - config.rms_floor_dbfs
+        return float(np.clip((rms_dbfs - config.rms_floor_dbfs) / span, 0.0, 1.0))
+    rms = 10.0 ** (rms_dbfs / 20.0)
+    return float(np.clip(rms / 10.0 ** (config.rms_ceil_dbfs / 20.0), 0.0, 1.0))
+
+
+def summarize(features: FrameFeatures, config: QualityConfig) -> QualityReport:
+    """AQS and gate reasons of a run of frames."""
+    if len(features) == 0:
+        raise QualityInputError(f"shorter than one frame ({config.frame_length} samples)")
+    entropy = float(np.mean(features.entropy, dtype=np.float64))
+    rms_dbfs = float(10.0 * np.log10(np.mean(features.power, dtype=np.float64) + 1e-20))
+    r = rms_norm(rms_dbfs, config)
+    aqs = float(np.clip(1.0 - config.alpha * entropy + config.beta * r, 0.0, 1.0))
+    clipped = float(np.mean(features.clipped, dtype=np.float64))
+    dropout = float(np.count_nonzero(features.dead) * config.hop_length / config.sample_rate)
+    flags = {
+        "too_quiet": rms_dbfs < config.quiet_dbfs,
+        "clipped": clipped > config.max_clipped_fraction,
+        # Digital silence has a flat spectrum too; it is a dropout, not noise.
+        "noise_like": bool(np.mean(features.entropy[~features.dead], dtype=np.float64) > config.max_entropy)
+        if not features.dead.all()
+        else False,
+        "dropout": dropout > config.max_dropout_seconds,
+        "low_quality": aqs < config.min_aqs,
+    }
+    return QualityReport(
+        aqs=aqs,
+        entropy=entropy,
+        rms_dbfs=rms_dbfs,
+        r_norm=r,
+        clipped_fraction=clipped,
+        dropout_seconds=dropout,
+        frames=len(features),
+        reasons=tuple(reason for reason in REASONS if flags[reason]),
+    )
+
+
+def assess(samples: np.ndarray, sample_rate: int = 16_000, config: QualityConfig | None = None) -> QualityReport:
+    """AQS and gate reasons of a whole signal (one cycle, one window, one recording)."""
+    config = config or QualityConfig()
+    return summarize(frame_features(_checked(samples, sample_rate, config), config), config)
+
+
+def aqs(samples: np.ndarray, sample_rate: int = 16_000, config: QualityConfig | None = None) -> float:
+    """Just the score, as the training loss needs it."""
+    return assess(samples, sample_rate, config).aqs
+
+
+class StreamingQuality:
+    """Frame features of a stream fed in blocks of any size, each frame computed once.
+
+    `push` returns the frames that the block completed; `window(frames)` summarises the most recent ones,
+    kept in a ring as long as `history_frames`.
+    """
+
+    def __init__(self, config: QualityConfig | None = None, history_frames: int = 798) -> None:
+        self.config = config or QualityConfig()
+        self.history_limit = history_frames
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream, as after a device gap that must not be bridged."""
+        self._tail = np.zeros(0, np.float32)
+        self._history: list[FrameFeatures] = []
+        self._history_frames = 0
+        self.frames_seen = 0
+
+    def push(self, block: np.ndarray, sample_rate: int | None = None) -> FrameFeatures:
+        samples = _checked(block, sample_rate or self.config.sample_rate, self.config)
+        buffer = np.concatenate([self._tail, samples]) if len(self._tail) else samples
+        features = frame_features(buffer, self.config)
+        consumed = len(features) * self.config.hop_length
+        self._tail = np.array(buffer[consumed:], dtype=np.float32)
+        if len(features):
+            self.frames_seen += len(features)
+            self._history.append(features)
+            self._history_frames += len(features)
+            while self._history_frames - len(self._history[0]) >= self.history_limit:
+                self._history_frames -= len(self._history.pop(0))
+        return features
+
+    def recent(self, frames: int) -> FrameFeatures:
+        """The last `frames` frame features (fewer if fewer were seen)."""
+        joined = FrameFeatures.concatenate(self._history)
+        return FrameFeatures(*(getattr(joined, f.name)[-frames:] for f in fields(FrameFeatures)))
+
+    def window(self, frames: int) -> QualityReport:
+        return summarize(self.recent(frames), self.config)
