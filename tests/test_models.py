@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from qlung_edge.errors import QLungError
+from training.models import (
+    AST,
+    AngularHead,
+    ASTConfig,
+    QLungModel,
+    adapt_position_grid,
+    count_flops,
+    count_parameters,
+    load_ast_weights,
+    load_pretrained,
+)
+
+SMALL = {"embed_dim": 64, "depth": 2, "heads": 4}
+
+
+def test_edge_cnn_fits_the_device_budget() -> None:
+    model = QLungModel("edge-cnn")
+    assert count_parameters(model) <= 1_500_000
+    assert count_flops(model) <= 0.5e9  # front end included
+
+
+def test_model_outputs() -> None:
+    torch.manual_seed(0)
+    model = QLungModel("edge-cnn").eval()
+    out = model(torch.randn(3, 128_000) * 0.05)
+    assert out["logits"].shape == (3, 4) and out["embedding"].shape == (3, model.backbone.embed_dim)
+    assert torch.allclose(out["probabilities"].sum(1), torch.ones(3))
+    assert out["logits"].abs().max() <= 37.0 + 1e-4  # s_a * cos
+    assert torch.allclose(out["logits"], 37.0 * out["cosine"])
+    linear = QLungModel("edge-cnn", head="linear").eval()
+    assert linear(torch.randn(2, 128_000))["logits"].shape == (2, 4)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        QLungModel("resnet")
+
+
+def test_angular_head_is_the_cosine() -> None:
+    head = AngularHead(8, 4, scale=10.0)
+    x = torch.randn(5, 8)
+    logits, cos = head(x)
+    manual = (x / x.norm(dim=1, keepdim=True)) @ (head.weight / head.weight.norm(dim=1, keepdim=True)).T
+    assert torch.allclose(cos, manual, atol=1e-6) and torch.allclose(logits, 10 * manual, atol=1e-5)
+
+
+def _audioset_layout(source: AST) -> dict[str, torch.Tensor]:
+    """What the public AudioSet checkpoint looks like: DataParallel prefix, `v.` body, `mlp_head.`."""
+    state = {f"module.v.{k}": v.clone() for k, v in source.v.state_dict().items()}
+    state["module.mlp_head.0.weight"] = torch.ones(source.config.embed_dim)
+    state["module.mlp_head.1.weight"] = torch.zeros(527, source.config.embed_dim)
+    return state
+
+
+def test_loads_an_audioset_checkpoint_layout(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = AST(ASTConfig(**SMALL, frames=1024))  # AudioSet models were trained on 1024 frames: 12 x 101
+    target = AST(ASTConfig(**SMALL, frames=798))  # 12 x 79
+    ignored = load_ast_weights(target, _audioset_layout(source))
+    assert ignored == ["mlp_head.0.weight", "mlp_head.1.weight"]
+    for key, value in source.v.state_dict().items():
+        if key != "pos_embed":
+            assert torch.equal(target.v.state_dict()[key], value), key
+    grid = source.v.pos_embed[:, 2:].transpose(1, 2).reshape(1, 64, 12, 101)
+    expected = grid[:, :, :, 11:90].reshape(1, 64, -1).transpose(1, 2)  # centre crop of 79 of 101, as AST does
+    assert torch.equal(target.v.pos_embed[:, 2:], expected)
+    assert torch.equal(target.v.pos_embed[:, :2], source.v.pos_embed[:, :2])
+    # From a file, through the model, the way `--pretrained PATH` does it.
+    path = tmp_path / "audioset.pth"
+    torch.save(_audioset_layout(source), path)
+    model = QLungModel("ast", ast=ASTConfig(**SMALL))
+    load_pretrained(model, path)
+    assert torch.equal(model.backbone.v.blocks[1].mlp.fc2.weight, source.v.blocks[1].mlp.fc2.weight)
+    assert model(torch.zeros(1, 128_000))["logits"].shape == (1, 4)
+
+
+def test_loads_an_imagenet_deit_state_dict() -> None:
+    torch.manual_seed(2)
+    donor = AST(ASTConfig(**SMALL))
+    state = {k: v.clone() for k, v in donor.v.state_dict().items()}
+    rgb = torch.randn(64, 3, 16, 16)
+    state["patch_embed.proj.weight"] = rgb
+    state["pos_embed"] = torch.randn(1, 2 + 24 * 24, 64)  # DeiT at 384 px: 24 x 24 patches
+    state["head.weight"], state["head_dist.weight"] = torch.zeros(1000, 64), torch.zeros(1000, 64)
+    target = AST(ASTConfig(**SMALL))
+    assert load_ast_weights(target, {"model": state}["model"]) == ["head.weight", "head_dist.weight"]
+    assert torch.allclose(target.v.patch_embed.proj.weight, rgb.sum(1, keepdim=True))
+    square = state["pos_embed"][:, 2:].transpose(1, 2).reshape(1, 64, 24, 24)
+    expected = F.interpolate(square[:, :, 6:18], size=(12, 79), mode="bilinear", align_corners=False)
+    assert torch.allclose(target.v.pos_embed[:, 2:], expected.reshape(1, 64, -1).transpose(1, 2), atol=1e-6)
+
+
+def test_adapt_position_grid_identity_and_shapes() -> None:
+    grid = torch.randn(1, 8, 12, 79)
+    assert torch.equal(adapt_position_grid(grid, (12, 79)), grid)
+    assert adapt_position_grid(grid, (10, 100)).shape == (1, 8, 10, 100)
+
+
+def test_bad_pretrained_files(tmp_path: Path) -> None:
+    model = QLungModel("ast", ast=ASTConfig(**SMALL))
+    with pytest.raises(QLungError, match="does not exist"):
+        load_pretrained(model, tmp_path / "none.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(QLungError, match="junk.pth: not a loadable tensor checkpoint"):
+        load_pretrained(model, tmp_path / "junk.pth")
+    torch.save(
+        {"pos_embed": torch.zeros(1, 2 + 12 * 79, 32), "patch_embed.proj.weight": torch.zeros(32, 1, 16, 16)},
+        tmp_path / "narrow.pth",
+    )
+    with pytest.raises(QLungError, match="narrow.pth: pos_embed has width 32, this AST has 64"):
+        load_pretrained(model, tmp_path / "narrow.pth")
+    with pytest.raises(QLungError, match="needs the ast backbone"):
+        load_pretrained(QLungModel("edge-cnn"), tmp_path / "narrow.pth")

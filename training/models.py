@@ -1,0 +1,350 @@
+"""Backbones, heads and the whole QLung model: waveform in, logits, probabilities and embedding out.
+
+- `edge-cnn`: the model for the device, depthwise-separable convolutions over the log-mel image, sized to fit
+  1.5 M parameters and 0.5 GFLOPs per 8 s window with the front end included.
+- `ast`: the Audio Spectrogram Transformer (DeiT-base, 16x16 patches at stride 10) with the parameter names of
+  the public AudioSet checkpoint, so a local copy of it loads as is (see `load_ast_weights`).
+
+Every backbone returns an embedding; the head is shared: an angular classifier (cosine between the normalised
+embedding and normalised class weights, scaled by s_a) or, for the plain-CE baseline, a linear layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from qlung_edge import CLASS_NAMES
+from qlung_edge.errors import QLungError
+from training.frontend import FrontEndConfig, KaldiFbank, SpecAugment
+
+# --------------------------------------------------------------------------- edge-cnn
+
+
+@dataclass(frozen=True)
+class EdgeCNNConfig:
+    stem_channels: int = 24
+    stages: tuple[tuple[int, int], ...] = (
+        (48, 2),
+        (64, 2),
+        (64, 1),
+        (96, 2),
+        (96, 1),
+        (160, 2),
+        (160, 1),
+        (256, 2),
+        (256, 1),
+    )
+    """(output channels, stride) of each depthwise-separable block."""
+    embed_dim: int = 192
+    dropout: float = 0.1
+
+
+class SeparableBlock(nn.Module):
+    """3x3 depthwise then 1x1 pointwise convolution, each with batch norm; residual when shapes allow."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels_in, channels_in, 3, stride, 1, groups=channels_in, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_in)
+        self.pointwise = nn.Conv2d(channels_in, channels_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.residual = stride == 1 and channels_in == channels_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.depthwise(x)))
+        y = self.bn2(self.pointwise(y))
+        return F.relu(y + x if self.residual else y)
+
+
+class EdgeCNN(nn.Module):
+    """Log-mel [B, frames, mels] to an embedding [B, embed_dim]."""
+
+    def __init__(self, config: EdgeCNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or EdgeCNNConfig()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, config.stem_channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(config.stem_channels),
+            nn.ReLU(),
+        )
+        blocks, channels = [], config.stem_channels
+        for out, stride in config.stages:
+            blocks.append(SeparableBlock(channels, out, stride))
+            channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(config.dropout)
+        self.project = nn.Linear(2 * channels, config.embed_dim)
+        self.embed_dim = config.embed_dim
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(logmel.transpose(1, 2).unsqueeze(1)))  # [B, C, mels', frames']
+        x = x.mean(dim=2)  # over frequency
+        pooled = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # mean and max over time
+        return self.project(self.dropout(pooled))
+
+
+# --------------------------------------------------------------------------- AST
+
+
+@dataclass(frozen=True)
+class ASTConfig:
+    embed_dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    patch: int = 16
+    stride: int = 10
+    n_mels: int = 128
+    frames: int = 798
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches along frequency and time."""
+        return (self.n_mels - self.patch) // self.stride + 1, (self.frames - self.patch) // self.stride + 1
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: ASTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, config.embed_dim, config.patch, config.stride)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DistilledViT(nn.Module):
+    """DeiT with a distillation token; names follow timm, as in AST's `v` submodule."""
+
+    def __init__(self, config: ASTConfig) -> None:
+        super().__init__()
+        f, t = config.grid
+        self.patch_embed = PatchEmbed(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, f * t + 2, config.embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(config.embed_dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.dist_token, std=0.02)
+
+
+class AST(nn.Module):
+    """Audio Spectrogram Transformer: log-mel [B, frames, mels] to the mean of its two token outputs."""
+
+    def __init__(self, config: ASTConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or ASTConfig()
+        self.v = DistilledViT(config)
+        self.embed_dim = config.embed_dim
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = logmel.unsqueeze(1).transpose(2, 3)  # [B, 1, mels, frames], as AST
+        x = self.v.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.v.cls_token, self.v.dist_token], dim=1).expand(x.shape[0], -1, -1)
+        x = torch.cat([tokens, x], dim=1) + self.v.pos_embed
+        for block in self.v.blocks:
+            x = block(x)
+        x = self.v.norm(x)
+        return (x[:, 0] + x[:, 1]) / 2
+
+
+def adapt_position_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[1, D, H, W] position embeddings to `size`: centre-crop an axis that shrinks, interpolate one that grows."""
+    for axis, target in ((2, size[0]), (3, size[1])):
+        current = grid.shape[axis]
+        if target < current:
+            start = (current - target) // 2
+            grid = grid.narrow(axis, start, target)
+        elif target > current:
+            new = list(grid.shape[2:])
+            new[axis - 2] = target
+            grid = F.interpolate(grid, size=tuple(new), mode="bilinear", align_corners=False)
+    return grid
+
+
+def load_ast_weights(model: AST, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load an AudioSet AST checkpoint or an ImageNet DeiT state dict into `model.v`; returns ignored keys.
+
+    AudioSet AST (`module.v.*`, `module.mlp_head.*`): position embeddings are cropped or stretched to this
+    model's patch grid. ImageNet DeiT (`cls_token`, `blocks.*`, `head.*`): the RGB patch filters are summed to
+    one input channel and the square position grid is adapted the same way. Classifier heads are ignored:
+    the QLung head is trained for the four classes.
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("v.") for k in state):
+        body = {k[2:]: v for k, v in state.items() if k.startswith("v.")}
+        ignored = sorted(k for k in state if not k.startswith("v."))
+    else:
+        body = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist.", "fc_norm."))}
+        ignored = sorted(set(state) - set(body))
+    if "pos_embed" not in body or "patch_embed.proj.weight" not in body:
+        raise ValueError("not an AST or DeiT state dict: no pos_embed or patch_embed.proj.weight")
+    dim = model.config.embed_dim
+    if body["pos_embed"].shape[-1] != dim:
+        raise ValueError(f"pos_embed has width {body['pos_embed'].shape[-1]}, this AST has {dim}")
+    patch = body["patch_embed.proj.weight"]
+    if patch.shape[1] == 3:
+        body["patch_embed.proj.weight"] = patch.sum(dim=1, keepdim=True)
+    pos = body["pos_embed"]
+    tokens = pos.shape[1] - 2
+    f, t = model.config.grid
+    side = int(round(tokens**0.5))
+    old = (side, side) if side * side == tokens else (f, tokens // f)  # ImageNet grids are square
+    if old[0] * old[1] != tokens:
+        raise ValueError(f"cannot read a patch grid from pos_embed with {tokens} patches")
+    grid = pos[:, 2:].transpose(1, 2).reshape(1, dim, *old)
+    grid = adapt_position_grid(grid, (f, t)).reshape(1, dim, f * t).transpose(1, 2)
+    body["pos_embed"] = torch.cat([pos[:, :2], grid], dim=1)
+    missing, unexpected = model.v.load_state_dict(body, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"state dict does not fit this AST: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return ignored
+
+
+# --------------------------------------------------------------------------- heads and the whole model
+
+
+class AngularHead(nn.Module):
+    """cos(theta_k) between the L2-normalised embedding and class weights; logits are s_a * cos."""
+
+    def __init__(self, embed_dim: int, classes: int, scale: float = 37.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(classes, embed_dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.scale = scale
+
+    def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(embedding, dim=1), F.normalize(self.weight, dim=1))
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cosine(embedding)
+        return self.scale * cos, cos
+
+
+class LinearHead(AngularHead):
+    """Plain linear logits for the CE baseline; the cosine to its weights still feeds margin ablations."""
+
+    def __init__(self, embed_dim: int, classes: int) -> None:
+        super().__init__(embed_dim, classes, scale=1.0)
+        self.bias = nn.Parameter(torch.zeros(classes))
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.linear(embedding, self.weight, self.bias), self.cosine(embedding)
+
+
+BACKBONES = ("edge-cnn", "ast")
+
+
+class QLungModel(nn.Module):
+    """Raw 16 kHz waveform [B, samples] to logits, probabilities, cosines and embedding."""
+
+    def __init__(
+        self,
+        backbone: str = "edge-cnn",
+        head: str = "angular",
+        classes: tuple[str, ...] = CLASS_NAMES,
+        scale: float = 37.0,
+        frontend: FrontEndConfig | None = None,
+        edge: EdgeCNNConfig | None = None,
+        ast: ASTConfig | None = None,
+        spec_augment: SpecAugment | None = None,
+    ) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r} (expected one of {', '.join(BACKBONES)})")
+        if head not in ("angular", "linear"):
+            raise ValueError(f"unknown head {head!r} (expected angular or linear)")
+        self.backbone_name, self.head_name, self.classes = backbone, head, tuple(classes)
+        self.frontend = KaldiFbank(frontend)
+        self.augment = spec_augment or SpecAugment(freq_masks=0, time_masks=0)
+        frames = self.frontend.config.frames(128_000)
+        self.backbone: nn.Module = (
+            EdgeCNN(edge)
+            if backbone == "edge-cnn"
+            else AST(ast or ASTConfig(frames=frames, n_mels=self.frontend.config.n_mels))
+        )
+        dim = self.backbone.embed_dim
+        self.head = AngularHead(dim, len(classes), scale) if head == "angular" else LinearHead(dim, len(classes))
+
+    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+        embedding = self.backbone(self.augment(self.frontend(waveform)))
+        logits, cos = self.head(embedding)
+        return {"logits": logits, "probabilities": logits.softmax(dim=1), "cosine": cos, "embedding": embedding}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, samples: int = 128_000) -> int:
+    """FLOPs (a multiply-add counts 2) of one forward pass on one window, as torch's flop counter sees them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, samples))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def load_pretrained(model: QLungModel, path: str | Path) -> list[str]:
+    """Load a local AST/DeiT checkpoint file (tensors only, never arbitrary pickles) into an AST model."""
+    if not isinstance(model.backbone, AST):
+        raise QLungError(f"--pretrained needs the ast backbone, this model is {model.backbone_name}")
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise QLungError(f"{path}: pretrained checkpoint does not exist") from None
+    except Exception as err:  # torch raises many kinds for a file that is not a tensor checkpoint
+        raise QLungError(f"{path}: not a loadable tensor checkpoint ({err})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # DeiT releases wrap the weights
+    try:
+        return load_ast_weights(model.backbone, state)
+    except ValueError as err:
+        raise QLungError(f"{path}: {err}") from err
