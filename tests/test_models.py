@@ -107,13 +107,13 @@ def test_bad_pretrained_files(tmp_path: Path) -> None:
     with pytest.raises(QLungError, match="does not exist"):
         load_pretrained(model, tmp_path / "none.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(QLungError, match="junk.pth: not a loadable tensor checkpoint"):
+    with pytest.raises(QLungError, match=r"junk\.pth: not a loadable tensor checkpoint"):
         load_pretrained(model, tmp_path / "junk.pth")
     torch.save(
         {"pos_embed": torch.zeros(1, 2 + 12 * 79, 32), "patch_embed.proj.weight": torch.zeros(32, 1, 16, 16)},
         tmp_path / "narrow.pth",
     )
-    with pytest.raises(QLungError, match="narrow.pth: pos_embed has width 32, this AST has 64"):
+    with pytest.raises(QLungError, match=r"narrow\.pth: pos_embed has width 32, this AST has 64"):
         load_pretrained(model, tmp_path / "narrow.pth")
     with pytest.raises(QLungError, match="needs the ast backbone"):
         load_pretrained(QLungModel("edge-cnn"), tmp_path / "narrow.pth")

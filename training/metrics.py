@@ -1,0 +1,116 @@
+"""ICBHI metrics (specificity, sensitivity, Score), confusion matrices and AUROC.
+
+ICBHI's challenge counts a normal cycle right only as normal (specificity) and an abnormal cycle right only
+as its exact class (sensitivity); Score is their mean. The 2-class variant counts any abnormal prediction of an
+abnormal cycle as right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qlung_edge import CLASS_NAMES
+
+
+def confusion_matrix(
+    labels: Sequence[int] | np.ndarray, predictions: Sequence[int] | np.ndarray, classes: int = 4
+) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+    if labels.size and (
+        labels.min() < 0 or labels.max() >= classes or predictions.min() < 0 or predictions.max() >= classes
+    ):
+        raise ValueError(f"class indices must be in [0, {classes})")
+    return np.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+@dataclass(frozen=True)
+class IcbhiScores:
+    specificity: float
+    sensitivity: float
+    score: float
+    sensitivity_2class: float
+    score_2class: float
+    recall: dict[str, float]
+    cycles: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"Sp {100 * self.specificity:.2f}  Se {100 * self.sensitivity:.2f}  Score {100 * self.score:.2f}"
+
+
+def icbhi_scores(matrix: np.ndarray, classes: Sequence[str] = CLASS_NAMES) -> IcbhiScores:
+    """Scores from a confusion matrix whose class 0 is normal."""
+    m = np.asarray(matrix, dtype=np.float64)
+    sp = _ratio(m[0, 0], m[0].sum())
+    se = _ratio(np.trace(m) - m[0, 0], m[1:].sum())
+    se2 = _ratio(m[1:, 1:].sum(), m[1:].sum())
+    recall = {name: _ratio(m[i, i], m[i].sum()) for i, name in enumerate(classes)}
+    return IcbhiScores(sp, se, (sp + se) / 2, se2, (sp + se2) / 2, recall, int(m.sum()))
+
+
+def auroc(scores: Sequence[float] | np.ndarray, positives: Sequence[bool] | np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive scores above a random negative (ties count half)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs positives and negatives, got {n_pos} and {n_neg}")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, path: str | Path, classes: Sequence[str] = CLASS_NAMES, title: str = ""
+) -> Path:
+    """Write the matrix as a PNG: counts in each cell, shaded by the row's share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix)
+    shares = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{m[i, j]}\n{100 * shares[i, j]:.0f}%",
+                ha="center",
+                va="center",
+                color="white" if shares[i, j] > 0.6 else "black",
+                fontsize=8,
+            )
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("annotated")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
