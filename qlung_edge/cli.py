@@ -89,6 +89,103 @@ def data_summary(
         click.echo(f"\nsummary written to {json_out}")
 
 
+@cli.command("quality-scan")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Choice(["auto", "icbhi", "sprsound"]), default="auto", show_default=True)
+@click.option("--calibrate-on", "calibrate_on", help="Choose the level mapping and gate thresholds on this split.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write rows and figures.")
+@click.option("--png", "png_out", type=click.Path(dir_okay=False, path_type=Path), help="AQS histogram per split.")
+@click.option("--list", "list_rows", is_flag=True, help="Print each recording's score, level and reasons.")
+def quality_scan(
+    data_dir: Path, dataset: str, calibrate_on: str | None, json_out: Path | None, png_out: Path | None, list_rows: bool
+) -> None:
+    """Score every recording's quality; AUROC against SPRSound's "Poor Quality" labels."""
+    from dataclasses import asdict
+
+    from qlung_edge.quality import QualityConfig
+    from training.quality_report import (
+        calibrate,
+        format_separation,
+        plot_distribution,
+        rescore,
+        score_recordings,
+        separation,
+    )
+    from training.summary import scan_folder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scan = scan_folder(data_dir, dataset)
+    config = QualityConfig()
+    rows = score_recordings(scan.recordings, config)
+    if calibrate_on is not None:
+        training_rows = [r for r in rows if r.split == calibrate_on]
+        if not training_rows:
+            raise click.BadParameter(f"no recordings in split {calibrate_on!r}", param_hint="--calibrate-on")
+        try:
+            config = calibrate(training_rows, config)
+        except ValueError as err:
+            raise click.ClickException(f"cannot calibrate on {calibrate_on}: {err}") from None
+        rows = rescore(rows, config)
+        click.echo(f"calibrated on {len(training_rows)} {calibrate_on} recordings:")
+        for key in ("rms_floor_dbfs", "rms_ceil_dbfs", "quiet_dbfs", "max_clipped_fraction", "max_dropout_seconds"):
+            click.echo(f"  {key} = {getattr(config, key):g}")
+    if list_rows:
+        click.echo(f"\n{'recording':<34}{'split':<7}{'AQS':>6}{'entropy':>9}{'dBFS':>8}  label / reasons")
+        for r in rows:
+            q = r.report
+            tail = " ".join(x for x in (r.record_label or "", ",".join(q.reasons)) if x)
+            click.echo(f"{r.recording:<34}{r.split or '-':<7}{q.aqs:>6.3f}{q.entropy:>9.3f}{q.rms_dbfs:>8.1f}  {tail}")
+    figures = {}
+    for split in sorted({r.split or "all" for r in rows}):
+        part = [r for r in rows if (r.split or "all") == split]
+        figures[split] = separation(part)
+        mean = sum(r.report.aqs for r in part) / len(part)
+        click.echo(f"\n{split}: {len(part)} recordings, mean AQS {mean:.3f}")
+        click.echo(format_separation(figures[split]))
+        if png_out is not None:
+            target = png_out.with_name(f"{png_out.stem}-{split}{png_out.suffix or '.png'}")
+            plot_distribution(part, target, f"AQS, {scan.dataset} {split}")
+            click.echo(f"  histogram: {target}")
+    if json_out is not None:
+        doc = {
+            "config": config.to_dict(),
+            "separation": figures,
+            "recordings": [
+                {**asdict(r.report), "recording": r.recording, "split": r.split, "label": r.record_label} for r in rows
+            ],
+        }
+        json_out.write_text(json.dumps(doc, indent=1))
+
+
+@cli.command("model-info")
+@click.option("--backbone", type=click.Choice(["edge-cnn", "ast"]), default="edge-cnn", show_default=True)
+@click.option("--head", type=click.Choice(["angular", "linear"]), default="angular", show_default=True)
+def model_info(backbone: str, head: str) -> None:
+    """Parameters and FLOPs of a model for one 8 s window, front end included."""
+    from training.models import QLungModel, count_flops, count_parameters
+
+    model = QLungModel(backbone, head=head)
+    total, front = count_flops(model), count_flops(model.frontend)
+    click.echo(f"{backbone} ({head} head), one 8 s window at 16 kHz (128000 samples):")
+    click.echo(f"  parameters  {count_parameters(model):>14,}")
+    click.echo(f"  FLOPs       {total:>14,}  ({total / 1e9:.3f} GFLOPs; multiply-add = 2)")
+    click.echo(f"    front end {front:>14,}  ({front / 1e9:.3f} GFLOPs)")
+    click.echo(f"    network   {total - front:>14,}  ({(total - front) / 1e9:.3f} GFLOPs)")
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(["quality"]), default="quality")
+@click.option("--seconds", default=60.0, show_default=True, help="Length of the test signal.")
+@click.option("--repeats", default=5, show_default=True)
+def bench(what: str, seconds: float, repeats: int) -> None:
+    """Measure speed against the design targets (so far: the quality score)."""
+    from qlung_edge.bench import bench_quality
+
+    for line in bench_quality(seconds=seconds, repeats=repeats):
+        click.echo(line)
+
+
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--recordings", default=120, show_default=True, help="Synthetic recordings per layout.")

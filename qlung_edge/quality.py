@@ -44,20 +44,26 @@ class QualityConfig:
     beta: float = 0.3
     rms_norm: str = "dbfs"
     """'dbfs': R_norm rises linearly from `rms_floor_dbfs` to `rms_ceil_dbfs`; 'linear': RMS / 10^(ceil/20)."""
-    rms_floor_dbfs: float = -60.0
-    rms_ceil_dbfs: float = -20.0
+    # The level range and the gate thresholds below were chosen on the 780 real SPRSound training
+    # recordings only (`qlung-edge quality-scan DATA --calibrate-on train`, training/quality_report.py:
+    # 1st-99th percentile of the levels of records not labelled "Poor Quality", and thresholds that refuse
+    # at most 1 % of those per reason).
+    rms_floor_dbfs: float = -57.0
+    rms_ceil_dbfs: float = -29.0
     # Gate thresholds.
     min_aqs: float = 0.0
-    quiet_dbfs: float = -55.0
+    """Off by default: on SPRSound the score alone does not separate poor records (see the README)."""
+    quiet_dbfs: float = -57.0
     """Below this RMS level (over the window) a window is too quiet."""
     clip_level: float = 0.999
     """A sample at or above this magnitude counts as clipped (full scale is 1.0)."""
-    max_clipped_fraction: float = 0.01
-    max_entropy: float = 0.95
-    """Mean normalised entropy above this is noise-like."""
+    max_clipped_fraction: float = 0.001
+    max_entropy: float = 0.9
+    """Mean normalised entropy above this is noise-like: white noise over the whole 8 kHz band gives 0.92.
+    Not learnt from SPRSound, whose 8 kHz recordings leave half the band empty (entropy about 0.35)."""
     dead_level: float = 1.0 / 32768.0
     """A frame whose samples all stay below one 16-bit step is digital silence."""
-    max_dropout_seconds: float = 0.2
+    max_dropout_seconds: float = 0.1
 
     def __post_init__(self) -> None:
         if self.rms_norm not in RMS_NORMS:
@@ -106,6 +112,8 @@ class FrameFeatures:
 class QualityReport:
     aqs: float
     entropy: float
+    live_entropy: float
+    """Entropy over the frames that are not digital silence: what 'noise-like' looks at."""
     rms_dbfs: float
     r_norm: float
     clipped_fraction: float
@@ -185,30 +193,48 @@ def summarize(features: FrameFeatures, config: QualityConfig) -> QualityReport:
     """AQS and gate reasons of a run of frames."""
     if len(features) == 0:
         raise QualityInputError(f"shorter than one frame ({config.frame_length} samples)")
-    entropy = float(np.mean(features.entropy, dtype=np.float64))
-    rms_dbfs = float(10.0 * np.log10(np.mean(features.power, dtype=np.float64) + 1e-20))
+    live = ~features.dead
+    return judge(
+        entropy=float(np.mean(features.entropy, dtype=np.float64)),
+        # Digital silence has a flat spectrum too; it is a dropout, not noise.
+        live_entropy=float(np.mean(features.entropy[live], dtype=np.float64)) if live.any() else 0.0,
+        rms_dbfs=float(10.0 * np.log10(np.mean(features.power, dtype=np.float64) + 1e-20)),
+        clipped_fraction=float(np.mean(features.clipped, dtype=np.float64)),
+        dropout_seconds=float(np.count_nonzero(features.dead) * config.hop_length / config.sample_rate),
+        frames=len(features),
+        config=config,
+    )
+
+
+def judge(
+    *,
+    entropy: float,
+    live_entropy: float,
+    rms_dbfs: float,
+    clipped_fraction: float,
+    dropout_seconds: float,
+    frames: int,
+    config: QualityConfig,
+) -> QualityReport:
+    """Score and reasons from a window's summary numbers; rescoring under another config needs no audio."""
     r = rms_norm(rms_dbfs, config)
-    aqs = float(np.clip(1.0 - config.alpha * entropy + config.beta * r, 0.0, 1.0))
-    clipped = float(np.mean(features.clipped, dtype=np.float64))
-    dropout = float(np.count_nonzero(features.dead) * config.hop_length / config.sample_rate)
+    score = float(np.clip(1.0 - config.alpha * entropy + config.beta * r, 0.0, 1.0))
     flags = {
         "too_quiet": rms_dbfs < config.quiet_dbfs,
-        "clipped": clipped > config.max_clipped_fraction,
-        # Digital silence has a flat spectrum too; it is a dropout, not noise.
-        "noise_like": bool(np.mean(features.entropy[~features.dead], dtype=np.float64) > config.max_entropy)
-        if not features.dead.all()
-        else False,
-        "dropout": dropout > config.max_dropout_seconds,
-        "low_quality": aqs < config.min_aqs,
+        "clipped": clipped_fraction > config.max_clipped_fraction,
+        "noise_like": live_entropy > config.max_entropy,
+        "dropout": dropout_seconds > config.max_dropout_seconds,
+        "low_quality": score < config.min_aqs,
     }
     return QualityReport(
-        aqs=aqs,
+        aqs=score,
         entropy=entropy,
+        live_entropy=live_entropy,
         rms_dbfs=rms_dbfs,
         r_norm=r,
-        clipped_fraction=clipped,
-        dropout_seconds=dropout,
-        frames=len(features),
+        clipped_fraction=clipped_fraction,
+        dropout_seconds=dropout_seconds,
+        frames=frames,
         reasons=tuple(reason for reason in REASONS if flags[reason]),
     )
 

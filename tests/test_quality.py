@@ -35,7 +35,8 @@ def _breath_like(seconds: float = 3.0, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
     t = np.arange(n) / RATE
-    x = 0.05 * rng.standard_normal(n) * (0.3 + np.sin(np.pi * t / 1.5) ** 2)
+    noise = np.convolve(rng.standard_normal(n), np.ones(16) / 4, mode="same")  # below about 1 kHz, like breath
+    x = 0.05 * noise * (0.3 + np.sin(np.pi * t / 1.5) ** 2)
     x += 0.1 * np.sin(2 * np.pi * 300 * t) * (t > 1.0) * (t < 1.5)
     return x.astype(np.float32)
 

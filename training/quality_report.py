@@ -1,0 +1,163 @@
+"""How the Audio Quality Score and the gate see a data set, and gate thresholds chosen from it.
+
+For each recording: read, resample to 16 kHz, score the whole recording. Where records carry SPRSound's
+"Poor Quality" label, report how well the score and each gate reason separate those records (AUROC), and
+plot the score's distribution. Thresholds are only ever chosen on a training split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qlung_edge.audio import read_audio, resample
+from qlung_edge.errors import AudioFileError
+from qlung_edge.quality import REASONS, QualityConfig, QualityReport, frame_features, judge, summarize
+from training.metrics import auroc
+from training.records import Recording
+from training.sprsound import POOR_QUALITY
+
+
+@dataclass(frozen=True)
+class RecordingQuality:
+    recording: str
+    split: str | None
+    record_label: str | None
+    report: QualityReport
+
+    @property
+    def poor(self) -> bool:
+        return self.record_label == POOR_QUALITY
+
+
+def score_recordings(
+    recordings: Iterable[Recording], config: QualityConfig | None = None, progress: bool = True
+) -> list[RecordingQuality]:
+    config = config or QualityConfig()
+    out = []
+    for rec in tqdm(list(recordings), desc="quality", unit="rec", disable=not progress):
+        if rec.audio_path is None:
+            raise AudioFileError(rec.annotation_path, "recording was scanned without audio")
+        audio = read_audio(rec.audio_path)
+        samples = resample(audio.samples, audio.sample_rate, config.sample_rate)
+        report = summarize(frame_features(samples, config), config)
+        out.append(RecordingQuality(rec.id, rec.split, rec.record_label, report))
+    return out
+
+
+def rescore(rows: list[RecordingQuality], config: QualityConfig) -> list[RecordingQuality]:
+    """Score and reasons under another config, from the stored summary numbers (no audio)."""
+    out = []
+    for row in rows:
+        r = row.report
+        report = judge(
+            entropy=r.entropy,
+            live_entropy=r.live_entropy,
+            rms_dbfs=r.rms_dbfs,
+            clipped_fraction=r.clipped_fraction,
+            dropout_seconds=r.dropout_seconds,
+            frames=r.frames,
+            config=config,
+        )
+        out.append(dataclasses.replace(row, report=report))
+    return out
+
+
+def separation(rows: list[RecordingQuality]) -> dict[str, Any]:
+    """AUROC of each measure for telling "Poor Quality" records apart (higher = flags poor ones)."""
+    poor = np.array([r.poor for r in rows])
+    if poor.all() or not poor.any():
+        return {}
+    measures = {
+        "1 - AQS": [1.0 - r.report.aqs for r in rows],
+        "entropy": [r.report.entropy for r in rows],
+        "quietness (-dBFS)": [-r.report.rms_dbfs for r in rows],
+        "clipped fraction": [r.report.clipped_fraction for r in rows],
+        "dropout seconds": [r.report.dropout_seconds for r in rows],
+    }
+    result: dict[str, Any] = {"records": len(rows), "poor_quality": int(poor.sum())}
+    result["auroc"] = {name: auroc(values, poor) for name, values in measures.items()}
+    gated = {reason: np.array([reason in r.report.reasons for r in rows]) for reason in REASONS}
+    result["gate"] = {
+        reason: {
+            "auroc": auroc(flags.astype(float), poor),
+            "gated_poor": int(flags[poor].sum()),
+            "gated_other": int(flags[~poor].sum()),
+        }
+        for reason, flags in gated.items()
+    }
+    any_reason = np.array([bool(r.report.reasons) for r in rows])
+    result["gate"]["any"] = {
+        "auroc": auroc(any_reason.astype(float), poor),
+        "gated_poor": int(any_reason[poor].sum()),
+        "gated_other": int(any_reason[~poor].sum()),
+    }
+    return result
+
+
+def calibrate(
+    rows: list[RecordingQuality], base: QualityConfig | None = None, false_gate: float = 0.01
+) -> QualityConfig:
+    """Level mapping and gate thresholds from training recordings that are not labelled poor.
+
+    R_norm spans the 1st to 99th percentile of their levels, so it neither saturates nor sits at zero on
+    the audio the model will see. Each gate threshold lets through all but `false_gate` of them, so the gate
+    refuses at most about that share of acceptable audio per reason. Noise-like stays where `base` has it: an
+    entropy threshold learnt from band-limited recordings would refuse every wideband one.
+    """
+    base = base or QualityConfig()
+    good = [r.report for r in rows if not r.poor]
+    if len(good) < 10:
+        raise ValueError(f"need at least 10 acceptable recordings to calibrate, got {len(good)}")
+    levels = np.array([r.rms_dbfs for r in good])
+    q = 100.0 * false_gate
+    return dataclasses.replace(
+        base,
+        rms_floor_dbfs=float(np.floor(np.percentile(levels, 1))),
+        rms_ceil_dbfs=float(np.ceil(np.percentile(levels, 99))),
+        quiet_dbfs=float(np.floor(np.percentile(levels, q))),
+        max_clipped_fraction=max(float(np.percentile([r.clipped_fraction for r in good], 100 - q)), 0.001),
+        max_dropout_seconds=max(float(np.percentile([r.dropout_seconds for r in good], 100 - q)), 0.1),
+    )
+
+
+def plot_distribution(rows: list[RecordingQuality], path: str | Path, title: str = "") -> Path:
+    """Histogram of AQS, records labelled "Poor Quality" apart from the rest."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.array([r.report.aqs for r in rows])
+    poor = np.array([r.poor for r in rows])
+    bins = np.linspace(scores.min() - 1e-3, scores.max() + 1e-3, 30)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.hist(scores[~poor], bins=bins, alpha=0.7, density=True, label=f"other records ({int((~poor).sum())})")
+    if poor.any():
+        ax.hist(scores[poor], bins=bins, alpha=0.7, density=True, label=f"Poor Quality ({int(poor.sum())})")
+    ax.set_xlabel("AQS")
+    ax.set_ylabel("density")
+    ax.set_title(title or "Audio Quality Score")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def format_separation(result: dict[str, Any]) -> str:
+    if not result:
+        return "  no 'Poor Quality' labels to compare against"
+    lines = [f"  {result['poor_quality']} of {result['records']} records labelled Poor Quality", "  AUROC:"]
+    lines += [f"    {name:<20}{value:.3f}" for name, value in result["auroc"].items()]
+    lines.append("  gate reason           AUROC   gated poor   gated other")
+    for reason, g in result["gate"].items():
+        lines.append(f"    {reason:<18}{g['auroc']:>8.3f}{g['gated_poor']:>13}{g['gated_other']:>14}")
+    return "\n".join(lines)
