@@ -17,9 +17,13 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
 from qlung_edge.audio import as_float32
+
+try:  # scipy's FFT is about 3x numpy's on batches of short frames, which is what reaches 2000x real time
+    from scipy.fft import rfft as _rfft
+except ImportError:  # numpy alone gives the same numbers, slower
+    from numpy.fft import rfft as _rfft
 
 RMS_NORMS = ("dbfs", "linear")
 REASONS = ("too_quiet", "clipped", "noise_like", "dropout", "low_quality")
@@ -171,7 +175,7 @@ def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
     power = np.einsum("ij,ij->i", centred, centred) / np.float32(n)
     padded = np.zeros((count, config.n_fft), np.float32)
     np.multiply(centred, np.hanning(n).astype(np.float32), out=padded[:, :n])
-    spectrum = scipy.fft.rfft(padded, axis=1, overwrite_x=True)
+    spectrum = _rfft(padded, axis=1)
     bins = np.square(spectrum.real, dtype=np.float32) + np.square(spectrum.imag, dtype=np.float32)
     bins += np.float32(1e-20)  # silence becomes a flat spectrum: entropy 1, not 0/0
     total = bins.sum(axis=1)

@@ -159,3 +159,14 @@ def test_config_round_trips_and_refuses_unknown_keys() -> None:
     assert QualityConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown quality options: colour"):
         QualityConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+def test_numpy_fft_fallback_gives_the_same_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qlung_edge.quality as quality
+
+    x = _breath_like(seed=3)
+    fast = frame_features(x, QualityConfig())
+    monkeypatch.setattr(quality, "_rfft", np.fft.rfft)
+    plain = frame_features(x, QualityConfig())
+    np.testing.assert_allclose(fast.entropy, plain.entropy, atol=1e-6)
+    np.testing.assert_allclose(fast.power, plain.power, rtol=1e-6)
