@@ -18,7 +18,7 @@ from qlung_edge import __version__
 from qlung_edge.errors import QLungError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110, "terminal_width": 110})
 @click.version_option(__version__, prog_name="qlung-edge")
 def cli() -> None:
     """QLung respiratory-sound classification from the training box to the stethoscope."""
