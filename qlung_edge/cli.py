@@ -158,6 +158,71 @@ def quality_scan(
         json_out.write_text(json.dumps(doc, indent=1))
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--seeds") from None
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option("--config", "recipe", required=True, help="Recipe YAML, or the name of one in training/recipes/.")
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default runs/NAME).")
+@click.option("--seeds", help="Comma-separated seeds: one run each, then mean +- std (e.g. 0,1,2,3,4).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--stop-after", type=int, help="Stop after this many epochs (resume later with --resume).")
+def train(
+    recipe: str, overrides: tuple[str, ...], out: Path | None, seeds: str | None, resume: bool, stop_after: int | None
+) -> None:
+    """Train QLung (or a baseline) from a recipe; overrides like train.epochs=3 data.root=DIR."""
+    from training.config import load_recipe
+    from training.engine import train as train_one
+    from training.engine import train_seeds
+    from training.metrics import format_scores
+
+    config = load_recipe(recipe, list(overrides))
+    out = out or Path("runs") / config.name
+    if seeds:
+        summary = train_seeds(config, out, _seed_list(seeds))
+        click.echo(f"\n{config.name}: {len(summary['seeds'])} seeds, test set ({summary['selection']})")
+        for key in ("specificity", "sensitivity", "score"):
+            click.echo(f"  {key:<12} {summary[key]['mean']:.2f} +- {summary[key]['std']:.2f}")
+        click.echo(f"  written to {out / 'seeds_summary.json'}")
+        return
+    summary = train_one(config, out, resume=resume, stop_after=stop_after)
+    if "test" not in summary:
+        click.echo(f"stopped after epoch {summary['stopped_after_epoch']}; continue with --resume --out {out}")
+        return
+    test = summary["test"]
+    click.echo(f"\n{config.name}: selected epoch {summary['best_epoch']} ({summary['selection']})")
+    click.echo(f"  test {format_scores(test)}")
+    click.echo(f"  run folder {out}")
+
+
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Choice(["auto", "icbhi", "sprsound"]), default="auto", show_default=True)
+@click.option("--split", default="test", show_default=True, help="Split to evaluate ('all' for every cycle).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write eval.json and the PNGs here.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--thresholds", help="AQS thresholds for the risk-coverage table (default: from quantiles).")
+def eval_command(
+    checkpoint: Path, data: Path, dataset: str, split: str, out: Path | None, device: str, thresholds: str | None
+) -> None:
+    """Evaluate a checkpoint: Sp, Se, Score per class and device, risk-coverage by AQS."""
+    from training.evaluate import evaluate_checkpoint, format_result
+
+    cuts = [float(x) for x in thresholds.split(",")] if thresholds else None
+    result = evaluate_checkpoint(
+        checkpoint, data, dataset=dataset, split=split, out_dir=out, device=device, thresholds=cuts
+    )
+    click.echo(format_result(result))
+    if out is not None:
+        click.echo(f"  written to {out}")
+
+
 @cli.command("model-info")
 @click.option("--backbone", type=click.Choice(["edge-cnn", "ast"]), default="edge-cnn", show_default=True)
 @click.option("--head", type=click.Choice(["angular", "linear"]), default="angular", show_default=True)

@@ -48,7 +48,15 @@ class IcbhiScores:
         return asdict(self)
 
     def line(self) -> str:
-        return f"Sp {100 * self.specificity:.2f}  Se {100 * self.sensitivity:.2f}  Score {100 * self.score:.2f}"
+        return format_scores(self.as_dict())
+
+
+def format_scores(scores: dict[str, object]) -> str:
+    """'Sp .. Se .. Score ..' in percent from a dict with specificity, sensitivity and score."""
+    return "  ".join(f"{name} {100 * float(scores[key]):.2f}" for name, key in _SCORE_NAMES)  # type: ignore[arg-type]
+
+
+_SCORE_NAMES = (("Sp", "specificity"), ("Se", "sensitivity"), ("Score", "score"))
 
 
 def icbhi_scores(matrix: np.ndarray, classes: Sequence[str] = CLASS_NAMES) -> IcbhiScores:

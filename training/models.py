@@ -309,7 +309,9 @@ class QLungModel(nn.Module):
         self.head = AngularHead(dim, len(classes), scale) if head == "angular" else LinearHead(dim, len(classes))
 
     def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
-        embedding = self.backbone(self.augment(self.frontend(waveform)))
+        with torch.autocast(waveform.device.type, enabled=False):  # the log-mel needs float32 under AMP
+            logmel = self.frontend(waveform.float())
+        embedding = self.backbone(self.augment(logmel))
         logits, cos = self.head(embedding)
         return {"logits": logits, "probabilities": logits.softmax(dim=1), "cosine": cos, "embedding": embedding}
 

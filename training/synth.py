@@ -188,7 +188,7 @@ def _draw_cycles(
                         end=round(min(start + dur, hi), 4),
                         f0_start=round(f0, 2),
                         f0_end=round(f0 * float(rng.uniform(0.85, 1.15)), 2),
-                        level=round(float(rng.uniform(0.5, 1.5)), 3),
+                        level=round(float(rng.uniform(0.8, 2.0)), 3),
                     )
                 )
         cycles.append(cycle)
@@ -374,7 +374,7 @@ def _add_adventitious(out: np.ndarray, env: np.ndarray, rng: np.random.Generator
     for c in cycles:
         for onset in c.crackles:
             i = int(onset * BASE_RATE)
-            level = BREATH_LEVEL * float(rng.uniform(2.0, 5.0)) * max(env[min(i, n - 1)], 0.3)
+            level = BREATH_LEVEL * float(rng.uniform(4.0, 10.0)) * max(env[min(i, n - 1)], 0.3)
             wave = level * crackle_waveform(c.crackle_kind or "fine", rng)
             seg = out[i : i + len(wave)]
             seg += wave[: len(seg)]

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlung_edge.errors import QLungError
+from training.config import RECIPES, ConfigError, load_recipe
+from training.engine import load_checkpoint, load_splits, model_from_checkpoint, save_checkpoint, train, train_seeds
+from training.evaluate import evaluate_checkpoint
+
+TINY = ["train.epochs=2", "train.batch_size=8", "train.threads=1", "train.freq_mask=8", "train.time_mask=16"]
+
+
+@pytest.fixture(scope="module")
+def tiny(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    cache = tmp_path_factory.mktemp("cache")
+    return [f"data.root={synth_root / 'icbhi'}", f"data.cache_dir={cache}", *TINY]
+
+
+def test_every_shipped_recipe_loads() -> None:
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    assert {"demo", "qlung-ast-icbhi", "ce-ast-icbhi", "qlung-edge-sprsound", "ce-edge-sprsound"} <= set(names)
+    for ablation in ("ce", "fixed-margin", "quality-margin", "class-margin", "qlung"):
+        assert f"{ablation}-ast-icbhi" in names
+    for name in names:
+        config = load_recipe(name)
+        assert config.name == name
+    paper = load_recipe("qlung-ast-icbhi")
+    assert (paper.train.lr, paper.train.batch_size, paper.train.epochs, paper.train.ema) == (5e-5, 8, 50, 0.5)
+    assert (paper.loss.lam, paper.loss.gamma, paper.loss.s_a, paper.loss.s_d, paper.loss.kappa) == (
+        0.4,
+        0.5,
+        37,
+        15,
+        0.5,
+    )
+
+
+def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ntrain:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key train\.epoch "):
+        load_recipe(path)
+    path.write_text("name: x\ntrain:\n  epochs: three\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got str 'three'"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"loss: margin must be one of"):
+        load_recipe("demo", ["loss.margin=wide"])
+    with pytest.raises(ConfigError, match="no such recipe"):
+        load_recipe(tmp_path / "none.yaml")
+    assert load_recipe("demo", ["train.lr=0.5", "loss.lam=1"]).loss.lam == 1.0
+
+
+def test_validation_patients_never_train(tiny: list[str]) -> None:
+    splits = load_splits(load_recipe("demo", tiny), progress=False)
+    train_patients = {c.patient for c in splits.train}
+    assert splits.validation and not train_patients & {c.patient for c in splits.validation}
+    assert {c.split for c in splits.test} == {"test"}
+    assert sum(splits.class_counts()) == len(splits.train)
+    on_test = load_splits(load_recipe("demo", [*tiny, "data.selection=test-set"]), progress=False)
+    assert on_test.validation == on_test.test
+
+
+def test_train_checkpoint_resume_eval(tiny: list[str], tmp_path: Path, synth_root: Path) -> None:
+    config = load_recipe("demo", tiny)
+    straight = train(config, tmp_path / "straight", progress=False)
+    run = tmp_path / "straight"
+    for name in ("best.pt", "last.pt", "metrics.csv", "summary.json", "config.yaml", "confusion_matrix.png"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    assert straight["selection"].startswith("best epoch on patients held out")
+    assert 0.0 <= straight["test"]["score"] <= 1.0 and straight["train_cycles_per_second"] > 0
+
+    # Interrupted after one epoch, then resumed: the same weights as the uninterrupted run.
+    assert train(config, tmp_path / "split", stop_after=1, progress=False) == {"stopped_after_epoch": 1}
+    resumed = train(config, tmp_path / "split", resume=True, progress=False)
+    a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6), key
+    assert resumed["test"]["score"] == pytest.approx(straight["test"]["score"])
+    with pytest.raises(QLungError, match="different recipe"):
+        train(replace(config, name="other"), tmp_path / "split", resume=True, progress=False)
+
+    payload = load_checkpoint(run / "best.pt")  # weights_only load
+    model, loaded = model_from_checkpoint(payload)
+    assert not model.training
+    assert loaded == config and payload["quality"] == config.quality.to_dict() and payload["classes"][0] == "normal"
+    result = evaluate_checkpoint(run / "best.pt", synth_root / "sprsound", out_dir=tmp_path / "ev", progress=False)
+    assert result["dataset"] == "sprsound" and result["metrics"]["cycles"] > 0
+    assert (tmp_path / "ev" / "risk_coverage.png").exists() and "poor_quality" in result
+    assert result["risk_coverage"][0]["coverage"] == 1.0
+
+
+def test_seeds_report_mean_and_std(tiny: list[str], tmp_path: Path) -> None:
+    config = load_recipe("demo", [*tiny, "train.epochs=1", "train.max_steps=2"])
+    summary = train_seeds(config, tmp_path, [0, 1], progress=False)
+    runs = summary["score"]["runs"]
+    assert len(runs) == 2 and summary["score"]["mean"] == pytest.approx(sum(runs) / 2)
+    assert json.loads((tmp_path / "seeds_summary.json").read_text())["seeds"] == [0, 1]
+
+
+def test_bad_inputs(tiny: list[str], tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(QLungError, match="no CUDA device"):
+            train(load_recipe("demo", [*tiny, "train.device=cuda"]), tmp_path / "cuda", progress=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "101_1b1_Al_sc_Meditron.txt").write_text("")
+    with pytest.raises(QLungError):
+        train(load_recipe("demo", [f"data.root={tmp_path / 'empty'}"]), tmp_path / "e", progress=False)
+    # A checkpoint for another class list is refused.
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"format": 1, "config": load_recipe("demo").to_dict(), "classes": ["a", "b"], "weights": {}})
+    with pytest.raises(QLungError, match="trained for classes"):
+        model_from_checkpoint(load_checkpoint(path), path)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(QLungError, match=r"junk\.pt: not a readable"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_a_full_disk_never_corrupts_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"format": 1, "weights": {"w": torch.ones(3)}})
+
+    def full_disk(obj: object, f: object) -> None:
+        Path(f).write_bytes(b"half")  # type: ignore[arg-type]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"format": 1, "weights": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["weights"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny: list[str], tmp_path: Path) -> None:
+    # A transformer (no batch norm, no dropout) and no SpecAugment: the only difference is who computes what.
+    common = [*tiny, "model.backbone=ast", "model.ast={embed_dim: 32, depth: 1, heads: 2}", "train.freq_mask=0"]
+    common += ["train.time_mask=0", "train.epochs=1", "train.max_steps=4", "train.lr=1e-3"]
+    cli = ["-m", "qlung_edge.cli", "train", "--config", "demo"]
+    one = subprocess.run(
+        [sys.executable, *cli, "--out", str(tmp_path / "one"), *common, "train.batch_size=8"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run(
+        [*launch, *cli, "--out", str(tmp_path / "two"), *common, "train.batch_size=4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], atol=1e-4), key
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["test"]["score"] == pytest.approx(
+        json.loads((tmp_path / "one" / "summary.json").read_text())["test"]["score"]
+    )

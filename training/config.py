@@ -1,0 +1,182 @@
+"""Training recipes: YAML files read into typed dataclasses, strictly.
+
+A misspelt key or a value of the wrong type is an error that names the key, never a silently ignored
+setting. Command-line overrides use dotted keys: `train.epochs=3 loss.lam=0.2`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qlung_edge.errors import QLungError
+from qlung_edge.quality import QualityConfig
+from training.losses import QLungLossConfig
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+class ConfigError(QLungError):
+    """A recipe that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "icbhi"
+    """'icbhi' or 'sprsound'."""
+    root: str = ""
+    test_split: str = "test"
+    selection: str = "validation"
+    """'validation': pick the best epoch on patients held out of training (default); 'test-set': pick it on
+    the test set, as much of the field does (optimistic; the run says so)."""
+    validation_fraction: float = 0.2
+    validation_seed: int = 0
+    cache_dir: str = ".cache/qlung"
+    event_mapping: dict[str, Any] = field(default_factory=dict)
+    """SPRSound event types to class indices (or null), on top of the default mapping."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "edge-cnn"
+    pretrained: str = ""
+    """Local AST/DeiT checkpoint for the ast backbone; nothing is downloaded."""
+    ast: dict[str, Any] = field(default_factory=dict)
+    """ASTConfig overrides (embed_dim, depth, heads) for smaller transformers."""
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    """Per process: the global batch is this times the number of processes."""
+    lr: float = 5e-5
+    weight_decay: float = 1e-6
+    ema: float = 0.5
+    """Per-iteration weight EMA factor: ema = ema * factor + weights * (1 - factor); 0 turns it off."""
+    grad_clip: float = 1.0
+    freq_mask: int = 24
+    time_mask: int = 96
+    amp: bool = True
+    """Mixed precision on CUDA (bfloat16 where supported); ignored on CPU."""
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    threads: int = 0
+    """Torch CPU threads; 0 leaves torch's default."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps in total (0: no limit); for smoke tests."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: QLungLossConfig = field(default_factory=QLungLossConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, kind: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(kind):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not fit {kind}")
+    if kind is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null")
+        return None
+    return value
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts; unknown keys and wrong types raise with the dotted key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = from_dict(kind, value, key)
+        else:
+            kwargs[name] = _check_type(value, kind, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # the dataclasses' own checks (loss margin kind, quality options, ...)
+        raise ConfigError(f"{prefix or 'recipe'}: {err}") from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=c` pairs into a nested dict; the value is read as YAML (numbers, booleans, lists)."""
+    out = dict(values)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[parts[-1]] = _scalar(yaml.safe_load(raw))
+    return out
+
+
+def _scalar(value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 as a string; on the command line it means a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A recipe by path, or by name from training/recipes/."""
+    path = Path(path)
+    if not path.exists() and (RECIPES / f"{path.name}.yaml").exists():
+        path = RECIPES / f"{path.name}.yaml"
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+        raise ConfigError(f"{path}: no such recipe (shipped recipes: {names})")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    try:
+        return from_dict(RunConfig, apply_overrides(values, overrides or []))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

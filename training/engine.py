@@ -1,0 +1,479 @@
+"""The training loop: data splits, model, QLung loss, Adam + cosine decay, weight EMA, checkpoints, DDP.
+
+One process or many: under `torchrun` each process trains on its shard of every global batch through
+DistributedDataParallel (gloo on CPU, nccl on CUDA), evaluation shards are gathered before metrics, and only
+rank 0 writes logs and checkpoints. Checkpoints hold tensors and plain values only and are read back with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from qlung_edge import CLASS_NAMES
+from qlung_edge.errors import QLungError
+from training.config import RunConfig
+from training.dataset import CycleDataset, prepare_cycles
+from training.frontend import SpecAugment
+from training.losses import QLungLoss
+from training.metrics import confusion_matrix, icbhi_scores, plot_confusion_matrix
+from training.models import ASTConfig, EdgeCNNConfig, QLungModel, load_pretrained
+from training.records import Cycle, DatasetScan
+from training.splits import patient_holdout
+
+CHECKPOINT_FORMAT = 1
+
+
+# --------------------------------------------------------------------------- processes and devices
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes(device: torch.device) -> Process:
+    """Join the torchrun process group when launched by torchrun; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Process()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Process(dist.get_rank(), dist.get_world_size())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise QLungError(f"train.device={name} was asked for, but torch sees no CUDA device (use cpu or auto)")
+    if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Splits:
+    scan: DatasetScan
+    train: list[Cycle]
+    validation: list[Cycle]
+    test: list[Cycle]
+    selection: str
+
+    def class_counts(self) -> list[int]:
+        counts = Counter(c.label for c in self.train)
+        return [counts.get(k, 0) for k in range(len(CLASS_NAMES))]
+
+
+def load_splits(config: RunConfig, progress: bool = True) -> Splits:
+    """Training, validation and test cycles; validation patients never appear in training."""
+    import warnings
+
+    from training.icbhi import scan_icbhi
+    from training.sprsound import DEFAULT_EVENT_MAPPING, scan_sprsound
+
+    data = config.data
+    if not data.root:
+        raise QLungError("data.root is empty: point the recipe at a data folder (data.root=PATH)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # problems are kept in scan.problems and logged by the caller
+        if data.dataset == "icbhi":
+            scan = scan_icbhi(data.root, progress=progress)
+        elif data.dataset == "sprsound":
+            mapping = {**DEFAULT_EVENT_MAPPING, **data.event_mapping}
+            scan = scan_sprsound(data.root, event_mapping=mapping, progress=progress)
+        else:
+            raise QLungError(f"data.dataset must be icbhi or sprsound, got {data.dataset!r}")
+    training = [r for r in scan.recordings_in("train") if r.cycles]
+    test = scan.cycles(data.test_split)
+    if not training or not sum(len(r.cycles) for r in training):
+        raise QLungError(f"{data.root}: no usable training cycles ({len(scan.problems)} problems in the scan)")
+    if not test:
+        raise QLungError(f"{data.root}: no usable cycles in the {data.test_split!r} split")
+    if data.selection == "validation":
+        train_ids, val_ids = patient_holdout(training, data.validation_fraction, data.validation_seed)
+        by_id = {r.id: r for r in training}
+        train = [c for i in train_ids for c in by_id[i].cycles]
+        validation = [c for i in val_ids for c in by_id[i].cycles]
+    elif data.selection == "test-set":
+        train, validation = [c for r in training for c in r.cycles], test
+    else:
+        raise QLungError(f"data.selection must be validation or test-set, got {data.selection!r}")
+    return Splits(scan, train, validation, test, data.selection)
+
+
+def _loader(dataset: CycleDataset, batch: int, process: Process, seed: int, workers: int, train: bool) -> DataLoader:
+    sampler = DistributedSampler(dataset, process.world, process.rank, shuffle=train, seed=seed, drop_last=train)
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=train)
+
+
+# --------------------------------------------------------------------------- model, checkpoints
+
+
+def build_model(config: RunConfig) -> QLungModel:
+    cfg = config.model
+    augment = SpecAugment(config.train.freq_mask, config.train.time_mask)
+    model = QLungModel(
+        cfg.backbone,
+        head=config.loss.head,
+        scale=config.loss.s_a,
+        edge=EdgeCNNConfig(dropout=cfg.dropout),
+        ast=ASTConfig(**cfg.ast) if cfg.ast else None,
+        spec_augment=augment,
+    )
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    return model
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file and rename: a full disk or a crash never leaves a half-written checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise QLungError(f"{path}: checkpoint does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for damaged or foreign files
+        raise QLungError(f"{path}: not a readable qlung-edge checkpoint ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise QLungError(f"{path}: not a qlung-edge checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> tuple[QLungModel, RunConfig]:
+    """The EMA (or plain) model a checkpoint holds, checked against its own recipe and class list."""
+    from training.config import from_dict
+
+    config = from_dict(RunConfig, payload["config"])
+    if tuple(payload["classes"]) != CLASS_NAMES:
+        raise QLungError(f"{path}: trained for classes {payload['classes']}, this toolkit uses {list(CLASS_NAMES)}")
+    model = QLungModel(
+        config.model.backbone,
+        head=config.loss.head,
+        scale=config.loss.s_a,
+        edge=EdgeCNNConfig(dropout=config.model.dropout),
+        ast=ASTConfig(**config.model.ast) if config.model.ast else None,
+    )
+    try:
+        model.load_state_dict(payload["weights"])
+    except RuntimeError as err:
+        raise QLungError(f"{path}: weights do not fit a {config.model.backbone} model ({str(err)[:200]})") from None
+    return model.eval(), config
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, dataset: CycleDataset, device: torch.device, batch: int, process: Process = Process()
+) -> np.ndarray:
+    """Class probabilities [N, C] of every cycle, gathered from all processes."""
+    model.eval()
+    indices = list(range(process.rank, len(dataset), process.world))
+    rows: list[tuple[int, list[float]]] = []
+    for start in range(0, len(indices), batch):
+        chunk = indices[start : start + batch]
+        waves = torch.stack([dataset[i][0] for i in chunk]).to(device)
+        probabilities = model(waves)["probabilities"].float().cpu().numpy()
+        rows += list(zip(chunk, probabilities.tolist()))
+    if process.world > 1:
+        gathered: list[Any] = [None] * process.world
+        dist.all_gather_object(gathered, rows)
+        rows = [row for part in gathered for row in part]
+    out = np.zeros((len(dataset), len(CLASS_NAMES)), np.float32)
+    for i, p in rows:
+        out[i] = p
+    return out
+
+
+def cycle_metrics(cycles: list[Cycle], probabilities: np.ndarray) -> dict[str, Any]:
+    labels = np.array([c.label for c in cycles])
+    predictions = probabilities.argmax(axis=1)
+    scores = icbhi_scores(confusion_matrix(labels, predictions))
+    per_device = {}
+    for device in sorted({c.device for c in cycles}):
+        mask = np.array([c.device == device for c in cycles])
+        per_device[device] = icbhi_scores(confusion_matrix(labels[mask], predictions[mask])).as_dict()
+    return {**scores.as_dict(), "per_device": per_device, "confusion": confusion_matrix(labels, predictions).tolist()}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _cosine(total_steps: int) -> Any:
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def train(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one seed into `out_dir`; returns the run summary (also written to summary.json)."""
+    out = Path(out_dir)
+    device = resolve_device(config.train.device)
+    process = start_processes(device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    show = progress and process.main
+    _seed(config.train.seed)
+    if process.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    splits = load_splits(config, progress=show)
+    cache = Path(config.data.cache_dir)
+    prepared = {
+        name: prepare_cycles(
+            cycles, splits.scan.recordings, cache, config.quality, progress=show, desc=f"prepare {name}"
+        )
+        for name, cycles in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+    }
+    counts = splits.class_counts()
+    datasets = {name: CycleDataset(p) for name, p in prepared.items()}
+
+    model = build_model(config).to(device)
+    trained: torch.nn.Module = model
+    if process.world > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    criterion = QLungLoss(config.loss, [max(n, 1) for n in counts]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    train_loader = _loader(
+        datasets["train"], config.train.batch_size, process, config.train.seed, config.train.workers, True
+    )
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise QLungError(
+            f"{len(datasets['train'])} training cycles make no batch of {config.train.batch_size} per process"
+        )
+    total_steps = steps_per_epoch * config.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema), use_buffers=True)
+        if config.train.ema > 0
+        else None
+    )
+    use_amp = config.train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, step, best, history = 0, 0, -1.0, []
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume:
+        state = load_checkpoint(last_path)
+        if state["config"] != config.to_dict():
+            raise QLungError(f"{last_path}: was written by a different recipe; resume with the same one")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, step, best, history = state["epoch"], state["step"], state["best"], state["history"]
+
+    evaluated = ema.module if ema is not None else model
+    writer = None
+    if process.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    interrupted = False
+    for epoch in range(start_epoch, config.train.epochs):
+        if stop_after is not None and epoch >= stop_after:
+            interrupted = True
+            break
+        trained.train()
+        train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        began, seen, totals = time.perf_counter(), 0, Counter()
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", disable=not show, leave=False
+        )
+        for waves, labels, aqs, _ in bar:
+            waves, labels, aqs = waves.to(device), labels.to(device), aqs.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                output = trained(waves)
+                loss, parts = criterion(output["logits"], output["cosine"], labels, aqs)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if config.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            seen += len(labels) * process.world
+            totals.update({k: v * len(labels) for k, v in parts.items()})
+            totals["n"] += len(labels)
+            bar.set_postfix(loss=f"{parts['ce']:.3f}")
+            if config.train.max_steps and step >= config.train.max_steps:
+                break
+        elapsed = time.perf_counter() - began
+        val = cycle_metrics(splits.validation, predict(evaluated, datasets["validation"], device, 32, process))
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": scheduler.get_last_lr()[0],
+            **{f"train_{k}": v / totals["n"] for k, v in totals.items() if k != "n"},
+            "val_specificity": val["specificity"],
+            "val_sensitivity": val["sensitivity"],
+            "val_score": val["score"],
+            "cycles_per_second": seen / elapsed,
+        }
+        history.append(row)
+        improved = val["score"] > best
+        best = max(best, val["score"])
+        if process.main:
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "config": config.to_dict(),
+                "classes": list(CLASS_NAMES),
+                "quality": config.quality.to_dict(),
+                "weights": evaluated.state_dict(),
+                "epoch": epoch + 1,
+                "metrics": {"validation": {k: val[k] for k in ("specificity", "sensitivity", "score")}},
+                "selection": splits.selection,
+            }
+            if improved:
+                save_checkpoint(best_path, payload)
+            save_checkpoint(
+                last_path,
+                {
+                    **payload,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else {},
+                    "rng": torch.get_rng_state(),
+                    "step": step,
+                    "best": best,
+                    "history": history,
+                },
+            )
+            _log(out, row, writer)
+            if show:
+                print(
+                    f"epoch {epoch + 1}: loss {row.get('train_ce', float('nan')):.3f}  "
+                    f"val Sp {100 * val['specificity']:.1f} Se {100 * val['sensitivity']:.1f} "
+                    f"Score {100 * val['score']:.1f}"
+                    f"  {row['cycles_per_second']:.1f} cycles/s" + ("  *" if improved else "")
+                )
+        if config.train.max_steps and step >= config.train.max_steps:
+            break
+    if writer is not None:
+        writer.close()
+    if process.world > 1:
+        dist.barrier()
+    if interrupted:
+        return {"stopped_after_epoch": stop_after}
+
+    best_state = load_checkpoint(best_path)
+    evaluated.load_state_dict(best_state["weights"])
+    test = cycle_metrics(splits.test, predict(evaluated, datasets["test"], device, 32, process))
+    summary = {
+        "name": config.name,
+        "seed": config.train.seed,
+        "selection": "best epoch on patients held out of training"
+        if splits.selection == "validation"
+        else "best epoch ON THE TEST SET (optimistic, as much of the field reports)",
+        "best_epoch": best_state["epoch"],
+        "validation": best_state["metrics"]["validation"],
+        "test": test,
+        "class_counts_train": dict(zip(CLASS_NAMES, counts)),
+        "cycles": {
+            k: len(v) for k, v in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+        },
+        "train_cycles_per_second": float(np.median([h["cycles_per_second"] for h in history])) if history else None,
+        "device": str(device),
+        "processes": process.world,
+        "torch": torch.__version__,
+    }
+    if process.main:
+        best_state["metrics"]["test"] = {k: test[k] for k in ("specificity", "sensitivity", "score")}
+        save_checkpoint(best_path, best_state)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        plot_confusion_matrix(np.array(test["confusion"]), out / "confusion_matrix.png", title=f"{config.name}, test")
+    return summary
+
+
+def _log(out: Path, row: dict[str, Any], writer: Any) -> None:
+    path = out / "metrics.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)):
+            writer.add_scalar(key, value, row["epoch"])
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.array(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def train_seeds(config: RunConfig, out_dir: str | Path, seeds: list[int], progress: bool = True) -> dict[str, Any]:
+    """One run per seed under out_dir/seed<k>/, then test Sp, Se and Score as mean +- std (sample std)."""
+    from dataclasses import replace
+
+    out = Path(out_dir)
+    runs = [
+        train(replace(config, train=replace(config.train, seed=s)), out / f"seed{s}", progress=progress) for s in seeds
+    ]
+    summary: dict[str, Any] = {"name": config.name, "seeds": seeds, "selection": runs[0]["selection"]}
+    for key in ("specificity", "sensitivity", "score", "score_2class"):
+        mean, std = mean_std([100 * r["test"][key] for r in runs])
+        summary[key] = {"mean": mean, "std": std, "runs": [100 * r["test"][key] for r in runs]}
+    summary["train_cycles_per_second"] = float(np.median([r["train_cycles_per_second"] for r in runs]))
+    (out / "seeds_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
