@@ -71,10 +71,19 @@ def test_synth_then_summary_through_the_installed_command(tmp_path: Path) -> Non
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = _run("demo", "--out", str(tmp_path / "demo"), "--recordings", "8")
-    assert result.returncode == 0, result.stderr
+    result = _run("demo", "--out", str(tmp_path / "demo"), "--recordings", "30")
+    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("ground truth matches") == 2
+    table = result.stdout.split("QLung against cross-entropy")[1].splitlines()
+    rows = {line.split()[0]: line for line in table if line.strip().startswith(("qlung", "ce "))}
+    assert set(rows) == {"qlung", "ce"} and all(line.count("Score") == 2 for line in rows.values())
+    for loss in ("qlung", "ce"):
+        assert (tmp_path / "demo" / "runs" / loss / "best.pt").exists()
+        assert (tmp_path / "demo" / "runs" / loss / "ood" / "risk_coverage.png").exists()
     assert "demo finished" in result.stdout
+
+    few = _run("demo", "--out", str(tmp_path / "few"), "--recordings", "2")
+    assert few.returncode == 2 and "error: " in few.stderr and "Traceback" not in few.stderr
 
 
 @pytest.mark.parametrize("module", ["qlung_edge", "qlung_edge.cli", "qlung_edge.audio", "qlung_edge.demo"])

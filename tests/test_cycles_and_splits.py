@@ -93,3 +93,10 @@ def test_kfold_needs_enough_patients(shared_data: Path, tmp_path: Path) -> None:
         scan = scan_icbhi(root, progress=False)
     with pytest.raises(ValueError, match="1 patients into 2"):
         patient_kfold(scan.recordings, k=2)
+
+
+def test_holdout_with_few_patients_still_holds_one_out(shared_data: Path) -> None:
+    scan = scan_icbhi(shared_data / "icbhi-sample", progress=False)  # patients 101, 102, 103, 104
+    train, held = patient_holdout(scan.recordings, 0.2, seed=0)
+    patients = {r.id: r.patient for r in scan.recordings}
+    assert held and train and not {patients[i] for i in train} & {patients[i] for i in held}

@@ -115,7 +115,10 @@ def load_splits(config: RunConfig, progress: bool = True) -> Splits:
     if not test:
         raise QLungError(f"{data.root}: no usable cycles in the {data.test_split!r} split")
     if data.selection == "validation":
-        train_ids, val_ids = patient_holdout(training, data.validation_fraction, data.validation_seed)
+        try:
+            train_ids, val_ids = patient_holdout(training, data.validation_fraction, data.validation_seed)
+        except ValueError as err:
+            raise QLungError(f"{data.root}: cannot hold out validation patients ({err})") from None
         by_id = {r.id: r for r in training}
         train = [c for i in train_ids for c in by_id[i].cycles]
         validation = [c for i in val_ids for c in by_id[i].cycles]

@@ -55,5 +55,6 @@ def patient_holdout(
     """One (train, held-out) pair with about `fraction` of the cycles held out, by patient."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
-    k = max(2, int(round(1.0 / fraction)))
+    patients = len({r.patient for r in recordings})
+    k = max(2, min(int(round(1.0 / fraction)), patients))  # few patients: hold out one of them at least
     return patient_kfold(recordings, k, seed)[0]
