@@ -118,6 +118,20 @@ def test_bad_inputs(tiny: list[str], tmp_path: Path) -> None:
     save_checkpoint(path, {"format": 1, "config": load_recipe("demo").to_dict(), "classes": ["a", "b"], "weights": {}})
     with pytest.raises(QLungError, match="trained for classes"):
         model_from_checkpoint(load_checkpoint(path), path)
+    from training.models import ASTConfig, QLungModel
+
+    ast_weights = QLungModel("ast", ast=ASTConfig(embed_dim=32, depth=1, heads=2)).state_dict()
+    save_checkpoint(
+        path,
+        {
+            "format": 1,
+            "config": load_recipe("demo").to_dict(),
+            "classes": ["normal", "crackle", "wheeze", "both"],
+            "weights": ast_weights,
+        },
+    )
+    with pytest.raises(QLungError, match="weights do not fit an edge-cnn model"):
+        model_from_checkpoint(load_checkpoint(path), path)
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(QLungError, match=r"junk\.pt: not a readable"):
         load_checkpoint(tmp_path / "junk.pt")

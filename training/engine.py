@@ -193,7 +193,7 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
     try:
         model.load_state_dict(payload["weights"])
     except RuntimeError as err:
-        raise QLungError(f"{path}: weights do not fit a {config.model.backbone} model ({str(err)[:200]})") from None
+        raise QLungError(f"{path}: weights do not fit an {config.model.backbone} model ({str(err)[:200]})") from None
     return model.eval(), config
 
 
