@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from qlung_edge.audio import AudioInfo, audio_info
-from qlung_edge.errors import AudioFileError, DataError
+from qlung_edge.audio import AudioInfo
+from qlung_edge.errors import DataError
 from training.records import Cycle, DatasetScan, Recording, label_from_flags
 
 SPLIT_FILE_NAMES = ("official_split.txt", "ICBHI_challenge_train_test.txt")
@@ -211,24 +211,9 @@ def scan_icbhi(
             if wav is None:
                 scan.report(txt, "annotation has no .wav beside it", "skipped recording")
                 continue
-            try:
-                info = audio_info(wav)
-            except AudioFileError as err:
-                scan.report(wav, err.problem, "skipped recording")
+            info = scan.attach_audio(rec, wav)
+            if info is None:
                 continue
-            if info.frames == 0:
-                scan.report(wav, "holds no audio samples", "skipped recording")
-                continue
-            if info.truncated:
-                scan.report(
-                    wav,
-                    f"truncated: header declares {info.declared_frames} frames, file holds {info.frames}",
-                    "used the frames that are there",
-                )
-            if info.channels > 1:
-                scan.report(wav, f"has {info.channels} channels, expected mono", "downmixed to mono")
-            rec.audio_path, rec.sample_rate, rec.duration = wav, info.sample_rate, info.duration
-            rec.extra["subtype"] = info.subtype
         rec.cycles = _parse_cycles(scan, txt, rec, info)
         if not rec.cycles:
             scan.report(txt, "annotation lists no usable cycles", "skipped recording")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlung_edge import CLASS_NAMES
-from qlung_edge.errors import DataError
+from qlung_edge.audio import AudioInfo, audio_info
+from qlung_edge.errors import AudioFileError, DataError
 
 
 def label_from_flags(crackle: int, wheeze: int) -> int:
@@ -99,6 +100,25 @@ class DatasetScan:
         problem = Problem(path=path, reason=reason, action=action, line=line)
         self.problems.append(problem)
         warnings.warn(str(problem), stacklevel=2)
+
+    def attach_audio(self, rec: Recording, wav: Path) -> AudioInfo | None:
+        """Check a recording's audio header and report what is wrong; None when the recording must be skipped."""
+        try:
+            info = audio_info(wav)
+        except AudioFileError as err:
+            self.report(wav, err.problem, "skipped recording")
+            return None
+        if info.frames == 0:
+            self.report(wav, "holds no audio samples", "skipped recording")
+            return None
+        if info.truncated:
+            found = f"truncated: header declares {info.declared_frames} frames, file holds {info.frames}"
+            self.report(wav, found, "used the frames that are there")
+        if info.channels > 1:
+            self.report(wav, f"has {info.channels} channels, expected mono", "downmixed to mono")
+        rec.audio_path, rec.sample_rate, rec.duration = wav, info.sample_rate, info.duration
+        rec.extra["subtype"] = info.subtype
+        return info
 
     def cycles(self, split: str | None = None) -> list[Cycle]:
         return [c for r in self.recordings if split is None or r.split == split for c in r.cycles]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from qlung_edge.audio import AudioInfo, audio_info
-from qlung_edge.errors import AudioFileError, DataError
+from qlung_edge.audio import AudioInfo
+from qlung_edge.errors import DataError
 from training.records import Cycle, DatasetScan, Recording
 
 DEVICE = "Yunting-II"
@@ -172,20 +172,9 @@ def scan_sprsound(
             if not wav.exists():
                 scan.report(path, f"annotation has no audio {wav.name} in {wav_dir}", "skipped recording")
                 continue
-            try:
-                info = audio_info(wav)
-            except AudioFileError as err:
-                scan.report(wav, err.problem, "skipped recording")
+            info = scan.attach_audio(rec, wav)
+            if info is None:
                 continue
-            if info.truncated:
-                scan.report(
-                    wav,
-                    f"truncated: header declares {info.declared_frames} frames, file holds {info.frames}",
-                    "used the frames that are there",
-                )
-            if info.channels > 1:
-                scan.report(wav, f"has {info.channels} channels, expected mono", "downmixed to mono")
-            rec.audio_path, rec.sample_rate, rec.duration = wav, info.sample_rate, info.duration
         rec.cycles = _event_cycles(scan, path, rec, events, mapping, info)
         if record != POOR_QUALITY and not events:
             scan.report(path, f"record labelled {record!r} has no events", "kept with no cycles")
