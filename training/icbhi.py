@@ -37,8 +37,6 @@ ACQUISITION_MODES = {"sc": "sequential/single channel", "mc": "simultaneous/mult
 _NAME = re.compile(
     r"^(?P<patient>\d+)_(?P<index>[0-9A-Za-z]+)_(?P<location>[A-Za-z]{2})_(?P<mode>sc|mc)_(?P<device>[0-9A-Za-z]+)$"
 )
-_END_TOLERANCE_S = 0.01
-"""Annotations that overrun the audio by less than this are clipped silently (rounding in the release)."""
 
 
 @dataclass(frozen=True)
@@ -121,35 +119,9 @@ def _parse_cycles(
         except ValueError as err:
             scan.report(path, f"annotation line does not parse: {err}", "skipped line", number)
             continue
-        if audio is not None:
-            if start >= audio.duration:
-                scan.report(
-                    path,
-                    f"cycle {start:.3f}-{end:.3f} s lies outside the audio ({audio.duration:.3f} s)",
-                    "skipped line",
-                    number,
-                )
-                continue
-            if end > audio.duration + _END_TOLERANCE_S:
-                scan.report(
-                    path,
-                    f"cycle {start:.3f}-{end:.3f} s runs past the end of the audio ({audio.duration:.3f} s)",
-                    "clipped cycle to the audio",
-                    number,
-                )
-            end = min(end, audio.duration)
-        cycles.append(
-            Cycle(
-                recording=rec.id,
-                patient=rec.patient,
-                device=rec.device,
-                start=start,
-                end=end,
-                label=label,
-                split=rec.split,
-                source=f"{path}:{number}",
-            )
-        )
+        fitted = scan.fit_to_audio(path, "cycle", start, end, audio.duration if audio else None, number)
+        if fitted is not None:
+            cycles.append(rec.cycle(start, fitted, label, f"{path}:{number}"))
     return cycles
 
 

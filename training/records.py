@@ -16,6 +16,9 @@ from qlung_edge import CLASS_NAMES
 from qlung_edge.audio import AudioInfo, audio_info
 from qlung_edge.errors import AudioFileError, DataError
 
+END_TOLERANCE_S = 0.01
+"""Annotations that overrun the audio by less than this are clipped without a report (rounding in releases)."""
+
 
 def label_from_flags(crackle: int, wheeze: int) -> int:
     """ICBHI's (crackle, wheeze) flags to the class index: normal, crackle, wheeze, both."""
@@ -66,6 +69,9 @@ class Recording:
     """SPRSound's record-level annotation (Normal, CAS, DAS, CAS & DAS, Poor Quality)."""
     cycles: list[Cycle] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
+
+    def cycle(self, start: float, end: float, label: int, source: str) -> Cycle:
+        return Cycle(self.id, self.patient, self.device, start, end, label, self.split, source)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,21 @@ class DatasetScan:
         rec.audio_path, rec.sample_rate, rec.duration = wav, info.sample_rate, info.duration
         rec.extra["subtype"] = info.subtype
         return info
+
+    def fit_to_audio(
+        self, path: Path, what: str, start: float, end: float, duration: float | None, line: int | None = None
+    ) -> float | None:
+        """The span's end within the audio, or None when it starts past the end; either way reported."""
+        if duration is None:
+            return end
+        action = "skipped line" if line is not None else "skipped event"
+        if start >= duration:
+            self.report(path, f"{what} {start:.3f}-{end:.3f} s lies outside the audio ({duration:.3f} s)", action, line)
+            return None
+        if end > duration + END_TOLERANCE_S:
+            found = f"{what} {start:.3f}-{end:.3f} s runs past the end of the audio ({duration:.3f} s)"
+            self.report(path, found, "clipped to the audio", line)
+        return min(end, duration)
 
     def cycles(self, split: str | None = None) -> list[Cycle]:
         return [c for r in self.recordings if split is None or r.split == split for c in r.cycles]

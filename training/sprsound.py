@@ -94,27 +94,9 @@ def _event_cycles(
         if label is None:
             rec.extra[f"excluded:{kind}"] = str(int(rec.extra.get(f"excluded:{kind}", "0")) + 1)
             continue
-        if audio is not None:
-            if start >= audio.duration:
-                scan.report(
-                    path,
-                    f"event {number} at {start:.3f} s lies outside the audio ({audio.duration:.3f} s)",
-                    "skipped event",
-                )
-                continue
-            end = min(end, audio.duration)
-        cycles.append(
-            Cycle(
-                recording=rec.id,
-                patient=rec.patient,
-                device=rec.device,
-                start=start,
-                end=end,
-                label=label,
-                split=rec.split,
-                source=f"{path}#event{number}",
-            )
-        )
+        fitted = scan.fit_to_audio(path, f"event {number}", start, end, audio.duration if audio else None)
+        if fitted is not None:
+            cycles.append(rec.cycle(start, fitted, label, f"{path}#event{number}"))
     return cycles
 
 
