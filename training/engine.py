@@ -265,6 +265,8 @@ def train(
     if process.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if not resume:
+            (out / "metrics.csv").unlink(missing_ok=True)  # a fresh run does not continue an old log
 
     splits = load_splits(config, progress=show)
     cache = Path(config.data.cache_dir)
