@@ -253,7 +253,7 @@ def bench(what: str, seconds: float, repeats: int) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
-@click.option("--recordings", default=120, show_default=True, help="Synthetic recordings per layout.")
+@click.option("--recordings", default=300, show_default=True, help="Synthetic ICBHI-layout recordings to train on.")
 @click.option("--seed", default=0, show_default=True)
 def demo(out: Path, recordings: int, seed: int) -> None:
     """Run the pipeline end to end on synthetic data made on the spot."""

@@ -19,7 +19,7 @@ def _step(title: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out: Path, recordings: int = 120, seed: int = 0) -> None:
+def run_demo(out: Path, recordings: int = 300, seed: int = 0) -> None:
     from dataclasses import replace
 
     from training.config import load_recipe
@@ -30,8 +30,11 @@ def run_demo(out: Path, recordings: int = 120, seed: int = 0) -> None:
     from training.synth import SynthConfig, load_ground_truth, synthesize
 
     begin = time.perf_counter()
-    t = _step(f"1. synthesise {recordings} recordings per layout into {out}")
-    folders = synthesize(out / "data", SynthConfig(recordings=recordings, seed=seed))
+    # Fewer SPRSound-layout recordings: they only show that its loader reads what the generator wrote.
+    sprsound_recordings = min(recordings, 80)
+    t = _step(f"1. synthesise {recordings} ICBHI-layout and {sprsound_recordings} SPRSound-layout recordings in {out}")
+    folders = synthesize(out / "data", SynthConfig(recordings=recordings, seed=seed), ("icbhi",))
+    folders |= synthesize(out / "data", SynthConfig(recordings=sprsound_recordings, seed=seed), ("sprsound",))
     click.echo(f"   done in {time.perf_counter() - t:.1f} s")
 
     for layout, folder in folders.items():
@@ -52,7 +55,7 @@ def run_demo(out: Path, recordings: int = 120, seed: int = 0) -> None:
         )
 
     t = _step("3. synthesise an out-of-distribution set: other devices, harsher degradations")
-    ood = synthesize(out / "data-ood", SynthConfig.out_of_distribution(max(recordings // 2, 20), seed + 1), ("icbhi",))
+    ood = synthesize(out / "data-ood", SynthConfig.out_of_distribution(max(recordings // 3, 20), seed + 1), ("icbhi",))
     click.echo(f"   done in {time.perf_counter() - t:.1f} s")
 
     results = {}
