@@ -223,6 +223,65 @@ def eval_command(
         click.echo(f"  written to {out}")
 
 
+@cli.command("export")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write (checkpoint in).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
+@click.option(
+    "--check-audio",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also check parity on the WAVs in this folder (e.g. ../shared/data/icbhi-sample).",
+)
+@click.option("--int8", is_flag=True, help="Add model.int8.onnx (static QDQ quantization) and compare it with FP32.")
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="ICBHI or SPRSound folder: calibrate on its train split, judge on its test split (default synthetic).",
+)
+@click.option("--trt", is_flag=True, help="Build model.plan with TensorRT (on the Jetson; SOURCE may be a bundle).")
+@click.option("--precision", type=click.Choice(["fp16", "int8", "fp32"]), default="fp16", show_default=True)
+@click.option("--max-batch", default=8, show_default=True, help="Largest batch of the engine's profile.")
+@click.option("--workspace-mb", default=1024, show_default=True)
+@click.option("--check", is_flag=True, help="With --trt: compare the engine with ONNX Runtime on the check windows.")
+def export_command(
+    source: Path,
+    out: Path | None,
+    force: bool,
+    check_audio: Path | None,
+    int8: bool,
+    calibration: Path | None,
+    trt: bool,
+    precision: str,
+    max_batch: int,
+    workspace_mb: int,
+    check: bool,
+) -> None:
+    """Checkpoint to a verified model bundle (ONNX, INT8); --trt builds the TensorRT engine on the device."""
+    bundle = source
+    if source.is_file():
+        from export.onnx_export import export_bundle
+
+        if out is None:
+            raise click.UsageError("--out BUNDLE is needed when SOURCE is a checkpoint")
+        export_bundle(
+            source, out, force=force, real_audio=check_audio, int8=int8, calibration=calibration, log=click.echo
+        )
+        bundle = out
+    elif not trt:
+        raise click.UsageError(f"{source} is a folder: give a checkpoint to export, or --trt to build an engine")
+    if trt:
+        from export.tensorrt import BatchProfile, add_engine
+
+        add_engine(
+            bundle,
+            precision=precision,
+            profile=BatchProfile(1, 1, max_batch),
+            workspace_mb=workspace_mb,
+            check=check,
+            log=click.echo,
+        )
+
+
 @cli.command("model-info")
 @click.option("--backbone", type=click.Choice(["edge-cnn", "ast"]), default="edge-cnn", show_default=True)
 @click.option("--head", type=click.Choice(["angular", "linear"]), default="angular", show_default=True)

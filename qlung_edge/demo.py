@@ -76,4 +76,17 @@ def run_demo(out: Path, recordings: int = 300, seed: int = 0) -> None:
     for loss, (inside, outside) in results.items():
         click.echo(f"   {loss:<8}{format_scores(inside):<36}{format_scores(outside)}")
     click.echo(f"   run folders, confusion matrices and risk-coverage plots: {out / 'runs'}")
+
+    from export.onnx_export import export_bundle
+
+    t = _step("6. export the QLung model: ONNX bundle with parity check, op audit and INT8")
+    export_bundle(
+        out / "runs" / "qlung" / "best.pt",
+        out / "bundle",
+        force=True,
+        int8=True,
+        calibration=folders["icbhi"],
+        log=lambda line: click.echo(f"   {line}"),
+    )
+    click.echo(f"   done in {time.perf_counter() - t:.1f} s")
     click.secho(f"\ndemo finished in {time.perf_counter() - begin:.1f} s", bold=True)

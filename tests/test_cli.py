@@ -80,13 +80,29 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for loss in ("qlung", "ce"):
         assert (tmp_path / "demo" / "runs" / loss / "best.pt").exists()
         assert (tmp_path / "demo" / "runs" / loss / "ood" / "risk_coverage.png").exists()
+    assert "argmax identical: True" in result.stdout and "INT8 vs FP32" in result.stdout
+    from qlung_edge.bundle import load_bundle
+
+    assert load_bundle(tmp_path / "demo" / "bundle").has("model.int8.onnx")
     assert "demo finished" in result.stdout
 
     few = _run("demo", "--out", str(tmp_path / "few"), "--recordings", "2")
     assert few.returncode == 2 and "error: " in few.stderr and "Traceback" not in few.stderr
 
 
-@pytest.mark.parametrize("module", ["qlung_edge", "qlung_edge.cli", "qlung_edge.audio", "qlung_edge.demo"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "qlung_edge",
+        "qlung_edge.cli",
+        "qlung_edge.audio",
+        "qlung_edge.demo",
+        "qlung_edge.bundle",
+        "qlung_edge.runtime",
+        "export.tensorrt",
+        "export.ops",
+    ],
+)
 def test_device_side_never_imports_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -95,7 +95,8 @@ class KaldiFbank(nn.Module):
         if waveform.dim() != 2:
             raise ValueError(f"expected a [batch, samples] waveform, got shape {tuple(waveform.shape)}")
         frames = F.conv1d(waveform.unsqueeze(1), self.kernel, stride=self.config.hop_length)
-        real, imag = frames.chunk(2, dim=1)
+        bins = frames.shape[1] // 2  # slices, not chunk(): ONNX Split changed in opset 18 and JetPack 5 reads 17
+        real, imag = frames[:, :bins], frames[:, bins:]
         power = real * real + imag * imag
         logmel = torch.matmul(self.mel, power).clamp_min(LOG_FLOOR).log().transpose(1, 2)
         if self.config.normalize:

@@ -1,0 +1,272 @@
+"""Checkpoint to verified bundle: ONNX with the front end inside, parity against torch, op audit, manifest.
+
+The export refuses to write a bundle whose ONNX model does not compute what the checkpoint computed, or that
+TensorRT on a Jetson could not read; everything is staged in a temporary folder and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.ops import MAX_OPSET, audit_file
+from qlung_edge import CLASS_NAMES, MODEL_SAMPLE_RATE, WINDOW_SECONDS, __version__
+from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MODEL_FILE, staged_folder, write_manifest
+from qlung_edge.errors import QLungError
+from qlung_edge.runtime import OUTPUT_NAMES, onnx_session, run_onnx
+
+INPUT_NAME = "waveform"
+WINDOW_SAMPLES = int(WINDOW_SECONDS * MODEL_SAMPLE_RATE)
+
+
+class ExportError(QLungError):
+    """The export would produce a model that does not do what the checkpoint does, or cannot run on the device."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = MAX_OPSET
+    max_batch: int = 32
+    tolerance: float = 1e-4
+    """Largest allowed |probability difference| between ONNX Runtime and torch."""
+    hop_seconds: float = 1.0
+    """The daemon's default step between windows, stored in the manifest."""
+    synthetic_check_windows: int = 4
+
+
+class _Outputs(torch.nn.Module):
+    """The model with tuple outputs in manifest order (exporters name outputs by position)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(waveform)
+        return tuple(out[name] for name in OUTPUT_NAMES)
+
+
+def _to_opset(model: Any, opset: int) -> Any:
+    """Convert the exporter's graph to `opset`, dropping the attribute opset 18 added to reductions."""
+    import onnx
+    from onnx import version_converter
+
+    current = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
+    if current > opset:
+        model = version_converter.convert_version(model, opset)
+        for node in model.graph.node:
+            if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+                kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+    model.ir_version = min(model.ir_version, 8)  # what onnx 1.12 (inside TensorRT 8.5) reads
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = ExportOptions()) -> None:
+    """torch.export-based ONNX export with a dynamic batch, converted to the opset the Jetson reads."""
+    import warnings
+
+    import onnx
+
+    example = torch.zeros(2, WINDOW_SAMPLES)
+    batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(
+            _Outputs(model.eval()),
+            (example,),
+            str(raw),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"waveform": {0: batch}},
+            optimize=True,  # constant folding and graph simplification (onnxscript's optimizer)
+            external_data=False,
+            verbose=False,
+        )
+        converted = _to_opset(onnx.load(str(raw)), options.opset)
+    onnx.save(converted, str(path))
+
+
+# --------------------------------------------------------------------------- check windows
+
+
+def _window(samples: np.ndarray, rate: int) -> np.ndarray:
+    from qlung_edge.audio import resample
+
+    wave = resample(samples, rate, MODEL_SAMPLE_RATE) if rate != MODEL_SAMPLE_RATE else samples
+    return np.resize(wave.astype(np.float32), WINDOW_SAMPLES)  # first 8 s, repeated when shorter
+
+
+def synthetic_windows(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Windows of freshly synthesised recordings (with crackles, wheezes, degradations), no files."""
+    from training.synth import SynthConfig, draw_specs, render
+
+    specs = draw_specs(SynthConfig(recordings=count, seed=seed), "icbhi")[:count]
+    windows = [_window(render(spec), spec.rate) for spec in specs]
+    return np.stack(windows), [f"synthetic:{spec.name}" for spec in specs]
+
+
+def recording_windows(folder: str | Path, limit: int = 10) -> tuple[np.ndarray, list[str]]:
+    """The first 8 s of each WAV in `folder` (sorted), at 16 kHz."""
+    from qlung_edge.audio import read_audio
+
+    paths = sorted(Path(folder).glob("*.wav"))[:limit]
+    if not paths:
+        raise ExportError(f"{folder}: no .wav files to check parity on")
+    windows = []
+    for path in paths:
+        audio = read_audio(path)
+        windows.append(_window(audio.samples, audio.sample_rate))
+    return np.stack(windows), [str(p) for p in paths]
+
+
+@torch.no_grad()
+def torch_outputs(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
+    for start in range(0, len(windows), batch):
+        out = model(torch.from_numpy(windows[start : start + batch]))
+        for name in OUTPUT_NAMES:
+            parts[name].append(out[name].float().numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Max |difference| per output and whether every window gets the same class."""
+    result: dict[str, Any] = {
+        f"max_abs_{name}": float(np.abs(reference[name] - candidate[name]).max()) for name in OUTPUT_NAMES
+    }
+    same = reference["probabilities"].argmax(1) == candidate["probabilities"].argmax(1)
+    result["argmax_identical"] = bool(same.all())
+    result["argmax_disagreements"] = int((~same).sum())
+    result["windows"] = len(same)
+    return result
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def _check_subset(total: int, synthetic: int, keep: int = 8) -> np.ndarray:
+    """Which check windows the bundle keeps (half synthetic, half real): 0.5 MB each, a few are enough."""
+    real = np.arange(synthetic, total)[: keep // 2]
+    return np.concatenate([np.arange(min(synthetic, keep - len(real))), real]).astype(int)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "qlung_edge": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    real_audio: str | Path | None = None,
+    int8: bool = False,
+    calibration: str | Path | None = None,
+    options: ExportOptions = ExportOptions(),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Write a verified bundle for `checkpoint` to `out`; returns the manifest."""
+    from training.engine import load_checkpoint, model_from_checkpoint
+    from training.models import count_parameters
+
+    payload = load_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(payload, checkpoint)
+    out = Path(out)
+    with staged_folder(out, force) as stage:
+        t = time.perf_counter()
+        log(f"exporting {config.model.backbone} ({count_parameters(model):,} parameters) to ONNX opset {options.opset}")
+        onnx_path = stage / MODEL_FILE
+        export_onnx(model, onnx_path, options)
+        audit = audit_file(onnx_path)
+        log(f"  op audit: {audit.summary()}")
+        if not audit.ok:
+            raise ExportError(f"{checkpoint}: the ONNX model would not run under TensorRT: {'; '.join(audit.problems)}")
+
+        windows, names = synthetic_windows(options.synthetic_check_windows)
+        if real_audio is not None:
+            real, real_names = recording_windows(real_audio)
+            windows, names = np.concatenate([windows, real]), names + real_names
+        reference = torch_outputs(model, windows)
+        session = onnx_session(onnx_path, threads=1)
+        one_by_one = compare(reference, run_onnx(session, windows, batch=1))
+        batched = compare(reference, run_onnx(session, windows, batch=len(windows)))
+        worst = max(one_by_one["max_abs_probabilities"], batched["max_abs_probabilities"])
+        log(
+            f"  parity on {len(windows)} windows ({options.synthetic_check_windows} synthetic"
+            f"{', ' + str(len(windows) - options.synthetic_check_windows) + ' real' if real_audio else ''}):"
+            f" max |dp| {worst:.2e}, max |dlogit| {one_by_one['max_abs_logits']:.2e},"
+            f" argmax identical: {one_by_one['argmax_identical'] and batched['argmax_identical']}"
+        )
+        if worst > options.tolerance or not (one_by_one["argmax_identical"] and batched["argmax_identical"]):
+            raise ExportError(
+                f"{checkpoint}: ONNX Runtime differs from torch (max |dp| {worst:.2e} > {options.tolerance:g}"
+                f" or argmax changed on {batched['argmax_disagreements']} windows); bundle not written"
+            )
+        keep = _check_subset(len(windows), options.synthetic_check_windows)
+        kept = {name: values[keep] for name, values in reference.items()}
+        np.savez(stage / CHECK_FILE, waveform=windows[keep], names=np.array(names)[keep], **kept)
+
+        manifest: dict[str, Any] = {
+            "name": config.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source_checkpoint": str(checkpoint),
+            "classes": list(CLASS_NAMES),
+            "sample_rate": MODEL_SAMPLE_RATE,
+            "window_seconds": WINDOW_SECONDS,
+            "window_samples": WINDOW_SAMPLES,
+            "hop_seconds": options.hop_seconds,
+            "quality": config.quality.to_dict(),
+            "model": {
+                "backbone": config.model.backbone,
+                "head": config.loss.head,
+                "parameters": count_parameters(model),
+            },
+            "inputs": [{"name": INPUT_NAME, "shape": ["batch", WINDOW_SAMPLES], "dtype": "float32"}],
+            "outputs": [
+                {"name": "logits", "shape": ["batch", len(CLASS_NAMES)], "dtype": "float32"},
+                {"name": "probabilities", "shape": ["batch", len(CLASS_NAMES)], "dtype": "float32"},
+                {"name": "embedding", "shape": ["batch", int(reference["embedding"].shape[1])], "dtype": "float32"},
+            ],
+            "max_batch": options.max_batch,
+            "opset": options.opset,
+            "op_audit": {"ok": audit.ok, "ops": audit.ops},
+            "parity": {"tolerance": options.tolerance, "one_by_one": one_by_one, "batched": batched},
+            "metrics": payload.get("metrics", {}),
+            "selection": payload.get("selection"),
+            "versions": _versions(),
+        }
+        if int8:
+            from export.quantize import quantize_bundle_model
+
+            manifest["int8"] = quantize_bundle_model(onnx_path, stage / INT8_FILE, calibration, log=log)
+        written = write_manifest(stage, manifest)
+        log(f"  bundle written in {time.perf_counter() - t:.1f} s")
+    sizes = ", ".join(f"{name} {record['bytes'] / 1e6:.2f} MB" for name, record in written["files"].items())
+    log(f"bundle: {out} ({sizes})")
+    return written

@@ -1,0 +1,38 @@
+"""ONNX Runtime sessions for bundle models, set up the way an edge box wants them.
+
+One thread by default and no spinning: the device also has to capture audio, and a spinning pool burns a
+core waiting for the next window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUTPUT_NAMES = ("logits", "probabilities", "embedding")
+
+
+def onnx_session(path: str | Path, threads: int = 1, providers: list[str] | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=chosen)
+
+
+def run_onnx(session: Any, windows: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
+    """Outputs by name for `windows` [N, samples], run `batch` windows at a time."""
+    name = session.get_inputs()[0].name
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
+    for start in range(0, len(windows), max(batch, 1)):
+        chunk = np.ascontiguousarray(windows[start : start + batch], dtype=np.float32)
+        for key, value in zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {name: chunk})):
+            parts[key].append(value)
+    return {k: np.concatenate(v) for k, v in parts.items()}

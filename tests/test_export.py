@@ -1,0 +1,277 @@
+"""Bundles: ONNX export with parity and op audit, INT8, manifest verification, and the TensorRT logic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from export import onnx_export
+from export.onnx_export import ExportError, export_bundle
+from export.ops import audit_model
+from export.tensorrt import (
+    BatchProfile,
+    EngineError,
+    EngineRunner,
+    engine_record,
+    engine_refusal,
+    float32_layers,
+    network_flags,
+    version_tuple,
+)
+from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MANIFEST, MODEL_FILE, BundleError, load_bundle
+from qlung_edge.runtime import onnx_session, run_onnx
+from training.config import load_recipe
+from training.engine import CHECKPOINT_FORMAT, build_model, save_checkpoint
+
+
+def _checkpoint(path: Path, backbone: str = "edge-cnn") -> Path:
+    torch.manual_seed(0)
+    config = load_recipe("demo", [f"model.backbone={backbone}"])
+    model = build_model(config).eval()
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "classes": ["normal", "crackle", "wheeze", "both"],
+            "quality": config.quality.to_dict(),
+            "weights": model.state_dict(),
+            "epoch": 1,
+            "metrics": {"validation": {"score": 0.5}},
+            "selection": "best epoch on patients held out of training",
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint: Path, shared_data: Path, synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export_bundle(
+        checkpoint, out, real_audio=shared_data / "icbhi-sample", int8=True, calibration=synth_root / "icbhi", log=print
+    )
+    return out
+
+
+def test_bundle_has_everything_the_device_needs(bundle: Path) -> None:
+    loaded = load_bundle(bundle)
+    m = loaded.manifest
+    assert set(m["files"]) == {MODEL_FILE, INT8_FILE, CHECK_FILE}
+    assert m["classes"] == ["normal", "crackle", "wheeze", "both"] and m["sample_rate"] == 16000
+    assert m["window_samples"] == 128000 and m["opset"] == 17
+    assert [o["name"] for o in m["outputs"]] == ["logits", "probabilities", "embedding"]
+    assert m["quality"]["alpha"] == 0.7 and "min_aqs" in m["quality"]
+    assert {"torch", "onnx", "onnxruntime", "qlung_edge"} <= set(m["versions"])
+    model = onnx.load(str(bundle / MODEL_FILE))
+    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 128000]
+    assert not {"STFT", "DFT"} & {n.op_type for n in model.graph.node}  # the front end is inside, as a Conv
+
+
+def test_onnx_matches_torch_on_synthetic_and_real_icbhi(bundle: Path, checkpoint: Path, shared_data: Path) -> None:
+    parity = load_bundle(bundle).manifest["parity"]
+    assert parity["one_by_one"]["windows"] == 14  # 4 synthetic + the ten real recordings
+    for run in ("one_by_one", "batched"):
+        assert parity[run]["max_abs_probabilities"] <= 1e-4 and parity[run]["argmax_identical"]
+    # Independently of the stored figures: run both again on the real recordings.
+    from training.engine import load_checkpoint, model_from_checkpoint
+
+    model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    windows, _ = onnx_export.recording_windows(shared_data / "icbhi-sample")
+    ours = run_onnx(onnx_session(bundle / MODEL_FILE), windows, batch=3)
+    reference = onnx_export.torch_outputs(model, windows)
+    assert np.abs(ours["probabilities"] - reference["probabilities"]).max() <= 1e-4
+    assert (ours["probabilities"].argmax(1) == reference["probabilities"].argmax(1)).all()
+    checks = np.load(bundle / CHECK_FILE)
+    assert checks["waveform"].shape[1] == 128000 and len(checks["probabilities"]) == len(checks["waveform"])
+
+
+def test_every_exported_model_passes_the_tensorrt_op_audit(bundle: Path) -> None:
+    for name in (MODEL_FILE, INT8_FILE):
+        audit = audit_model(onnx.load(str(bundle / name)))
+        assert audit.ok, audit.problems
+    int8_ops = audit_model(onnx.load(str(bundle / INT8_FILE))).ops
+    assert int8_ops.get("QuantizeLinear", 0) > 0 and int8_ops.get("DequantizeLinear", 0) > 0
+
+
+def _graph(op: str, inputs: list[str], out_type: int = TensorProto.FLOAT, opset: int = 17) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])
+    y = helper.make_tensor_value_info("y", out_type, None)
+    consts = [helper.make_tensor(name, TensorProto.INT64, [], [256]) for name in inputs[1:]]
+    node = helper.make_node(op, inputs, ["y"], name=f"{op.lower()}0")
+    return helper.make_model(
+        helper.make_graph([node], "g", [x], [y], initializer=consts), opset_imports=[helper.make_opsetid("", opset)]
+    )
+
+
+def test_op_audit_refuses_what_tensorrt_lacks() -> None:
+    stft = audit_model(_graph("STFT", ["x", "step"]))
+    assert not stft.ok and "STFT" in stft.problems[0] and "Conv1d" in stft.problems[0]
+    dft = audit_model(_graph("DFT", ["x"], out_type=TensorProto.COMPLEX64))
+    assert any("complex" in p for p in dft.problems) and any("DFT" in p for p in dft.problems)
+    new = audit_model(_graph("Relu", ["x"], opset=18))
+    assert new.problems == ["opset 18 is newer than TensorRT 8.5/8.6 read (at most 17)"]
+    assert audit_model(_graph("Relu", ["x"])).ok
+
+
+def test_int8_model_is_judged_against_fp32(bundle: Path) -> None:
+    info = load_bundle(bundle).manifest["int8"]
+    for precision in ("fp32", "int8"):
+        assert 0.0 <= info[precision]["score"] <= 1.0 and info[precision]["latency_ms_1_thread"] > 0
+    assert info["held_out_cycles"] > 0 and info["calibration_windows"] > 0 and info["excluded_front_end_nodes"] > 0
+    assert info["int8"]["bytes"] < info["fp32"]["bytes"]
+    checks = np.load(bundle / CHECK_FILE)
+    fp32 = run_onnx(onnx_session(bundle / MODEL_FILE), checks["waveform"])["probabilities"]
+    int8 = run_onnx(onnx_session(bundle / INT8_FILE), checks["waveform"])["probabilities"]
+    assert np.isfinite(int8).all() and np.allclose(int8.sum(1), 1.0, atol=1e-4)
+    assert np.abs(int8 - fp32).max() < 0.5  # quantized, not broken: the front end stayed float
+
+
+def test_a_tampered_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    def fresh() -> Path:
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(bundle, copy)
+        return copy
+
+    copy = fresh()
+    data = bytearray((copy / MODEL_FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.onnx: altered or damaged"):
+        load_bundle(copy)
+
+    copy = fresh()
+    (copy / INT8_FILE).unlink()
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx: listed in the manifest but missing"):
+        load_bundle(copy)
+
+    copy = fresh()
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["quality"]["min_aqs"] = 0.99
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest was altered"):
+        load_bundle(copy)
+
+    copy = fresh()
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["format"] = 99
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="bundle format 99"):
+        load_bundle(copy)
+
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_existing_folder_needs_force_and_a_failed_export_leaves_nothing(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous")
+    with pytest.raises(BundleError, match="already exists"):
+        export_bundle(checkpoint, out, log=lambda _: None)
+
+    def broken(reference: dict, candidate: dict) -> dict:  # an exporter bug: ORT disagrees with torch
+        result = compare(reference, candidate)
+        return {**result, "max_abs_probabilities": 0.3}
+
+    compare = onnx_export.compare
+    monkeypatch.setattr(onnx_export, "compare", broken)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_bundle(checkpoint, out, force=True, log=lambda _: None)
+    assert (out / "keep.txt").read_text() == "previous"  # the old folder survives a failed --force
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+    monkeypatch.setattr(onnx_export, "compare", compare)
+    export_bundle(checkpoint, out, force=True, log=lambda _: None)
+    assert not (out / "keep.txt").exists() and load_bundle(out).has(MODEL_FILE)
+
+
+def test_cli_export_and_its_errors(checkpoint: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "qlung_edge.cli", "export", *args], capture_output=True, text=True, timeout=300
+        )
+
+    ok = run(str(checkpoint), "--out", str(tmp_path / "b"))
+    assert ok.returncode == 0, ok.stderr
+    assert "op audit" in ok.stdout and "parity on 4 windows" in ok.stdout and "argmax identical: True" in ok.stdout
+    again = run(str(checkpoint), "--out", str(tmp_path / "b"))
+    assert again.returncode == 2 and "already exists (use --force" in again.stderr
+
+    foreign = tmp_path / "foreign.pt"
+    payload = torch.load(_checkpoint(tmp_path / "ast.pt", "ast"), weights_only=True)
+    payload["config"]["model"]["backbone"] = "edge-cnn"  # claims edge-cnn, holds AST weights
+    torch.save(payload, foreign)
+    wrong = run(str(foreign), "--out", str(tmp_path / "w"))
+    assert wrong.returncode == 2 and "weights do not fit an edge-cnn model" in wrong.stderr
+    assert not (tmp_path / "w").exists()
+    folder = run(str(tmp_path / "b"))
+    assert folder.returncode == 2 and "--trt" in folder.stderr
+
+
+# --------------------------------------------------------------------------- TensorRT logic (no GPU needed)
+
+
+def test_network_flags_follow_the_tensorrt_version() -> None:
+    assert version_tuple("8.5.2.2") == (8, 5, 2, 2) and version_tuple("10.3.0") == (10, 3, 0)
+    assert network_flags("8.5.2.2", 0) == 1 and network_flags("8.6.1", 0) == 1
+    assert network_flags("10.3.0", None) == 0 and network_flags("10.0.1", 0) == 0
+    with pytest.raises(EngineError):
+        network_flags("8.6.1", None)
+
+
+def test_batch_profile_and_float32_front_end_layers() -> None:
+    assert BatchProfile(1, 2, 8).shapes(128000) == ((1, 128000), (2, 128000), (8, 128000))
+    with pytest.raises(ValueError):
+        BatchProfile(2, 1, 8)
+    layers = ["node_Conv_0", "node_Conv_0_output", "node_Mul_3", "node_Conv_10", "node_Log_5"]
+    assert float32_layers(layers, ["node_Conv_0", "node_Log_5"]) == ["node_Conv_0", "node_Conv_0_output", "node_Log_5"]
+
+
+def test_an_engine_built_elsewhere_is_refused(bundle: Path) -> None:
+    record = engine_record(
+        tensorrt_version="8.6.2",
+        gpu="Orin",
+        compute_capability="8.7",
+        precision="fp16",
+        profile=BatchProfile(),
+        plan=Path("model.plan"),
+    )
+    assert engine_refusal(record, tensorrt_version="8.6.2", gpu="Orin", compute_capability="8.7") is None
+    assert "TensorRT 8.6.2" in str(
+        engine_refusal(record, tensorrt_version="10.3.0", gpu="Orin", compute_capability="8.7")
+    )
+    assert "rebuild it here" in str(
+        engine_refusal(record, tensorrt_version="8.6.2", gpu="NVIDIA H100", compute_capability="9.0")
+    )
+    with pytest.raises(BundleError, match="no TensorRT engine"):
+        EngineRunner(load_bundle(bundle))
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnx_runtime(bundle: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("pycuda.driver")
+    from export.tensorrt import add_engine
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    record = add_engine(copy, precision="fp16", profile=BatchProfile(1, 1, 4), check=True, log=print)
+    assert record["check"]["probabilities"] < 1e-2
+    assert load_bundle(copy).manifest["engine"]["tensorrt"] == record["tensorrt"]
