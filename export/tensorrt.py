@@ -138,7 +138,7 @@ def build_engine(
         raise EngineError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("fp16", "int8") and builder.platform_has_fast_fp16:
+    if precision in ("fp16", "int8") and getattr(builder, "platform_has_fast_fp16", True):  # deprecated in 10.x
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
