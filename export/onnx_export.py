@@ -82,23 +82,28 @@ def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = Exp
 
     example = torch.zeros(2, WINDOW_SAMPLES)
     batch = torch.export.Dim("batch", min=1, max=options.max_batch)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
-        raw = Path(tmp) / "raw.onnx"
-        torch.onnx.export(
-            _Outputs(model.eval()),
-            (example,),
-            str(raw),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"waveform": {0: batch}},
-            optimize=True,  # constant folding and graph simplification (onnxscript's optimizer)
-            external_data=False,
-            verbose=False,
-        )
-        converted = _to_opset(onnx.load(str(raw)), options.opset)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # quiet its "torchvision is not installed" notes, for this call only
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = Path(tmp) / "raw.onnx"
+            torch.onnx.export(
+                _Outputs(model.eval()),
+                (example,),
+                str(raw),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={"waveform": {0: batch}},
+                optimize=True,  # constant folding and graph simplification (onnxscript's optimizer)
+                external_data=False,
+                verbose=False,
+            )
+            converted = _to_opset(onnx.load(str(raw)), options.opset)
+    finally:
+        exporter_log.setLevel(level)
     onnx.save(converted, str(path))
 
 
@@ -108,8 +113,7 @@ def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = Exp
 def _window(samples: np.ndarray, rate: int) -> np.ndarray:
     from qlung_edge.audio import resample
 
-    wave = resample(samples, rate, MODEL_SAMPLE_RATE) if rate != MODEL_SAMPLE_RATE else samples
-    return np.resize(wave.astype(np.float32), WINDOW_SAMPLES)  # first 8 s, repeated when shorter
+    return np.resize(resample(samples, rate, MODEL_SAMPLE_RATE), WINDOW_SAMPLES)  # first 8 s, repeated when shorter
 
 
 def synthetic_windows(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:

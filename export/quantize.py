@@ -97,17 +97,12 @@ def median_latency_ms(session: Any, window: np.ndarray, repeats: int = 20) -> fl
     return statistics.median(times)
 
 
-def labelled_windows(folder: str | Path, split: str | None, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def labelled_windows(scan: Any, loader: Any, split: str, limit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs and class labels of up to `limit` cycles of one split, drawn at random (seeded)."""
-    from training.cycles import CycleAudioLoader
-    from training.summary import scan_folder
-
-    scan = scan_folder(folder, progress=False)
     cycles = scan.cycles(split)
     if not cycles:
-        raise ValueError(f"{folder}: no cycles in the {split!r} split")
+        raise ValueError(f"{scan.root}: no cycles in the {split!r} split")
     order = np.random.default_rng(seed).permutation(len(cycles))[:limit]
-    loader = CycleAudioLoader(scan.recordings)
     chosen = [cycles[i] for i in sorted(order)]
     return np.stack([loader(c) for c in chosen]), np.array([c.label for c in chosen])
 
@@ -122,7 +117,9 @@ def quantize_bundle_model(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Quantize, then compare FP32 and INT8 on held-out cycles: Score and 1-thread latency."""
+    from training.cycles import CycleAudioLoader
     from training.metrics import confusion_matrix, icbhi_scores
+    from training.summary import scan_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
@@ -132,8 +129,10 @@ def quantize_bundle_model(
             data = synthesize(Path(tmp) / "data", SynthConfig(recordings=80, seed=11), ("icbhi",), progress=False)[
                 "icbhi"
             ]
-        calibration, _ = labelled_windows(data, "train", calibration_cycles)
-        held_out, labels = labelled_windows(data, "test", held_out_cycles)
+        scan = scan_folder(data, progress=False)  # one scan and one decode cache serve both splits
+        loader = CycleAudioLoader(scan.recordings)
+        calibration, _ = labelled_windows(scan, loader, "train", calibration_cycles)
+        held_out, labels = labelled_windows(scan, loader, "test", held_out_cycles)
     log(f"  INT8: calibrating on {len(calibration)} training cycles")
     info = quantize_int8(fp32, out, calibration)
     result: dict[str, Any] = {**info, "calibration_data": str(data), "held_out_cycles": len(held_out)}
