@@ -7,7 +7,9 @@ need them, so `qlung-edge --help` and the device commands start fast.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -299,15 +301,20 @@ def model_info(backbone: str, head: str) -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["quality"]), default="quality")
-@click.option("--seconds", default=60.0, show_default=True, help="Length of the test signal.")
+@click.argument("what", type=click.Choice(["quality", "link", "all"]), default="all")
+@click.option("--seconds", default=60.0, show_default=True, help="Length of the AQS test signal.")
 @click.option("--repeats", default=5, show_default=True)
 def bench(what: str, seconds: float, repeats: int) -> None:
-    """Measure speed against the design targets (so far: the quality score)."""
-    from qlung_edge.bench import bench_quality
+    """Measure speed against the design targets (so far: the quality score and the link decoder)."""
+    from qlung_edge.bench import bench_link, bench_quality, machine_line
 
-    for line in bench_quality(seconds=seconds, repeats=repeats):
-        click.echo(line)
+    click.echo(machine_line())
+    if what in ("quality", "all"):
+        for line in bench_quality(seconds=seconds, repeats=repeats):
+            click.echo(line)
+    if what in ("link", "all"):
+        for line in bench_link(repeats=repeats):
+            click.echo(line)
 
 
 @cli.command()
@@ -319,6 +326,102 @@ def demo(out: Path, recordings: int, seed: int) -> None:
     from qlung_edge.demo import run_demo
 
     run_demo(out, recordings=recordings, seed=seed)
+
+
+@cli.command("simulate-device")
+@click.argument("wav", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--link", type=click.Path(dir_okay=False, path_type=Path), help="Symlink to the port (default: temp).")
+@click.option("--speed", default=1.0, show_default=True, help="Multiple of real time; 0 = as fast as read.")
+@click.option("--frame-samples", default=256, show_default=True, help="Samples per link frame.")
+@click.option("--loop", is_flag=True, help="Start over at the end of the file.")
+@click.option("--autostart", is_flag=True, help="Stream without waiting for the host's START command.")
+@click.option("--bit-errors", default=0.0, show_default=True, help="Probability of each bit being flipped.")
+@click.option("--drop", default=0.0, show_default=True, help="Probability of a frame being lost.")
+@click.option("--duplicate", default=0.0, show_default=True, help="Probability of a frame being sent twice.")
+@click.option("--reorder", default=0.0, show_default=True, help="Probability of a frame swapping with the next.")
+@click.option("--garbage", default=0.0, show_default=True, help="Probability of random bytes before a frame.")
+@click.option("--jitter-ms", default=0.0, show_default=True, help="Random extra delay per frame.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--seconds", type=float, help="Stop after this long (default: end of file, or never with --loop).")
+def simulate_device(
+    wav: Path,
+    link: Path | None,
+    speed: float,
+    frame_samples: int,
+    loop: bool,
+    autostart: bool,
+    bit_errors: float,
+    drop: float,
+    duplicate: float,
+    reorder: float,
+    garbage: float,
+    jitter_ms: float,
+    seed: int,
+    seconds: float | None,
+) -> None:
+    """Stream WAV through the link protocol on a pseudo-terminal, like a stethoscope on USB."""
+    from firmware_bridge.simulator import DeviceSimulator, Impairments
+
+    impairments = Impairments(bit_errors, drop, duplicate, reorder, garbage, jitter_ms)
+    simulator = DeviceSimulator(wav, link, frame_samples, speed, loop, autostart, impairments=impairments, seed=seed)
+    click.echo(f"connect to: {simulator.path}  (pty {simulator.tty})", err=False)
+    click.echo(
+        f"streaming {wav.name}: {simulator.sample_rate} Hz {simulator.sample_format.name.lower()}, "
+        f"{simulator.frame_samples} samples a frame, {'waiting for START' if not autostart else 'started'}",
+        err=True,
+    )
+    sys.stdout.flush()
+    deadline = None if seconds is None else time.monotonic() + seconds
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    with simulator:
+        try:
+            while not simulator.wait(0.2) and not stopping.is_set():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+        except KeyboardInterrupt:
+            pass
+    click.echo("device: " + " ".join(f"{k}={v}" for k, v in simulator.counters.as_dict().items()), err=True)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--seconds", default=10.0, show_default=True, help="How much audio to capture.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write what was captured as a WAV.")
+@click.option("--rate", type=int, help="stdin: the sample rate; mic: open at this rate instead of the native one.")
+@click.option("--format", "sample_format", type=click.Choice(["s16le", "s24le", "f32le"]), help="stdin: sample format.")
+def capture(source: str, seconds: float, out: Path | None, rate: int | None, sample_format: str | None) -> None:
+    """Read SOURCE (mic:, serial:, file:, stdin:) and report what arrived: rate, level, gaps, counters."""
+    import numpy as np
+
+    from firmware_bridge.sources import open_source
+
+    options: dict[str, object] = {"rate": rate, "format": sample_format}
+    handle = open_source(source, **options)
+    blocks = []
+    got = 0.0
+    for block in handle.blocks():
+        blocks.append(block)
+        got += block.duration
+        if got >= seconds:
+            handle.stop()
+            break
+    if not blocks:
+        raise QLungError(f"{source}: no audio arrived")
+    rates = sorted({b.sample_rate for b in blocks})
+    samples = np.concatenate([b.samples for b in blocks])
+    gaps = sum(b.duration for b in blocks if b.gap)
+    level = 20 * np.log10(max(float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))), 1e-10))
+    click.echo(f"{source}: {got:.2f} s at {', '.join(map(str, rates))} Hz, {level:.1f} dBFS, {gaps:.3f} s concealed")
+    for note in handle.notes:
+        click.echo(f"note: {note}")
+    if handle.stats():
+        click.echo(" ".join(f"{k}={v}" for k, v in handle.stats().items()))
+    if out is not None:
+        import soundfile as sf
+
+        sf.write(str(out), samples, rates[-1], subtype="FLOAT")
+        click.echo(f"wrote {out}")
 
 
 def main() -> None:

@@ -101,6 +101,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "qlung_edge.runtime",
         "export.tensorrt",
         "export.ops",
+        "firmware_bridge.protocol",
+        "firmware_bridge.link",
+        "firmware_bridge.sources",
+        "firmware_bridge.simulator",
+        "qlung_edge.bench",
     ],
 )
 def test_device_side_never_imports_torch(module: str) -> None:
