@@ -65,6 +65,11 @@ class FileSource(Source):
     def sample_rate(self) -> int:
         return self.info.sample_rate
 
+    @property
+    def live(self) -> bool:
+        """Paced like a device; read as fast as possible, a file can wait for its reader."""
+        return self.realtime
+
     def blocks(self) -> Iterator[AudioBlock]:
         import soundfile as sf
 

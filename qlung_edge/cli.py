@@ -424,6 +424,90 @@ def capture(source: str, seconds: float, out: Path | None, rate: int | None, sam
         click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), help="Model bundle folder.")
+@click.option("--source", help="mic:[DEVICE] | serial:PORT | file:PATH | stdin:")
+@click.option(
+    "--sink", "sinks", multiple=True, help="jsonl:- | jsonl:PATH | mqtt://[user:pw@]host[:port]/topic (repeat)."
+)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML file; flags win.")
+@click.option("--hop", "hop_seconds", type=float, help="Seconds between windows (default: the bundle's).")
+@click.option("--backend", type=click.Choice(["auto", "onnx", "tensorrt", "torch"]))
+@click.option("--precision", type=click.Choice(["fp32", "int8"]))
+@click.option("--threads", type=int, help="Inference threads (ONNX Runtime intra-op).")
+@click.option("--max-pending", type=int, help="Accepted windows waiting for inference before the oldest is dropped.")
+@click.option("--http", help="[HOST:]PORT for /health and /metrics (host defaults to 127.0.0.1).")
+@click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path), help="Save clips of abnormal findings.")
+@click.option("--audit-minutes", type=float, help="Raw audio kept in memory for audit clips.")
+@click.option("--audit-max-mb", type=float, help="Size cap of the audit folder.")
+@click.option("--rate", type=int, help="stdin: sample rate; mic: open at this rate instead of the native one.")
+@click.option("--format", "sample_format", type=click.Choice(["s16le", "s24le", "f32le"]), help="stdin: format.")
+@click.option("--realtime/--fast", default=None, help="file: pace at real time, or as fast as possible (default).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), help="torch backend: the checkpoint.")
+@click.option("--check", is_flag=True, help="Validate config, bundle, backend and source, then exit.")
+def daemon(config_file: Path | None, check: bool, sinks: tuple[str, ...], **flags: object) -> None:
+    """Stream SOURCE through the quality gate and the model; events to the sinks.
+
+    SIGTERM/SIGINT finish the current window, flush the sinks and exit 0; SIGHUP reloads the bundle.
+    """
+    from qlung_edge.daemon import Daemon, DaemonConfig, check_setup
+
+    values: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
+    source_options = {
+        key: values.pop(flag) for flag, key in (("rate", "rate"), ("sample_format", "format"), ("realtime", "realtime"))
+        if flag in values
+    }  # fmt: skip
+    if sinks:
+        values["sinks"] = list(sinks)
+    if config_file is not None:
+        config = DaemonConfig.from_toml(config_file, values)
+    else:
+        config = DaemonConfig.from_dict(values, where="flags")
+    config.source_options = {**config.source_options, **source_options}
+    if check:
+        for line in check_setup(config):
+            click.echo(line)
+        click.echo("check passed")
+        return
+    runner = Daemon(config)
+    runner.install_signal_handlers()
+    status = runner.run()
+    if status:
+        raise SystemExit(status)
+
+
+@cli.command("eval-stream")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Which split to replay ('all' for every recording).")
+@click.option("--hop", "hop_seconds", type=float, help="Seconds between windows (default: the bundle's).")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
+@click.option("--threads", default=1, show_default=True)
+@click.option("--limit", type=int, help="Only the first N recordings.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+def eval_stream_command(
+    bundle: Path,
+    data: Path,
+    split: str,
+    hop_seconds: float | None,
+    precision: str,
+    threads: int,
+    limit: int | None,
+    json_out: Path | None,
+) -> None:
+    """Replay recordings through the daemon's pipeline; Score on accepted windows, coverage, gate reasons."""
+    from qlung_edge.daemon import DaemonConfig
+    from qlung_edge.evalstream import eval_stream, format_report, write_report
+
+    config = DaemonConfig(hop_seconds=hop_seconds, precision=precision, threads=threads)
+    report = eval_stream(bundle, data, None if split == "all" else split, config, limit=limit)
+    for line in format_report(report):
+        click.echo(line)
+    if json_out is not None:
+        write_report(report, json_out)
+        click.echo(f"wrote {json_out}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:

@@ -32,6 +32,49 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def make_checkpoint(path: Path, backbone: str = "edge-cnn") -> Path:
+    """An untrained but complete checkpoint of the demo recipe (seeded: the same weights every time)."""
+    import torch
+
+    from training.config import load_recipe
+    from training.engine import CHECKPOINT_FORMAT, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    config = load_recipe("demo", [f"model.backbone={backbone}"])
+    model = build_model(config).eval()
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "classes": ["normal", "crackle", "wheeze", "both"],
+            "quality": config.quality.to_dict(),
+            "weights": model.state_dict(),
+            "epoch": 1,
+            "metrics": {"validation": {"score": 0.5}},
+            "selection": "best epoch on patients held out of training",
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+@pytest.fixture(scope="session")
+def bundle(checkpoint: Path, shared_data: Path, synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One exported bundle (FP32 + INT8) for the export, daemon and bench tests; tests that alter it copy it."""
+    from export.onnx_export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    export_bundle(
+        checkpoint, out, real_audio=shared_data / "icbhi-sample", int8=True, calibration=synth_root / "icbhi", log=print
+    )
+    return out
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     outcome = yield

@@ -85,6 +85,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
     assert load_bundle(tmp_path / "demo" / "bundle").has("model.int8.onnx")
     assert "demo finished" in result.stdout
+    # It ends by streaming a recording through the daemon: window events, and the silenced stretch gated.
+    stream = [json.loads(line) for line in (tmp_path / "demo" / "stream-events.jsonl").read_text().splitlines()]
+    windows = [e for e in stream if e["type"] == "window"]
+    assert stream[0]["type"] == "start" and stream[-1]["type"] == "stop" and len(windows) >= 5
+    assert {"classified", "gated"} <= {w["status"] for w in windows}
+    assert result.stdout.count(" classified ") + result.stdout.count(" gated ") >= len(windows)
 
     few = _run("demo", "--out", str(tmp_path / "few"), "--recordings", "2")
     assert few.returncode == 2 and "error: " in few.stderr and "Traceback" not in few.stderr
@@ -101,6 +107,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "qlung_edge.runtime",
         "export.tensorrt",
         "export.ops",
+        "qlung_edge.daemon",
+        "qlung_edge.backends",
+        "qlung_edge.sinks",
+        "qlung_edge.metrics",
+        "qlung_edge.streaming",
+        "qlung_edge.audit",
+        "qlung_edge.evalstream",
         "firmware_bridge.protocol",
         "firmware_bridge.link",
         "firmware_bridge.sources",

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import make_checkpoint as _checkpoint
 from onnx import TensorProto, helper
 
 from export import onnx_export
@@ -29,42 +30,6 @@ from export.tensorrt import (
 )
 from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MANIFEST, MODEL_FILE, BundleError, load_bundle
 from qlung_edge.runtime import onnx_session, run_onnx
-from training.config import load_recipe
-from training.engine import CHECKPOINT_FORMAT, build_model, save_checkpoint
-
-
-def _checkpoint(path: Path, backbone: str = "edge-cnn") -> Path:
-    torch.manual_seed(0)
-    config = load_recipe("demo", [f"model.backbone={backbone}"])
-    model = build_model(config).eval()
-    save_checkpoint(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "config": config.to_dict(),
-            "classes": ["normal", "crackle", "wheeze", "both"],
-            "quality": config.quality.to_dict(),
-            "weights": model.state_dict(),
-            "epoch": 1,
-            "metrics": {"validation": {"score": 0.5}},
-            "selection": "best epoch on patients held out of training",
-        },
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
-
-
-@pytest.fixture(scope="module")
-def bundle(checkpoint: Path, shared_data: Path, synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    export_bundle(
-        checkpoint, out, real_audio=shared_data / "icbhi-sample", int8=True, calibration=synth_root / "icbhi", log=print
-    )
-    return out
 
 
 def test_bundle_has_everything_the_device_needs(bundle: Path) -> None:

@@ -1,0 +1,141 @@
+"""Inference backends behind one call: windows [N, samples] at 16 kHz in, class probabilities out.
+
+`open_backend` picks from what the bundle holds and the machine has: a TensorRT engine on a Jetson, else ONNX
+Runtime (CUDA provider when present, else CPU), FP32 or the bundle's INT8 model. Torch is a development
+option only (it needs the training checkpoint and is never imported on the device path otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qlung_edge.bundle import ENGINE_FILE, INT8_FILE, MODEL_FILE, Bundle, BundleError
+from qlung_edge.errors import QLungError
+
+BACKENDS = ("auto", "onnx", "tensorrt", "torch")
+PRECISIONS = ("fp32", "int8")
+
+
+class BackendError(QLungError):
+    pass
+
+
+@dataclass
+class Backend:
+    """A loaded model; `run` is called from one inference thread."""
+
+    name: str
+    bundle: Bundle
+    max_batch: int = 16
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, classes]."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class OnnxBackend(Backend):
+    threads: int = 1
+    model_file: str = MODEL_FILE
+    providers: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        from qlung_edge.runtime import onnx_session
+
+        self._session = onnx_session(self.bundle.file(self.model_file), threads=self.threads, providers=self.providers)
+        self._input = self._session.get_inputs()[0].name
+        self.details = {"file": self.model_file, "providers": self._session.get_providers(), "threads": self.threads}
+
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        out: list[np.ndarray] = []
+        for i in range(0, len(windows), self.max_batch):
+            chunk = np.ascontiguousarray(windows[i : i + self.max_batch], dtype=np.float32)
+            out.append(self._session.run(["probabilities"], {self._input: chunk})[0])
+        return np.concatenate(out)
+
+
+@dataclass
+class TensorRTBackend(Backend):
+    def __post_init__(self) -> None:
+        from export.tensorrt import EngineRunner
+
+        self._runner = EngineRunner(self.bundle)
+        self.max_batch = int(self.bundle.manifest["engine"]["batch_profile"]["max"])
+        self.details = {"file": ENGINE_FILE, "precision": self.bundle.manifest["engine"].get("precision")}
+
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        parts = [self._runner.run(windows[i : i + self.max_batch]) for i in range(0, len(windows), self.max_batch)]
+        return np.concatenate([p["probabilities"] for p in parts])
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+@dataclass
+class TorchBackend(Backend):
+    """Development only: the checkpoint the bundle was exported from, in torch eager."""
+
+    checkpoint: Path | None = None
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        import torch
+
+        from training.engine import load_checkpoint, model_from_checkpoint
+
+        path = self.checkpoint or Path(self.bundle.manifest.get("source_checkpoint", ""))
+        if not path.is_file():
+            raise BackendError(f"{path}: checkpoint for the torch backend not found (give --checkpoint)")
+        torch.set_num_threads(self.threads)
+        self._torch = torch
+        self._model, _ = model_from_checkpoint(load_checkpoint(path), path)
+        self.details = {"file": str(path), "threads": self.threads}
+
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            x = self._torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+            return self._model(x)["probabilities"].float().numpy()
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def open_backend(
+    bundle: Bundle,
+    kind: str = "auto",
+    precision: str = "fp32",
+    threads: int = 1,
+    max_batch: int = 16,
+    checkpoint: Path | None = None,
+) -> Backend:
+    if kind not in BACKENDS:
+        raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if kind == "auto":
+        kind = "tensorrt" if bundle.has(ENGINE_FILE) and _has("tensorrt") and _has("pycuda") else "onnx"
+    if kind == "tensorrt":
+        return TensorRTBackend("tensorrt", bundle)
+    if kind == "torch":
+        return TorchBackend("torch", bundle, max_batch, checkpoint=checkpoint, threads=threads)
+    model_file = INT8_FILE if precision == "int8" else MODEL_FILE
+    if not bundle.has(model_file):
+        raise BundleError(bundle.path / model_file, "not in this bundle (export it with --int8)")
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers() and precision == "fp32":
+        providers.insert(0, "CUDAExecutionProvider")
+    return OnnxBackend(
+        f"onnx-{precision}", bundle, max_batch, threads=threads, model_file=model_file, providers=providers
+    )

@@ -1,0 +1,270 @@
+"""Where the daemon's events go: JSON lines (stdout or a rotating file) and MQTT.
+
+Every sink takes the same event dicts (schema in `qlung_edge/events.py`). A sink must never block the
+inference thread for long: MQTT keeps its own bounded buffer of events the broker has not acknowledged and
+sends them again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from qlung_edge.errors import QLungError
+
+
+class SinkError(QLungError):
+    def __init__(self, spec: str, problem: str) -> None:
+        super().__init__(f"sink {spec}: {problem}")
+
+
+class Sink:
+    name: str = "sink"
+
+    def send(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Push out what is buffered; False if something could not be delivered in time."""
+        return True
+
+    def close(self) -> None:
+        self.flush()
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class JsonLinesSink(Sink):
+    """One event a line to stdout (`jsonl:-`) or to a file rotated at `max_bytes` keeping `backups` old ones."""
+
+    path: Path | None = None
+    max_bytes: int = 50_000_000
+    backups: int = 5
+    stream: IO[str] | None = None
+    lines: int = 0
+
+    def __post_init__(self) -> None:
+        self.name = f"jsonl:{self.path or '-'}"
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+        else:
+            self._file = None
+
+    def _out(self) -> IO[str]:
+        return self._file if self._file is not None else (self.stream or sys.stdout)
+
+    def send(self, event: dict[str, Any]) -> None:
+        line = encode(event) + "\n"
+        with self._lock:
+            if self._file is not None and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+                self._rotate()
+            out = self._out()
+            out.write(line)
+            out.flush()
+            self.lines += 1
+
+    def _rotate(self) -> None:
+        assert self.path is not None and self._file is not None
+        self._file.close()
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        with self._lock:
+            self._out().flush()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def stats(self) -> dict[str, int]:
+        return {"lines": self.lines}
+
+
+@dataclass
+class MqttSink(Sink):
+    """Events published with QoS 1; the broker's PUBACK removes an event from the buffer of unsent ones.
+
+    While the broker is away events wait in a buffer of at most `buffer` (the oldest are dropped and
+    counted beyond that); on reconnect they are published again in order.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic: str = "qlung/events"
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    buffer: int = 10_000
+    keepalive: int = 30
+
+    def __post_init__(self) -> None:
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError as err:
+            raise SinkError("mqtt", "paho-mqtt is not installed; pip install qlung-edge[mqtt]") from err
+        self.name = f"mqtt://{self.host}:{self.port}/{self.topic}"
+        self._mqtt = mqtt
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._queue: OrderedDict[int, str] = OrderedDict()
+        """Events not yet acknowledged, by our own id, in order."""
+        self._in_flight: dict[int, int] = {}
+        """paho message id -> our id, for the current connection."""
+        self._connected = threading.Event()
+        self.published = 0
+        self.acknowledged = 0
+        self.dropped = 0
+        self.reconnects = 0
+        kwargs: dict[str, Any] = {"client_id": self.client_id, "clean_session": True}
+        if hasattr(mqtt, "CallbackAPIVersion"):
+            kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
+        client = mqtt.Client(**kwargs)
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file)
+        client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
+        client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        client.loop_start()
+
+    # paho calls these from its network thread; the signatures cover callback API 1 and 2.
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False) or (isinstance(reason, int) and reason != 0):
+            return
+        with self._lock:
+            if self._connected.is_set() or self.published:
+                self.reconnects += 1
+            self._connected.set()
+            # paho itself sends again what it had in flight when the link dropped; hand it the rest.
+            handed = set(self._in_flight.values())
+            for ours, payload in list(self._queue.items()):
+                if ours not in handed:
+                    self._publish(ours, payload)
+
+    def _on_disconnect(self, client: Any, userdata: Any, *args: Any) -> None:
+        self._connected.clear()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
+        with self._lock:
+            ours = self._in_flight.pop(mid, None)
+            if ours is not None and self._queue.pop(ours, None) is not None:
+                self.acknowledged += 1
+
+    def _publish(self, ours: int, payload: str) -> None:
+        info = self._client.publish(self.topic, payload, qos=1)
+        if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
+            self._in_flight[info.mid] = ours
+            self.published += 1
+
+    def send(self, event: dict[str, Any]) -> None:
+        payload = encode(event)
+        with self._lock:
+            ours = self._next_id
+            self._next_id += 1
+            self._queue[ours] = payload
+            while len(self._queue) > self.buffer:
+                self._queue.popitem(last=False)
+                self.dropped += 1
+            if len(self._in_flight) > 4 * self.buffer:  # paho forgot messages of an old connection
+                alive = set(self._queue)
+                self._in_flight = {mid: o for mid, o in self._in_flight.items() if o in alive}
+            if self._connected.is_set():
+                self._publish(ours, payload)
+
+    def unsent(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.unsent() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.unsent() == 0
+
+    def close(self) -> None:
+        self.flush()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "acknowledged": self.acknowledged,
+            "unsent": self.unsent(),
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+        }
+
+
+def open_sink(spec: str) -> Sink:
+    """`jsonl:-` (stdout), `jsonl:PATH[?max_mb=50&backups=5]`, `mqtt://[user:pass@]host[:port]/topic[?tls=1&ca=F&buffer=N]`."""
+    if spec in ("-", "jsonl", "jsonl:", "jsonl:-", "stdout"):
+        return JsonLinesSink()
+    if spec.startswith("jsonl:"):
+        url = urlparse(spec[len("jsonl:") :])
+        query = parse_qs(url.query)
+        try:
+            max_mb = float(query.get("max_mb", ["50"])[0])
+            backups = int(query.get("backups", ["5"])[0])
+        except ValueError as err:
+            raise SinkError(spec, f"bad option ({err})") from None
+        try:
+            return JsonLinesSink(Path(url.path), max_bytes=int(max_mb * 1e6), backups=backups)
+        except OSError as err:
+            raise SinkError(spec, f"cannot open the file ({err.strerror})") from None
+    if spec.startswith(("mqtt://", "mqtts://")):
+        url = urlparse(spec)
+        query = parse_qs(url.query)
+        topic = url.path.lstrip("/") or "qlung/events"
+        tls = url.scheme == "mqtts" or query.get("tls", ["0"])[0] in ("1", "true", "yes")
+        try:
+            port = url.port or (8883 if tls else 1883)
+            buffer = int(query.get("buffer", ["10000"])[0])
+        except ValueError as err:
+            raise SinkError(spec, f"bad option ({err})") from None
+        return MqttSink(
+            host=url.hostname or "127.0.0.1",
+            port=port,
+            topic=topic,
+            client_id=query.get("client_id", [""])[0],
+            username=unquote(url.username) if url.username else None,
+            password=unquote(url.password) if url.password else None,
+            tls=tls,
+            ca_file=query.get("ca", [None])[0],
+            buffer=buffer,
+        )
+    raise SinkError(spec, "expected jsonl:-, jsonl:PATH or mqtt://host[:port]/topic")

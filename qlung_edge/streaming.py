@@ -1,0 +1,222 @@
+"""The daemon's signal path as plain objects: resample, cut windows, gate, smooth.
+
+Nothing here owns a thread or a clock, so each step is tested on its own and `eval-stream` runs the very same
+code as the daemon. Times are seconds on the stream's timeline (the source's, concealed gaps included).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from qlung_edge.quality import QualityConfig, QualityReport, StreamingQuality, judge
+
+GATE_REASONS = ("device_gap", "too_quiet", "clipped", "noise_like", "dropout", "low_quality", "settling")
+"""Why a window is not classified; 'settling' is a window that passes but follows refused ones (hysteresis)."""
+
+
+class StreamResampler:
+    """soxr's streaming resampler, restarted when the source's rate changes mid-stream.
+
+    A block of concealed silence goes through like audio, so the output keeps the source's timeline; the
+    output samples it produced are reported as gap samples.
+    """
+
+    def __init__(self, out_rate: int, quality: str = "HQ") -> None:
+        self.out_rate = out_rate
+        self.quality = quality
+        self.in_rate: int | None = None
+        self._stream: Any = None
+
+    def push(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        tail = np.zeros(0, np.float32)
+        if rate != self.in_rate:
+            tail = self.flush()
+            self.in_rate = rate
+            if rate != self.out_rate:
+                import soxr
+
+                self._stream = soxr.ResampleStream(rate, self.out_rate, 1, dtype="float32", quality=self.quality)
+        stream: Any = self._stream
+        out = samples if stream is None else stream.resample_chunk(samples)
+        return np.concatenate([tail, out]) if len(tail) else out
+
+    def flush(self) -> np.ndarray:
+        """What the resampler still holds (its filter delay), at the end of the stream or a rate change."""
+        if self._stream is None:
+            return np.zeros(0, np.float32)
+        out = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
+        self._stream = None
+        return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start: float
+    """Seconds on the stream timeline (at the model's rate)."""
+    end: float
+    samples: np.ndarray
+    gap_seconds: float
+    """Concealed silence inside the window (the device lost frames)."""
+    quality: QualityReport
+
+
+class WindowCutter:
+    """Ring buffer at the model's rate that hands out a full window every `hop` samples, with its AQS.
+
+    The quality frames are computed once as audio arrives (`StreamingQuality`); a window's report summarises
+    the frames that lie inside it, which is exactly what scoring the window on its own gives.
+    """
+
+    def __init__(self, window: int, hop: int, quality: QualityConfig) -> None:
+        if not 0 < hop <= window:
+            raise ValueError(f"need 0 < hop ({hop}) <= window ({window})")
+        if window % quality.hop_length or hop % quality.hop_length:
+            raise ValueError(f"window and hop must be multiples of the AQS hop ({quality.hop_length} samples)")
+        self.window = window
+        self.hop = hop
+        self.rate = quality.sample_rate
+        self.quality = StreamingQuality(quality, history_frames=self._window_frames(quality) + 1)
+        self._audio = np.zeros(window, np.float32)
+        self._gap = np.zeros(window, bool)
+        self.total = 0
+        """Samples seen since the start of the stream."""
+        self._next_end = window
+        self.index = 0
+
+    def _window_frames(self, config: QualityConfig) -> int:
+        return (self.window - config.frame_length) // config.hop_length + 1
+
+    def push(self, samples: np.ndarray, gap: bool = False) -> list[Window]:
+        out: list[Window] = []
+        position = 0
+        while position < len(samples):
+            take = min(len(samples) - position, self._next_end - self.total)
+            part = samples[position : position + take]
+            self._append(part, gap)
+            position += take
+            if self.total == self._next_end:
+                out.append(self._cut())
+                self._next_end += self.hop
+        return out
+
+    def _append(self, part: np.ndarray, gap: bool) -> None:
+        n = len(part)
+        if n == 0:
+            return
+        self.quality.push(part)
+        if n >= self.window:
+            self._audio[:] = part[-self.window :]
+            self._gap[:] = gap
+        else:
+            self._audio[:-n] = self._audio[n:]
+            self._audio[-n:] = part
+            self._gap[:-n] = self._gap[n:]
+            self._gap[-n:] = gap
+        self.total += n
+
+    def _cut(self) -> Window:
+        end = self.total / self.rate
+        window = Window(
+            index=self.index,
+            start=end - self.window / self.rate,
+            end=end,
+            samples=self._audio.copy(),
+            gap_seconds=float(np.count_nonzero(self._gap)) / self.rate,
+            quality=self.quality.window(self._window_frames(self.quality.config)),
+        )
+        self.index += 1
+        return window
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Hysteresis: once a window is refused, the gate reopens only after `reopen_after` windows in a row
+    pass thresholds tightened by the margins below, so it does not flicker on a borderline signal."""
+
+    reopen_after: int = 2
+    level_margin_db: float = 3.0
+    entropy_margin: float = 0.02
+    aqs_margin: float = 0.05
+    max_gap_seconds: float = 0.0
+    """A window with more concealed device silence than this is refused as 'device_gap'."""
+
+
+@dataclass
+class Gate:
+    quality: QualityConfig
+    config: GateConfig = field(default_factory=GateConfig)
+    open: bool = True
+    _passes: int = 0
+
+    def decide(self, window: Window) -> tuple[str, ...]:
+        """Reasons to refuse the window; empty means classify it."""
+        report = window.quality
+        thresholds = self.quality
+        if not self.open:
+            c = self.config
+            thresholds = replace(
+                self.quality,
+                quiet_dbfs=self.quality.quiet_dbfs + c.level_margin_db,
+                max_entropy=self.quality.max_entropy - c.entropy_margin,
+                min_aqs=self.quality.min_aqs + c.aqs_margin if self.quality.min_aqs > 0 else 0.0,
+            )
+        reasons = list(_rejudge(report, thresholds).reasons)
+        if window.gap_seconds > self.config.max_gap_seconds:
+            reasons.insert(0, "device_gap")
+        if reasons:
+            self.open = False
+            self._passes = 0
+            return tuple(reasons)
+        if not self.open:
+            self._passes += 1
+            if self._passes < self.config.reopen_after:
+                return ("settling",)
+            self.open = True
+        return ()
+
+
+def _rejudge(report: QualityReport, config: QualityConfig) -> QualityReport:
+    return judge(
+        entropy=report.entropy,
+        live_entropy=report.live_entropy,
+        rms_dbfs=report.rms_dbfs,
+        clipped_fraction=report.clipped_fraction,
+        dropout_seconds=report.dropout_seconds,
+        frames=report.frames,
+        config=config,
+    )
+
+
+@dataclass
+class ExamSmoother:
+    """The examination's running answer: the mean of the class probabilities of the last `windows`
+    accepted windows, and how many windows it rests on (few windows, little confidence)."""
+
+    classes: tuple[str, ...]
+    windows: int = 8
+    _recent: deque[np.ndarray] = field(default_factory=deque)
+    accepted: int = 0
+
+    def add(self, probabilities: np.ndarray) -> dict[str, object]:
+        self._recent.append(np.asarray(probabilities, np.float64))
+        while len(self._recent) > self.windows:
+            self._recent.popleft()
+        self.accepted += 1
+        return self.state()
+
+    def state(self) -> dict[str, object]:
+        if not self._recent:
+            return {"label": None, "probabilities": None, "windows": 0, "accepted_total": self.accepted}
+        mean = np.mean(self._recent, axis=0)
+        return {
+            "label": self.classes[int(np.argmax(mean))],
+            "probabilities": {c: round(float(p), 5) for c, p in zip(self.classes, mean)},
+            "windows": len(self._recent),
+            "accepted_total": self.accepted,
+        }

@@ -1,0 +1,439 @@
+"""The streaming daemon end to end: real recordings, degraded ones, overload, a serial link, MQTT, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from firmware_bridge.simulator import DeviceSimulator, Impairments
+from firmware_bridge.sources import FileSource, open_source
+from qlung_edge.audio import read_audio
+from qlung_edge.backends import Backend, OnnxBackend
+from qlung_edge.bundle import MANIFEST, load_bundle, write_manifest
+from qlung_edge.daemon import Daemon, DaemonConfig, DaemonError
+from qlung_edge.evalstream import CollectSink
+from qlung_edge.runtime import onnx_session
+from qlung_edge.sinks import JsonLinesSink, open_sink
+
+WINDOW, RATE = 128_000, 16_000
+
+
+def _run(bundle: Path, source: Any, **options: Any) -> tuple[list[dict[str, Any]], Daemon]:
+    sink = CollectSink()
+    factory = options.pop("backend_factory", None)
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], **options)
+    daemon = Daemon(config, source=source, sinks=[sink], backend_factory=factory)
+    assert daemon.run() == 0
+    return sink.events, daemon
+
+
+def _windows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == "window"]
+
+
+def _accounted(events: list[dict[str, Any]], daemon: Daemon) -> list[dict[str, Any]]:
+    windows = _windows(events)
+    counts = daemon.metrics.snapshot()["counts"]
+    statuses = [w["status"] for w in windows]
+    assert [w["window"]["index"] for w in windows] == list(range(len(windows))), "every window once, in order"
+    assert len(windows) == counts["windows"]
+    assert statuses.count("classified") + statuses.count("gated") + statuses.count("dropped") == len(windows)
+    assert statuses.count("dropped") == counts.get("windows_dropped", 0)
+    assert events[-1]["type"] == "stop" and events[-1]["counts"]["windows"] == len(windows)
+    return windows
+
+
+def _offline(bundle: Path, path: Path, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same windows cut from the whole file resampled at once, and the model's answers for them."""
+    audio = read_audio(path)
+    x = audio.samples if audio.sample_rate == RATE else soxr.resample(audio.samples, audio.sample_rate, RATE, "HQ")
+    count = (len(x) - WINDOW) // hop + 1
+    windows = np.stack([x[i * hop : i * hop + WINDOW] for i in range(count)]) if count > 0 else np.zeros((0, WINDOW))
+    session = onnx_session(load_bundle(bundle).file("model.onnx"))
+    probabilities = session.run(["probabilities"], {"waveform": windows.astype(np.float32)})[0] if count else windows
+    return windows, probabilities
+
+
+def test_real_recordings_stream_like_the_offline_model(bundle: Path, shared_data: Path) -> None:
+    """The ten real ICBHI recordings (4 and 44.1 kHz, 16/24/32-bit) through the daemon as fast as possible."""
+    total = 0
+    for path in sorted((shared_data / "icbhi-sample").glob("*.wav")):
+        events, daemon = _run(bundle, FileSource(name=f"file:{path}", path=path), hop_seconds=1.0)
+        windows = _accounted(events, daemon)
+        _, reference = _offline(bundle, path, RATE)
+        assert len(windows) == len(reference), path.name
+        for event, expected in zip(windows, reference):
+            assert event["status"] in ("classified", "gated")
+            if event["status"] == "classified":
+                got = np.array(list(event["prediction"]["probabilities"].values()))
+                np.testing.assert_allclose(got, expected, atol=2e-5, err_msg=f"{path.name} window {event['window']}")
+                total += 1
+        assert daemon.metrics.snapshot()["counts"]["samples"] == sf.info(str(path)).frames
+    assert total >= 50
+
+
+def _degrade(samples: np.ndarray, how: str, rng: np.random.Generator) -> np.ndarray:
+    if how == "quiet":
+        return samples * 0.0005
+    if how == "clipped":
+        return np.clip(samples * 40, -1, 1)
+    if how == "noise":
+        return (0.1 * rng.standard_normal(len(samples))).astype(np.float32)
+    if how == "dropout":
+        out = samples.copy()
+        for start in range(0, len(out), 16_000):
+            out[start : start + 4000] = 0.0
+        return out
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"), [("quiet", "too_quiet"), ("clipped", "clipped"), ("noise", "noise_like"), ("dropout", "dropout")]
+)
+def test_degraded_recordings_are_gated_with_the_right_reason(
+    bundle: Path, shared_data: Path, tmp_path: Path, how: str, reason: str
+) -> None:
+    clean = read_audio(shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav")
+    x = soxr.resample(clean.samples, clean.sample_rate, RATE, "HQ")
+    path = tmp_path / f"{how}.wav"
+    sf.write(path, _degrade(x, how, np.random.default_rng(0)), RATE, subtype="FLOAT")
+    events, daemon = _run(bundle, FileSource(name=f"file:{path}", path=path), hop_seconds=2.0)
+    windows = _accounted(events, daemon)
+    assert windows and all(w["status"] == "gated" for w in windows)
+    assert all(reason in w["reasons"] and w["advice"] for w in windows)
+    assert daemon.metrics.snapshot()["gated"][reason] == len(windows)
+
+
+class SlowBackend(OnnxBackend):
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        time.sleep(0.15)
+        return super().run(windows)
+
+
+def _long_recording(shared_data: Path, path: Path, seconds: int) -> Path:
+    """A real recording repeated to `seconds` at 16 kHz: breath sounds the gate accepts."""
+    clean = read_audio(shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav")
+    x = soxr.resample(clean.samples, clean.sample_rate, RATE, "HQ")
+    sf.write(path, np.resize(x, RATE * seconds), RATE, subtype="FLOAT")
+    return path
+
+
+def test_overload_drops_windows_never_samples(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    path = _long_recording(shared_data, tmp_path / "long.wav", 40)
+
+    def slow(b: Any, c: DaemonConfig) -> Backend:
+        return SlowBackend("slow", b, 1)
+
+    events, daemon = _run(
+        bundle, FileSource(name="file:long", path=path), hop_seconds=0.5, max_pending=2, max_batch=1, drop_when_behind=True,
+        backend_factory=slow,
+    )  # fmt: skip
+    windows = _accounted(events, daemon)
+    counts = daemon.metrics.snapshot()["counts"]
+    assert counts["samples"] == RATE * 40, "every sample reached the processing thread"
+    assert len(windows) == (RATE * 40 - WINDOW) // (RATE // 2) + 1, "every hop produced a window"
+    assert counts["windows_dropped"] > 10
+    assert counts["inferences"] + counts["windows_dropped"] + sum(daemon.metrics.gated.values()) == len(windows)
+
+
+def test_serial_link_with_impairments_flags_device_gaps(bundle: Path, tmp_path: Path) -> None:
+    path = tmp_path / "steth.wav"
+    rng = np.random.default_rng(2)
+    t = np.arange(8000 * 30) / 8000
+    breath = 0.2 * np.sin(2 * np.pi * 0.25 * t) ** 2
+    sf.write(path, (breath * rng.standard_normal(len(t)) * 0.3).astype(np.float32), 8000, subtype="PCM_16")
+    impairments = Impairments(bit_error_rate=1e-5, drop_rate=0.004, duplicate_rate=0.01, reorder_rate=0.01)
+    with DeviceSimulator(path, speed=10, impairments=impairments, seed=5) as simulator:
+        source = open_source(f"serial:{simulator.path}", reconnect_seconds=0.05)
+        sink = CollectSink()
+        config = DaemonConfig.from_dict(
+            {"bundle": str(bundle), "source": "serial", "sinks": [], "hop_seconds": 1.0, "gate": {"reopen_after": 1}}
+        )
+        daemon = Daemon(config, source=source, sinks=[sink])
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        assert simulator.wait(30)
+        time.sleep(0.5)
+        daemon.stop()
+        runner.join(10)
+    windows = _accounted(sink.events, daemon)
+    assert len(windows) >= 20
+    for w in windows:
+        has_gap = w["quality"]["gap_seconds"] > 0
+        assert has_gap == ("device_gap" in w.get("reasons", [])), w
+    gapped = [w for w in windows if w["quality"]["gap_seconds"] > 0]
+    assert gapped and len(gapped) < len(windows)
+    assert any(w["status"] == "classified" for w in windows)
+    stats = sink.events[-1]["source_stats"]
+    assert (
+        stats["lost_frames"] >= 1 and stats["decoder_crc_errors"] + stats["lost_frames"] >= simulator.counters.dropped
+    )
+
+
+def test_audit_clips_hold_the_raw_audio_and_respect_the_size_cap(
+    bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    path = shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav"  # 4 kHz
+    raw = read_audio(path).samples
+    audit = tmp_path / "audit"
+    sink = CollectSink()
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], audit_dir=audit, audit_max_mb=0.4)
+    daemon = Daemon(config, source=FileSource(name="f", path=path), sinks=[sink])
+    assert daemon.audit is not None
+    daemon.audit.labels = ("normal", "crackle", "wheeze", "both")  # record every window
+    daemon.audit.min_probability = 0.0
+    daemon.run()
+    clips = sorted(audit.glob("*.wav"))
+    assert daemon.audit.written == len(_windows(sink.events)) and daemon.audit.deleted > 0
+    assert clips and sum(p.stat().st_size for p in clips) <= 0.4e6
+    for clip in clips:
+        meta = json.loads(clip.with_suffix(".json").read_text())
+        data, rate = sf.read(clip, dtype="float32")
+        assert rate == 4000
+        begin = round(meta["clip_start"] * rate)
+        np.testing.assert_array_equal(data, raw[begin : begin + len(data)])
+        assert meta["event"]["status"] == "classified"
+
+
+def test_jsonl_file_rotates_and_keeps_every_line(tmp_path: Path) -> None:
+    sink = open_sink(f"jsonl:{tmp_path / 'events.jsonl'}?max_mb=0.002&backups=3")
+    assert isinstance(sink, JsonLinesSink)
+    for i in range(150):  # about 10 kB: more than the current file and its 3 backups hold
+        sink.send({"schema": 1, "seq": i, "pad": "x" * 40})
+    sink.close()
+    files = sorted(tmp_path.glob("events.jsonl*"))
+    assert len(files) == 4 and all(p.stat().st_size <= 2000 for p in files)
+    kept = sorted(json.loads(line)["seq"] for p in files for line in p.read_text().splitlines())
+    assert kept == list(range(150 - len(kept), 150)) and len(kept) > 80
+
+
+def test_config_file_flags_and_errors(tmp_path: Path, bundle: Path) -> None:
+    toml = tmp_path / "daemon.toml"
+    toml.write_text(
+        f'bundle = "{bundle}"\nsource = "file:x.wav"\nsinks = ["jsonl:-"]\nhop_seconds = 2.0\n'
+        "[gate]\nreopen_after = 3\n[source_options]\nrealtime = true\n"
+    )
+    config = DaemonConfig.from_toml(toml, {"hop_seconds": 0.5})
+    assert config.hop_seconds == 0.5 and config.gate.reopen_after == 3 and config.source_options == {"realtime": True}
+    toml.write_text('bundle = "b"\nsorce = "mic:"\n')
+    with pytest.raises(DaemonError, match=r"daemon\.toml: unknown option\(s\) sorce"):
+        DaemonConfig.from_toml(toml)
+    toml.write_text("bundle = \n")
+    with pytest.raises(DaemonError, match=r"daemon\.toml: not valid TOML"):
+        DaemonConfig.from_toml(toml)
+
+
+def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qlung_edge.cli", *args], capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
+def test_check_validates_and_names_a_tampered_bundle(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    wav = shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav"
+    ok = _cli("daemon", "--bundle", str(bundle), "--source", f"file:{wav}", "--check")
+    assert ok.returncode == 0, ok.stderr
+    assert "check passed" in ok.stdout and "max |dp|" in ok.stdout
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    bad = _cli("daemon", "--bundle", str(copy), "--source", f"file:{wav}", "--check")
+    assert bad.returncode == 2 and "model.onnx: altered or damaged" in bad.stderr
+    nosource = _cli("daemon", "--bundle", str(bundle), "--source", "file:/nonexistent.wav", "--check")
+    assert nosource.returncode == 2 and "nonexistent.wav" in nosource.stderr
+
+
+# --- signals and the HTTP endpoint, on a real subprocess -------------------------------------
+
+
+def _renamed_bundle(bundle: Path, out: Path, name: str) -> Path:
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["name"] = name
+    write_manifest(out, {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256", "format")})
+    load_bundle(out)
+    return out
+
+
+def _read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _wait_for(path: Path, test: Any, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = _read_events(path)
+        if test(events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"timed out; events so far: {[e['type'] for e in _read_events(path)]}")
+
+
+def test_sighup_swaps_the_bundle_and_sigterm_flushes(bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    first = _renamed_bundle(bundle, tmp_path / "b1", "first")
+    second = _renamed_bundle(bundle, tmp_path / "b2", "second")
+    current = tmp_path / "current"
+    current.symlink_to(first)
+    wav = _long_recording(shared_data, tmp_path / "long.wav", 120)
+    events_file = tmp_path / "events.jsonl"
+    toml = tmp_path / "daemon.toml"
+    toml.write_text(
+        f'bundle = "{current}"\nsource = "file:{wav}"\nsinks = ["jsonl:{events_file}"]\nhttp = "127.0.0.1:0"\n'
+        "hop_seconds = 1.0\n[source_options]\nrealtime = true\nspeed = 8.0\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qlung_edge.cli", "daemon", "--config", str(toml)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        events = _wait_for(events_file, lambda ev: any(e["type"] == "window" for e in ev))
+        start = events[0]
+        assert start["type"] == "start" and start["model"] == "first"
+        host, port = start["http"].split(":")
+        assert host == "127.0.0.1"
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
+        assert health["status"] == "ok" and health["backend"].startswith("onnx")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "qlung_windows_total" in metrics and 'qlung_window_latency_seconds_bucket{le="+Inf"}' in metrics
+        current.unlink()
+        current.symlink_to(second)
+        process.send_signal(signal.SIGHUP)
+        events = _wait_for(events_file, lambda ev: any(e["type"] == "reload" for e in ev))
+        reload = next(e for e in events if e["type"] == "reload")
+        assert reload["ok"] and reload["model"] == "second"
+        windows_before = sum(e["type"] == "window" for e in events)
+        _wait_for(events_file, lambda ev: sum(e["type"] == "window" for e in ev) > windows_before + 2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    events = _read_events(events_file)
+    assert events[-1]["type"] == "stop"
+    windows = [e for e in events if e["type"] == "window"]
+    assert [w["window"]["index"] for w in windows] == list(range(len(windows)))
+    assert events[-1]["counts"]["windows"] == len(windows) < 113, "stopped before the end of the file"
+    # The audio stream went on across the reload: window times are continuous.
+    assert all(b["window"]["start"] - a["window"]["start"] == 1.0 for a, b in zip(windows, windows[1:]))
+
+
+# --- MQTT against a real broker --------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    def __init__(self, folder: Path) -> None:
+        self.port = _free_port()
+        self.folder = folder
+        (folder / "data").mkdir()
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder / 'data'}/\nautosave_interval 1\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
+    if shutil.which("mosquitto") is None:
+        os.environ["PATH"] += os.pathsep + "/usr/sbin"
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shared_data: Path, tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    received: dict[int, dict[str, Any]] = {}
+    subscriber = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="qlung-test-listener", clean_session=False
+    )  # fmt: skip
+    subscriber.on_connect = lambda c, u, f, rc, p=None: c.subscribe("ward/bed1", qos=1)
+    subscriber.on_message = lambda c, u, m: received.setdefault(json.loads(m.payload)["seq"], json.loads(m.payload))
+    subscriber.reconnect_delay_set(1, 2)
+    subscriber.connect("127.0.0.1", broker.port)
+    subscriber.loop_start()
+    wav = _long_recording(shared_data, tmp_path / "long.wav", 60)
+    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/ward/bed1?client_id=qlung-test-daemon&buffer=1000")
+    config = DaemonConfig(bundle=bundle, source="file", sinks=[], hop_seconds=1.0)
+    daemon = Daemon(config, source=FileSource(name="f", path=wav, realtime=True, speed=10), sinks=[sink])
+    try:
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        time.sleep(2.0)
+        broker.stop()
+        time.sleep(1.5)
+        outage = sink.unsent()
+        broker.start()
+        runner.join(60)
+        deadline = time.monotonic() + 20
+        while len(received) < daemon._seq and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        subscriber.loop_stop()
+        subscriber.disconnect()
+    stats = sink.stats()
+    assert outage > 0, "events were produced while the broker was down"
+    assert stats["reconnects"] >= 1 and stats["dropped"] == 0 and stats["unsent"] == 0
+    assert sorted(received) == list(range(daemon._seq)), "every event arrived (duplicates allowed, QoS 1)"
+    assert sum(e["type"] == "window" for e in received.values()) == 53
+
+
+def test_torch_backend_matches_onnx_runtime(bundle: Path, checkpoint: Path, shared_data: Path) -> None:
+    path = shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav"
+    onnx_events, _ = _run(bundle, FileSource(name="f", path=path), hop_seconds=2.0)
+    torch_events, _ = _run(
+        bundle, FileSource(name="f", path=path), hop_seconds=2.0, backend="torch", checkpoint=checkpoint
+    )
+    a = [list(e["prediction"]["probabilities"].values()) for e in _windows(onnx_events) if "prediction" in e]
+    b = [list(e["prediction"]["probabilities"].values()) for e in _windows(torch_events) if "prediction" in e]
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a, b, atol=2e-4)
