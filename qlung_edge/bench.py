@@ -1,69 +1,222 @@
-"""Speed measurements printed next to the design targets (DESIGN.md section 8).
+"""`qlung-edge bench`: every speed target of DESIGN.md section 8, measured on this machine, side by side.
 
-Figures are medians of repeated runs after a warm-up, on one thread; ratios compare variants measured in the
-same run, since absolute times drift on a shared machine.
+Each figure is a median (and p99 where latency matters) of repeated runs after a warm-up. Comparisons (torch vs
+ONNX Runtime FP32 vs INT8, streaming vs recomputing the AQS, 1 vs N threads) are measured in the same run and
+reported as ratios, since absolute times drift on a shared machine. `write_markdown` turns one run into
+BENCHMARKS.md, so the page is produced by the command, never typed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from qlung_edge.quality import QualityConfig, StreamingQuality, assess
 
 AQS_TARGET_X_REALTIME = 2000.0
+SECTIONS = ("quality", "link", "frontend", "model", "daemon")
 
 
-def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
+@dataclass
+class Figure:
+    section: str
+    name: str
+    value: float | None
+    unit: str
+    target: str = ""
+    meets: bool | None = None
+    note: str = ""
+
+    def line(self) -> str:
+        value = "n/a" if self.value is None else f"{self.value:,.4g}"
+        verdict = "" if self.meets is None else ("  meets" if self.meets else "  MISSES")
+        target = f"  (target {self.target}{verdict})" if self.target else ""
+        note = f"  [{self.note}]" if self.note else ""
+        return f"  {self.name:<46}{value:>12} {self.unit:<12}{target}{note}"
+
+
+@dataclass
+class BenchRun:
+    machine: dict[str, Any]
+    figures: list[Figure] = field(default_factory=list)
+    command: str = ""
+
+    def add(self, *args: Any, **kwargs: Any) -> Figure:
+        figure = Figure(*args, **kwargs)
+        self.figures.append(figure)
+        return figure
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "command": self.command, "figures": [asdict(f) for f in self.figures]}
+
+
+def _timed(run: Callable[[], object], repeats: int, warmup: int = 1) -> np.ndarray:
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return np.array(times)
+
+
+def _median_seconds(run: Callable[[], object], repeats: int) -> float:
+    return float(np.median(_timed(run, repeats)))
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def _cpuinfo() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n")[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def peak_gflops_per_core() -> tuple[float | None, str]:
+    """FP32 peak of one core from its vector width and clock: clock x lanes x 2 (FMA) x 2 FMA pipes.
+
+    AMD Zen 4 runs AVX-512 through 256-bit pipes, so it counts 8 lanes there; a rough physical ceiling, not a
+    promise (turbo, thermal limits and memory bandwidth decide the rest).
+    """
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    try:
+        ghz = float(info.get("cpu MHz", "")) / 1000
+    except ValueError:
+        return None, "clock unknown"
+    amd = "AMD" in info.get("vendor_id", "") + info.get("model name", "")
+    if "avx512f" in flags and not amd:
+        lanes, isa = 16, "AVX-512"
+    elif "avx2" in flags or "avx512f" in flags:
+        lanes, isa = 8, "AVX2/256-bit" + (" (AVX-512 on 256-bit pipes)" if "avx512f" in flags else "")
+    elif "asimd" in flags or platform.machine() in ("aarch64", "arm64"):
+        lanes, isa = 4, "NEON"
+    else:
+        lanes, isa = 4, "SSE"
+    fma_pipes = 2
+    return ghz * lanes * 2 * fma_pipes, f"{ghz:.2f} GHz x {lanes} lanes x 2 (FMA) x {fma_pipes} pipes, {isa}"
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    info = _cpuinfo()
+    versions: dict[str, str] = {"python": platform.python_version(), "numpy": np.__version__}
+    for package in ("onnxruntime", "scipy", "soxr", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    peak, how = peak_gflops_per_core()
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads_compared": threads,
+        "platform": platform.platform(),
+        "versions": versions,
+        "peak_gflops_per_core": peak,
+        "peak_how": how,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def machine_line() -> str:
-    return f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}"
+    m = machine_info(os.cpu_count() or 1)
+    return f"machine: {m['cpu']}, {m['cores']} cores, numpy {np.__version__}"
 
 
-def bench_quality(seconds: float = 60.0, repeats: int = 5) -> list[str]:
-    """AQS throughput in x real time: whole signal, and streamed in 1 s and 0.1 s blocks."""
+# --------------------------------------------------------------------------- sections
+
+
+def breath_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    """Band-limited noise with a breathing envelope: audio the quality gate accepts, made on the spot."""
+    from scipy.signal import butter, sosfilt
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    sos = butter(4, [100, min(1800, rate / 2 - 100)], btype="band", fs=rate, output="sos")
+    noise = sosfilt(sos, rng.standard_normal(n))
+    t = np.arange(n) / rate
+    envelope = 0.3 + 0.7 * np.sin(np.pi * t / 2.0) ** 2
+    x = noise * envelope
+    return (0.05 * x / np.std(x)).astype(np.float32)
+
+
+def bench_quality(run: BenchRun, seconds: float = 60.0, repeats: int = 5) -> None:
     config = QualityConfig()
     rate = config.sample_rate
-    rng = np.random.default_rng(0)
-    signal = (0.05 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+    signal = breath_like(seconds, rate)
 
     def streamed(block: int) -> Callable[[], object]:
-        def run() -> None:
+        def go() -> None:
             stream = StreamingQuality(config)
             for i in range(0, len(signal), block):
                 stream.push(signal[i : i + block])
 
-        return run
+        return go
 
-    lines = [f"AQS on {seconds:g} s of 16 kHz audio, median of {repeats}; target >= {AQS_TARGET_X_REALTIME:g}x"]
-    whole = _median_seconds(lambda: assess(signal, rate, config), repeats)
-    for name, elapsed in (
-        ("whole signal", whole),
-        ("stream, 1 s blocks", _median_seconds(streamed(rate), repeats)),
-        ("stream, 0.1 s blocks", _median_seconds(streamed(rate // 10), repeats)),
-    ):
-        factor = seconds / elapsed
-        verdict = "meets" if factor >= AQS_TARGET_X_REALTIME else "misses"
-        lines.append(
-            f"  {name:<22}{factor:>9.0f}x real time  ({verdict} target; {elapsed / whole:.2f}x the whole-signal time)"
-        )
-    return lines
+    s = "quality"
+    stream_1s = seconds / _median_seconds(streamed(rate), repeats)
+    run.add(s, "AQS streaming, 1 s blocks", stream_1s, "x realtime", f">= {AQS_TARGET_X_REALTIME:g}x",
+            stream_1s >= AQS_TARGET_X_REALTIME)  # fmt: skip
+    run.add(s, "AQS streaming, 0.1 s blocks", seconds / _median_seconds(streamed(rate // 10), repeats), "x realtime")
+    run.add(s, "AQS whole signal at once", seconds / _median_seconds(lambda: assess(signal, rate, config), repeats),
+            "x realtime")  # fmt: skip
+
+    # What the daemon does every hop: the AQS of the last 8 s window. Streaming computes each frame once and
+    # summarises; recomputing scores the whole window again.
+    window, hop = 8 * rate, rate
+
+    def every_hop_streaming() -> None:
+        stream = StreamingQuality(config, history_frames=800)
+        for end in range(hop, len(signal) + 1, hop):
+            stream.push(signal[end - hop : end])
+            if end >= window:
+                stream.window(798)
+
+    def every_hop_recompute() -> None:
+        for end in range(window, len(signal) + 1, hop):
+            assess(signal[end - window : end], rate, config)
+
+    a = _median_seconds(every_hop_streaming, repeats)
+    b = _median_seconds(every_hop_recompute, repeats)
+    run.add(s, "AQS per 1 s hop: streaming vs recomputing 8 s", b / a, "x faster",
+            note=f"{seconds / a:,.0f}x vs {seconds / b:,.0f}x realtime")  # fmt: skip
+    # The daemon resamples the device's rate to 16 kHz first: cost per second of device audio.
+    from qlung_edge.streaming import StreamResampler
+
+    for device_rate in (4000, 16_000, 44_100):
+        x = breath_like(seconds, device_rate, seed=1)
+
+        def device_path(x: np.ndarray = x, device_rate: int = device_rate) -> None:
+            resampler = StreamResampler(rate)
+            stream = StreamingQuality(config)
+            for i in range(0, len(x), device_rate):
+                stream.push(resampler.push(x[i : i + device_rate], device_rate))
+
+        factor = seconds / _median_seconds(device_path, repeats)
+        run.add(s, f"resample + AQS, {device_rate / 1000:g} kHz device", factor, "x realtime",
+                f">= {AQS_TARGET_X_REALTIME:g}x", factor >= AQS_TARGET_X_REALTIME)  # fmt: skip
 
 
-def bench_link(megabytes: float = 8.0, repeats: int = 3, chunk: int = 4096) -> list[str]:
-    """Link decoder throughput in MB/s: clean stream, 1 % corrupted frames, and bytes to audio blocks."""
+def bench_link(run: BenchRun, megabytes: float = 8.0, repeats: int = 3, chunk: int = 4096) -> None:
+    """Link decoder throughput: clean stream, 1 % corrupted frames, and all the way to audio blocks."""
     from firmware_bridge.link import LinkReceiver
     from firmware_bridge.protocol import FrameDecoder, SampleFormat, encode_audio
 
@@ -81,12 +234,12 @@ def bench_link(megabytes: float = 8.0, repeats: int = 3, chunk: int = 4096) -> l
     damaged_chunks = [bytes(damaged[i : i + chunk]) for i in range(0, len(damaged), chunk)]
 
     def decode(parts: list[bytes]) -> Callable[[], object]:
-        def run() -> None:
+        def go() -> None:
             decoder = FrameDecoder()
             for part in parts:
                 decoder.feed(part)
 
-        return run
+        return go
 
     def receive() -> None:
         receiver = LinkReceiver()
@@ -94,15 +247,314 @@ def bench_link(megabytes: float = 8.0, repeats: int = 3, chunk: int = 4096) -> l
             receiver.feed(part)
 
     size = len(clean) / 1e6
-    lines = [
-        f"link decoder on {size:.1f} MB of {one}-byte int16 frames fed in {chunk}-byte chunks, median of {repeats}"
-    ]
-    for name, run in (
-        ("decode, clean", decode(chunks)),
-        ("decode, 1 % bad CRC", decode(damaged_chunks)),
-        ("decode + timeline", receive),
+    for name, go in (
+        ("link decoder, clean", decode(chunks)),
+        ("link decoder, 1 % bad CRC", decode(damaged_chunks)),
+        ("link decoder + timeline", receive),
     ):
-        speed = size / _median_seconds(run, repeats)
-        streams = speed * 1e6 / (rate * 2)
-        lines.append(f"  {name:<22}{speed:>9.1f} MB/s  ({streams:,.0f}x one 8 kHz int16 stream)")
-    return lines
+        speed = size / _median_seconds(go, repeats)
+        run.add("link", name, speed, "MB/s", note=f"{speed * 1e6 / (rate * 2):,.0f}x one 8 kHz int16 stethoscope")
+
+
+def _torch_model(bundle: Any) -> Any:
+    """A model of the bundle's architecture in torch eager (weights do not change its speed)."""
+    from training.models import QLungModel
+
+    model = bundle.manifest.get("model", {})
+    return QLungModel(model.get("backbone", "edge-cnn"), head=model.get("head", "angular")).eval()
+
+
+def _session(path: Path, threads: int) -> Any:
+    from qlung_edge.runtime import onnx_session
+
+    return onnx_session(path, threads=threads)
+
+
+def _latency(session: Any, batch: np.ndarray, repeats: int) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return _timed(lambda: session.run(["probabilities"], {name: batch}), repeats, warmup=2)
+
+
+def bench_frontend(run: BenchRun, bundle: Any, repeats: int = 20) -> None:
+    """The log-mel front end alone: torch eager vs ONNX Runtime (exported here), one 8 s window, 1 thread."""
+    s = "frontend"
+    try:
+        import torch
+
+        from training.frontend import KaldiFbank
+    except ImportError:
+        run.add(s, "front end, torch eager", None, "ms", note="torch not installed (train extra)")
+        return
+    torch.set_num_threads(1)
+    frontend = KaldiFbank().eval()
+    window = breath_like(8.0)[None]
+    x = torch.from_numpy(window)
+    with torch.inference_mode():
+        eager = _timed(lambda: frontend(x), repeats, warmup=2)
+    run.add(s, "front end, torch eager, 1 window", float(np.median(eager)) * 1000, "ms")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "frontend.onnx"
+        import logging
+        import warnings
+
+        exporter_log = logging.getLogger("torch.onnx")
+        level = exporter_log.level
+        exporter_log.setLevel(logging.ERROR)  # its "torchvision is not installed" notes
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(frontend, (x,), str(path), dynamo=True, input_names=["waveform"], verbose=False)
+            session = _session(path, 1)
+            onnx_times = _timed(lambda: session.run(None, {session.get_inputs()[0].name: window}), repeats, 2)
+        except Exception as err:  # the exporter's many failure types; the figure says why it is missing
+            run.add(s, "front end, ONNX Runtime, 1 window", None, "ms", note=f"export failed: {err}"[:120])
+            return
+        finally:
+            exporter_log.setLevel(level)
+    run.add(s, "front end, ONNX Runtime, 1 window", float(np.median(onnx_times)) * 1000, "ms")
+    run.add(s, "front end: ONNX Runtime vs torch eager", float(np.median(eager) / np.median(onnx_times)), "x faster")
+
+
+def bench_model(run: BenchRun, bundle: Any, threads: int, repeats: int = 30) -> None:
+    from qlung_edge.bundle import INT8_FILE, MODEL_FILE
+
+    s = "model"
+    window = breath_like(8.0)[None]
+    fp32 = _session(bundle.file(MODEL_FILE), 1)
+    t32 = _latency(fp32, window, repeats)
+    median32 = float(np.median(t32))
+    run.add(s, "front end + model, ORT FP32, 1 window, 1 thread", median32 * 1000, "ms", "<= 20 ms",
+            median32 <= 0.020, note=f"p99 {np.percentile(t32, 99) * 1000:.2f} ms")  # fmt: skip
+    for batch in (4, 16):
+        times = _latency(fp32, np.repeat(window, batch, axis=0), max(3, repeats // batch))
+        run.add(s, f"ORT FP32, batch {batch}, per window", float(np.median(times)) / batch * 1000, "ms")
+    if threads > 1:
+        many = _session(bundle.file(MODEL_FILE), threads)
+        tn = float(np.median(_latency(many, window, repeats)))
+        run.add(s, f"ORT FP32: {threads} threads vs 1, 1 window", median32 / tn, "x faster")
+        tb = float(np.median(_latency(many, np.repeat(window, 16, axis=0), max(3, repeats // 16))))
+        t1 = float(np.median(_latency(fp32, np.repeat(window, 16, axis=0), max(3, repeats // 16))))
+        run.add(s, f"ORT FP32: {threads} threads vs 1, batch 16", t1 / tb, "x faster")
+    if bundle.has(INT8_FILE):
+        int8 = _session(bundle.file(INT8_FILE), 1)
+        t8 = float(np.median(_latency(int8, window, repeats)))
+        speedup = median32 / t8
+        run.add(s, "ORT INT8, 1 window, 1 thread", t8 * 1000, "ms")
+        run.add(s, "INT8 vs FP32 (ORT), 1 window", speedup, "x faster", ">= 1.5x", speedup >= 1.5)
+        record = bundle.manifest.get("int8", {})
+        if "score_drop_points" in record:
+            drop = float(record["score_drop_points"])
+            run.add(s, "INT8 Score drop (from export, held-out cycles)", drop, "points", "<= 1", drop <= 1.0)
+    else:
+        run.add(s, "INT8 vs FP32 (ORT), 1 window", None, "x faster", ">= 1.5x", note="bundle has no INT8 model")
+    params = bundle.manifest.get("model", {}).get("parameters")
+    run.add(s, "parameters", params, "", "<= 1.5 M", None if params is None else params <= 1.5e6)
+    try:
+        import torch
+
+        from training.models import count_flops
+    except ImportError:
+        run.add(s, "GFLOPs per 8 s window", None, "GFLOPs", "<= 0.5", note="torch not installed (train extra)")
+        run.add(s, "ORT FP32 vs torch eager, 1 window", None, "x faster", ">= 2x", note="torch not installed")
+        return
+    torch.set_num_threads(1)
+    model = _torch_model(bundle)
+    gflops = count_flops(model) / 1e9
+    run.add(s, "GFLOPs per 8 s window (front end included)", gflops, "GFLOPs", "<= 0.5", gflops <= 0.5)
+    peak = run.machine.get("peak_gflops_per_core")
+    achieved = gflops / median32
+    note = ""
+    if peak:
+        note = f"{100 * achieved / peak:.0f} % of the {peak:.0f} GFLOP/s estimated at the listed clock"
+        if achieved > peak:
+            note += " (above it: the core boosts past its listed clock)"
+    run.add(s, "ORT FP32 achieved, 1 thread", achieved, "GFLOP/s", note=note)
+    x = torch.from_numpy(window)
+    with torch.inference_mode():
+        eager = float(np.median(_timed(lambda: model(x), repeats, warmup=2)))
+    ratio = eager / median32
+    run.add(s, "torch eager, 1 window, 1 thread", eager * 1000, "ms")
+    run.add(s, "ORT FP32 vs torch eager, 1 window", ratio, "x faster", ">= 2x", ratio >= 2.0)
+
+
+def _daemon_once(
+    bundle_path: Path, wav: Path, precision: str, hop: float, speed: float, folder: Path
+) -> dict[str, Any]:
+    """One daemon in its own process (start time and RSS are per process), paced at `speed` x real time."""
+    events = folder / f"events-{precision}-{hop}.jsonl"
+    config = folder / f"daemon-{precision}-{hop}.toml"
+    config.write_text(
+        f'bundle = "{bundle_path}"\nsource = "file:{wav}"\nsinks = ["jsonl:{events}"]\nprecision = "{precision}"\n'
+        f"hop_seconds = {hop}\nthreads = 1\n[source_options]\n"
+        + (f"realtime = true\nspeed = {speed}\n" if speed > 0 else "realtime = false\n")
+    )
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qlung_edge.cli", "daemon", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_event = None
+    while process.poll() is None and first_event is None:
+        if events.exists() and events.stat().st_size > 0:
+            first_event = time.perf_counter() - started
+        time.sleep(0.005)
+    _, err = process.communicate(timeout=600)
+    if process.returncode != 0:
+        raise RuntimeError(f"daemon exited {process.returncode}: {err[-500:]}")
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    stop = lines[-1]["counts"]
+    latencies = [e["latency_ms"] for e in lines if e["type"] == "window" and e["status"] == "classified"]
+    frames, rate = sf_frames(wav)
+    audio_seconds = frames / rate
+    return {
+        "start_seconds": first_event if first_event is not None else float("nan"),
+        "cpu_percent_of_core": 100 * stop["stream_cpu_seconds"] / audio_seconds,
+        "cpu_per_audio_second_ms": 1000 * stop["stream_cpu_seconds"] / audio_seconds,
+        "p50_ms": float(np.median(latencies)) if latencies else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
+        "rss_mb": stop["peak_rss_bytes"] / 1e6,
+        "windows": stop.get("windows", 0),
+        "classified": stop.get("inferences", 0),
+        "dropped": stop.get("windows_dropped", 0),
+        "realtime_factor": audio_seconds / stop["stream_wall_seconds"],
+    }
+
+
+def sf_frames(path: Path) -> tuple[int, int]:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    return info.frames, info.samplerate
+
+
+def _overload(bundle: Any, wav: Path) -> dict[str, int]:
+    """An artificially slow backend: windows must be dropped and counted, samples never."""
+    from firmware_bridge.sources import FileSource
+    from qlung_edge.backends import OnnxBackend
+    from qlung_edge.daemon import Daemon, DaemonConfig
+    from qlung_edge.evalstream import CollectSink
+
+    class Slow(OnnxBackend):
+        def run(self, windows: np.ndarray) -> np.ndarray:
+            time.sleep(0.1)
+            return super().run(windows)
+
+    config = DaemonConfig(bundle=bundle.path, source="file", sinks=[], hop_seconds=0.5, max_pending=2, max_batch=1,
+                          drop_when_behind=True)  # fmt: skip
+    daemon = Daemon(config, source=FileSource(name="f", path=wav), sinks=[CollectSink()],
+                    backend_factory=lambda b, c: Slow("slow", b, 1))  # fmt: skip
+    daemon.run()
+    counts = daemon.counts()
+    frames, _ = sf_frames(wav)
+    return {"samples_lost": frames - counts["samples"], "windows": counts["windows"],
+            "dropped": counts.get("windows_dropped", 0)}  # fmt: skip
+
+
+def bench_daemon(run: BenchRun, bundle: Any, seconds: float = 60.0, speed: float = 10.0, quick: bool = False) -> None:
+    import soundfile as sf
+
+    from qlung_edge.bundle import INT8_FILE
+
+    s = "daemon"
+    folder = Path(tempfile.mkdtemp(prefix="qlung-bench-"))
+    try:
+        wav = folder / "stream.wav"
+        sf.write(str(wav), breath_like(seconds, 8000, seed=2), 8000, subtype="PCM_16")  # a stethoscope's 8 kHz
+        precisions = ["fp32"] + (["int8"] if bundle.has(INT8_FILE) else [])
+        for precision in precisions:
+            r = _daemon_once(bundle.path, wav, precision, 1.0, speed, folder)
+            p = precision.upper()
+            cpu = r["cpu_percent_of_core"]
+            note = f"{r['cpu_per_audio_second_ms']:.1f} ms CPU per audio s"
+            run.add(s, f"{p}: CPU at 1 s hop", cpu, "% of a core", "<= 10 %", cpu <= 10, note=note)
+            run.add(s, f"{p}: window-to-event latency p50", r["p50_ms"], "ms")
+            run.add(s, f"{p}: window-to-event latency p99", r["p99_ms"], "ms", "<= 100 ms", r["p99_ms"] <= 100)
+            run.add(s, f"{p}: peak RSS", r["rss_mb"], "MB", "<= 200 MB", r["rss_mb"] <= 200)
+            run.add(s, f"{p}: start (spawn to first event)", r["start_seconds"], "s", "<= 2 s",
+                    r["start_seconds"] <= 2.0)  # fmt: skip
+        fast = _daemon_once(bundle.path, wav, "fp32", 1.0, 0.0, folder) if not quick else None
+        if fast is not None:
+            run.add(s, "FP32: real-time factor, file as fast as possible", fast["realtime_factor"], "x realtime")
+        for hop in (0.5, 2.0):
+            r = _daemon_once(bundle.path, wav, "fp32", hop, speed, folder)
+            run.add(s, f"FP32: CPU at {hop:g} s hop", r["cpu_percent_of_core"], "% of a core")
+        over = _overload(bundle, wav)
+        run.add(s, "overload: audio samples lost", over["samples_lost"], "samples", "0", over["samples_lost"] == 0,
+                note=f"{over['dropped']} of {over['windows']} windows dropped and counted")  # fmt: skip
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_bench(
+    what: str = "all",
+    bundle_path: Path | None = None,
+    threads: int | None = None,
+    quick: bool = False,
+    log: Callable[[str], None] = print,
+) -> BenchRun:
+    sections = SECTIONS if what == "all" else (what,)
+    threads = threads or os.cpu_count() or 1
+    run = BenchRun(machine_info(threads))
+    m = run.machine
+    log(f"machine: {m['cpu']}, {m['cores']} cores; peak {m['peak_gflops_per_core'] or 0:.0f} GFLOP/s a core "
+        f"({m['peak_how']}); " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))  # fmt: skip
+    bundle = None
+    if any(s in ("frontend", "model", "daemon") for s in sections):
+        from qlung_edge.bundle import load_bundle
+
+        if bundle_path is None:
+            raise ValueError("the frontend, model and daemon benchmarks need --bundle DIR (a `qlung-edge export`)")
+        bundle = load_bundle(bundle_path)
+        model = bundle.manifest.get("model", {})
+        run.machine["bundle"] = (
+            f"{bundle_path} ({bundle.manifest.get('name')}, {model.get('backbone')}, "
+            f"manifest {str(bundle.manifest.get('manifest_sha256'))[:12]})"
+        )
+    repeats = 3 if quick else 10
+    for section in sections:
+        before = len(run.figures)
+        log(f"[{section}]")
+        if section == "quality":
+            bench_quality(run, seconds=10.0 if quick else 60.0, repeats=repeats)
+        elif section == "link":
+            bench_link(run, megabytes=1.0 if quick else 8.0, repeats=3)
+        elif section == "frontend":
+            bench_frontend(run, bundle, repeats=5 if quick else 30)
+        elif section == "model":
+            bench_model(run, bundle, threads, repeats=5 if quick else 50)
+        elif section == "daemon":
+            bench_daemon(run, bundle, seconds=12.0 if quick else 60.0, speed=10.0, quick=quick)
+        else:
+            raise ValueError(f"unknown benchmark {section!r}; one of {', '.join(SECTIONS)} or all")
+        for figure in run.figures[before:]:
+            log(figure.line())
+    return run
+
+
+def write_markdown(run: BenchRun, path: Path) -> None:
+    m = run.machine
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by the command below; do not edit by hand. Targets are DESIGN.md section 8 (2-core x86, 1 thread).",
+        "",
+        f"- command: `{run.command}`",
+        f"- date: {m['date']}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
+        f"- peak FP32 per core (estimate): {m['peak_gflops_per_core'] or 0:.0f} GFLOP/s ({m['peak_how']})",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- bundle: {m.get('bundle', 'none')}",
+        "",
+        "| section | figure | value | unit | target | verdict | note |",
+        "| --- | --- | ---: | --- | --- | --- | --- |",
+    ]
+    for f in run.figures:
+        value = "n/a" if f.value is None else f"{f.value:,.4g}"
+        verdict = "" if f.meets is None else ("meets" if f.meets else "**misses**")
+        lines.append(f"| {f.section} | {f.name} | {value} | {f.unit} | {f.target} | {verdict} | {f.note} |")
+    path.write_text("\n".join(lines) + "\n")

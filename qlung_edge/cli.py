@@ -301,20 +301,37 @@ def model_info(backbone: str, head: str) -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["quality", "link", "all"]), default="all")
-@click.option("--seconds", default=60.0, show_default=True, help="Length of the AQS test signal.")
-@click.option("--repeats", default=5, show_default=True)
-def bench(what: str, seconds: float, repeats: int) -> None:
-    """Measure speed against the design targets (so far: the quality score and the link decoder)."""
-    from qlung_edge.bench import bench_link, bench_quality, machine_line
+@click.argument("what", type=click.Choice(["quality", "link", "frontend", "model", "daemon", "all"]), default="all")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), help="For model/daemon.")
+@click.option("--threads", type=int, help="N in the 1-vs-N thread comparison (default: all cores).")
+@click.option("--quick", is_flag=True, help="Short runs: proves every figure is produced (CI), not how fast.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write figures as JSON.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write the table (BENCHMARKS.md).")
+def bench(what: str, bundle: Path | None, threads: int | None, quick: bool, json_out: Path | None,
+          markdown: Path | None) -> None:  # fmt: skip
+    """Measure every speed target of DESIGN.md section 8 on this machine, ratios side by side."""
+    from qlung_edge.bench import run_bench, write_markdown
 
-    click.echo(machine_line())
-    if what in ("quality", "all"):
-        for line in bench_quality(seconds=seconds, repeats=repeats):
-            click.echo(line)
-    if what in ("link", "all"):
-        for line in bench_link(repeats=repeats):
-            click.echo(line)
+    if bundle is None and what in ("frontend", "model", "daemon", "all"):
+        if what != "all":
+            raise click.UsageError(f"bench {what} needs --bundle DIR")
+        click.echo("no --bundle: only the quality and link benchmarks run", err=True)
+        what_list = ["quality", "link"]
+    else:
+        what_list = [what]
+    runs = [run_bench(w, bundle, threads, quick, log=click.echo) for w in what_list]
+    result = runs[0]
+    for extra in runs[1:]:
+        result.figures += extra.figures
+    result.command = (
+        "qlung-edge " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"qlung-edge bench {what}"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=1))
+        click.echo(f"wrote {json_out}")
+    if markdown is not None:
+        write_markdown(result, markdown)
+        click.echo(f"wrote {markdown}")
 
 
 @cli.command()

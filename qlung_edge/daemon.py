@@ -33,7 +33,7 @@ import numpy as np
 from qlung_edge.backends import Backend, open_backend
 from qlung_edge.bundle import CHECK_FILE, Bundle, load_bundle
 from qlung_edge.errors import QLungError
-from qlung_edge.metrics import Metrics, StatusServer
+from qlung_edge.metrics import Metrics, StatusServer, peak_rss_bytes
 from qlung_edge.sinks import Sink, open_sink
 from qlung_edge.streaming import ExamSmoother, Gate, GateConfig, StreamResampler, Window, WindowCutter
 
@@ -226,6 +226,7 @@ class Daemon:
             host, port = parse_address(config.http)
             self.server = StatusServer(self.metrics, self.health, host, port)
         self.start_seconds = time.monotonic() - self.started
+        self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
 
     # ----------------------------------------------------------------- control
 
@@ -241,7 +242,7 @@ class Daemon:
             self._pending_lock.notify_all()
 
     def health(self) -> dict[str, Any]:
-        alive = all(t.is_alive() for t in self._threads) and not self._errors
+        alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
         quiet = time.monotonic() - self._last_block
         status = "ok" if alive and quiet < 10 else "unhealthy"
         return {
@@ -292,6 +293,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run to the end of the source or to `stop()`; 0 if it ended cleanly, 1 after a source error."""
+        self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
         if self.server is not None:
             self.server.start()
         self.emit(
@@ -334,7 +336,14 @@ class Daemon:
 
     def counts(self) -> dict[str, Any]:
         snap = self.metrics.snapshot()
-        return {**snap["counts"], "gated_by_reason": snap["gated"], "cpu_seconds": snap["cpu_seconds"]}
+        return {
+            **snap["counts"],
+            "gated_by_reason": snap["gated"],
+            "cpu_seconds": snap["cpu_seconds"],
+            "stream_cpu_seconds": round(time.process_time() - self._cpu_at_run, 3),
+            "stream_wall_seconds": round(time.monotonic() - self._wall_at_run, 3),
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
 
     def _capture(self) -> None:
         try:
@@ -351,13 +360,27 @@ class Daemon:
             while (block := self._blocks.get()) is not None:
                 self._last_block = time.monotonic()
                 self.metrics.add("samples", len(block.samples))
+                if not np.isfinite(block.samples).all():
+                    # A device or pipe that sends NaN/inf: keep the timeline, treat the block as lost audio.
+                    bad = int(np.count_nonzero(~np.isfinite(block.samples)))
+                    self.metrics.add("nonfinite_samples", bad)
+                    self.emit(
+                        "source", note=f"{bad} NaN/inf samples at {block.timestamp:.2f} s: block treated as a gap"
+                    )
+                    block = replace(
+                        block, samples=np.nan_to_num(block.samples, nan=0.0, posinf=0.0, neginf=0.0), gap=True
+                    )
                 if block.gap:
                     self.metrics.add("source_gaps")
                     self.metrics.add("source_gap_seconds", block.duration)
                 if self.audit is not None:
                     self.audit.add(block.timestamp, block.sample_rate, block.samples)
+                if block.gap:
+                    start = self.resampler.position()
+                    length = round(len(block.samples) * self.resampler.out_rate / block.sample_rate)
+                    self.cutter.mark_gap(start, start + length)
                 audio = self.resampler.push(block.samples, block.sample_rate)
-                for window in self.cutter.push(audio, gap=block.gap):
+                for window in self.cutter.push(audio):
                     self._queue(window)
             for window in self.cutter.push(self.resampler.flush()):  # the resampler's last few milliseconds
                 self._queue(window)
@@ -384,7 +407,10 @@ class Daemon:
             self.metrics.add("windows_accepted")
         with self._pending_lock:
             if not self._drop_when_behind:
-                while sum(p.status == "classified" for p in self._pending) >= self.config.max_pending:
+                while (
+                    sum(p.status == "classified" for p in self._pending) >= self.config.max_pending
+                    and not self._stop.is_set()
+                ):
                     self._pending_lock.wait(timeout=0.5)
             self._pending.append(_Pending(window, time.monotonic(), reasons, status))
             waiting = [p for p in self._pending if p.status == "classified"]

@@ -105,7 +105,6 @@ def stream_demo_recording(bundle: Path, data: Path, events_file: Path) -> None:
     from qlung_edge.audio import read_audio
     from qlung_edge.daemon import Daemon, DaemonConfig
     from qlung_edge.sinks import JsonLinesSink, Sink
-
     from training.synth import load_ground_truth
 
     clean = [spec for spec in load_ground_truth(data / "ground_truth.json") if not spec.degradations]

@@ -123,6 +123,8 @@ class MqttSink(Sink):
     ca_file: str | None = None
     buffer: int = 10_000
     keepalive: int = 30
+    reconnect_seconds: int = 1
+    """First wait before reconnecting; doubles up to 10 s while the broker stays away."""
 
     def __post_init__(self) -> None:
         try:
@@ -151,7 +153,7 @@ class MqttSink(Sink):
         if self.tls:
             client.tls_set(ca_certs=self.ca_file)
         client.max_inflight_messages_set(100)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.reconnect_delay_set(min_delay=self.reconnect_seconds, max_delay=max(10, self.reconnect_seconds))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -231,7 +233,8 @@ class MqttSink(Sink):
 
 
 def open_sink(spec: str) -> Sink:
-    """`jsonl:-` (stdout), `jsonl:PATH[?max_mb=50&backups=5]`, `mqtt://[user:pass@]host[:port]/topic[?tls=1&ca=F&buffer=N]`."""
+    """`jsonl:-` (stdout), `jsonl:PATH[?max_mb=50&backups=5]`,
+    `mqtt://[user:pass@]host[:port]/topic[?tls=1&ca=F&buffer=N&client_id=ID&reconnect=S]`."""
     if spec in ("-", "jsonl", "jsonl:", "jsonl:-", "stdout"):
         return JsonLinesSink()
     if spec.startswith("jsonl:"):
@@ -254,6 +257,7 @@ def open_sink(spec: str) -> Sink:
         try:
             port = url.port or (8883 if tls else 1883)
             buffer = int(query.get("buffer", ["10000"])[0])
+            reconnect = int(query.get("reconnect", ["1"])[0])
         except ValueError as err:
             raise SinkError(spec, f"bad option ({err})") from None
         return MqttSink(
@@ -266,5 +270,6 @@ def open_sink(spec: str) -> Sink:
             tls=tls,
             ca_file=query.get("ca", [None])[0],
             buffer=buffer,
+            reconnect_seconds=reconnect,
         )
     raise SinkError(spec, "expected jsonl:-, jsonl:PATH or mqtt://host[:port]/topic")

@@ -30,6 +30,22 @@ class StreamResampler:
         self.quality = quality
         self.in_rate: int | None = None
         self._stream: Any = None
+        self._in_count = 0
+        """Input samples since the current rate began."""
+        self._base = 0
+        """Output samples produced before the current rate began."""
+        self.produced = 0
+
+    def position(self) -> int:
+        """Output sample index that the next input sample maps to.
+
+        soxr's output is aligned with its input (its filter delay is held back, not prepended), but it hands
+        output over in bursts: where a block lands must come from this arithmetic, not from what one call
+        returned. After a rate change the old rate's tail is flushed first, so the same index holds.
+        """
+        if self.in_rate is None:
+            return self.produced
+        return self._base + round(self._in_count * self.out_rate / self.in_rate)
 
     def push(self, samples: np.ndarray, rate: int) -> np.ndarray:
         samples = np.ascontiguousarray(samples, dtype=np.float32)
@@ -37,21 +53,27 @@ class StreamResampler:
         if rate != self.in_rate:
             tail = self.flush()
             self.in_rate = rate
+            self._base, self._in_count = self.produced, 0
             if rate != self.out_rate:
                 import soxr
 
                 self._stream = soxr.ResampleStream(rate, self.out_rate, 1, dtype="float32", quality=self.quality)
         stream: Any = self._stream
         out = samples if stream is None else stream.resample_chunk(samples)
-        return np.concatenate([tail, out]) if len(tail) else out
+        self._in_count += len(samples)
+        out = np.concatenate([tail, out]) if len(tail) else out
+        self.produced += len(out)
+        return out
 
     def flush(self) -> np.ndarray:
         """What the resampler still holds (its filter delay), at the end of the stream or a rate change."""
         if self._stream is None:
             return np.zeros(0, np.float32)
-        out = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
+        out = np.asarray(self._stream.resample_chunk(np.zeros(0, np.float32), last=True), dtype=np.float32)
         self._stream = None
-        return np.asarray(out, dtype=np.float32)
+        self.in_rate = None
+        self.produced += len(out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,7 +105,8 @@ class WindowCutter:
         self.rate = quality.sample_rate
         self.quality = StreamingQuality(quality, history_frames=self._window_frames(quality) + 1)
         self._audio = np.zeros(window, np.float32)
-        self._gap = np.zeros(window, bool)
+        self._gaps: list[tuple[int, int]] = []
+        """Concealed spans [start, end) in samples since the start of the stream."""
         self.total = 0
         """Samples seen since the start of the stream."""
         self._next_end = window
@@ -92,33 +115,42 @@ class WindowCutter:
     def _window_frames(self, config: QualityConfig) -> int:
         return (self.window - config.frame_length) // config.hop_length + 1
 
+    def mark_gap(self, start: int, end: int) -> None:
+        """Samples [start, end) of the stream (at the model's rate) are concealed device silence."""
+        if end > start:
+            self._gaps.append((start, end))
+
     def push(self, samples: np.ndarray, gap: bool = False) -> list[Window]:
+        if gap:
+            self.mark_gap(self.total, self.total + len(samples))
         out: list[Window] = []
         position = 0
         while position < len(samples):
             take = min(len(samples) - position, self._next_end - self.total)
             part = samples[position : position + take]
-            self._append(part, gap)
+            self._append(part)
             position += take
             if self.total == self._next_end:
                 out.append(self._cut())
                 self._next_end += self.hop
         return out
 
-    def _append(self, part: np.ndarray, gap: bool) -> None:
+    def _append(self, part: np.ndarray) -> None:
         n = len(part)
         if n == 0:
             return
         self.quality.push(part)
         if n >= self.window:
             self._audio[:] = part[-self.window :]
-            self._gap[:] = gap
         else:
             self._audio[:-n] = self._audio[n:]
             self._audio[-n:] = part
-            self._gap[:-n] = self._gap[n:]
-            self._gap[-n:] = gap
         self.total += n
+
+    def _gap_samples(self) -> int:
+        begin = self.total - self.window
+        self._gaps = [(a, b) for a, b in self._gaps if b > begin - self.window]  # keep a window's worth back
+        return sum(max(0, min(b, self.total) - max(a, begin)) for a, b in self._gaps)
 
     def _cut(self) -> Window:
         end = self.total / self.rate
@@ -127,7 +159,7 @@ class WindowCutter:
             start=end - self.window / self.rate,
             end=end,
             samples=self._audio.copy(),
-            gap_seconds=float(np.count_nonzero(self._gap)) / self.rate,
+            gap_seconds=self._gap_samples() / self.rate,
             quality=self.quality.window(self._window_frames(self.quality.config)),
         )
         self.index += 1

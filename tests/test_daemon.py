@@ -140,10 +140,8 @@ def test_overload_drops_windows_never_samples(bundle: Path, shared_data: Path, t
     def slow(b: Any, c: DaemonConfig) -> Backend:
         return SlowBackend("slow", b, 1)
 
-    events, daemon = _run(
-        bundle, FileSource(name="file:long", path=path), hop_seconds=0.5, max_pending=2, max_batch=1, drop_when_behind=True,
-        backend_factory=slow,
-    )  # fmt: skip
+    options: dict[str, Any] = {"hop_seconds": 0.5, "max_pending": 2, "max_batch": 1, "drop_when_behind": True}
+    events, daemon = _run(bundle, FileSource(name="file:long", path=path), backend_factory=slow, **options)
     windows = _accounted(events, daemon)
     counts = daemon.metrics.snapshot()["counts"]
     assert counts["samples"] == RATE * 40, "every sample reached the processing thread"
@@ -155,10 +153,11 @@ def test_overload_drops_windows_never_samples(bundle: Path, shared_data: Path, t
 def test_serial_link_with_impairments_flags_device_gaps(bundle: Path, tmp_path: Path) -> None:
     path = tmp_path / "steth.wav"
     rng = np.random.default_rng(2)
-    t = np.arange(8000 * 30) / 8000
+    t = np.arange(8000 * 60) / 8000
     breath = 0.2 * np.sin(2 * np.pi * 0.25 * t) ** 2
     sf.write(path, (breath * rng.standard_normal(len(t)) * 0.3).astype(np.float32), 8000, subtype="PCM_16")
-    impairments = Impairments(bit_error_rate=1e-5, drop_rate=0.004, duplicate_rate=0.01, reorder_rate=0.01)
+    # A few losses a minute, so that some windows hold a gap and others do not.
+    impairments = Impairments(bit_error_rate=2e-7, drop_rate=0.002, duplicate_rate=0.01, reorder_rate=0.01)
     with DeviceSimulator(path, speed=10, impairments=impairments, seed=5) as simulator:
         source = open_source(f"serial:{simulator.path}", reconnect_seconds=0.05)
         sink = CollectSink()
@@ -168,7 +167,7 @@ def test_serial_link_with_impairments_flags_device_gaps(bundle: Path, tmp_path: 
         daemon = Daemon(config, source=source, sinks=[sink])
         runner = threading.Thread(target=daemon.run)
         runner.start()
-        assert simulator.wait(30)
+        assert simulator.wait(60)
         time.sleep(0.5)
         daemon.stop()
         runner.join(10)
@@ -237,6 +236,12 @@ def test_config_file_flags_and_errors(tmp_path: Path, bundle: Path) -> None:
     toml.write_text("bundle = \n")
     with pytest.raises(DaemonError, match=r"daemon\.toml: not valid TOML"):
         DaemonConfig.from_toml(toml)
+
+
+def test_the_shipped_deployment_config_parses() -> None:
+    config = DaemonConfig.from_toml(Path(__file__).parents[1] / "qlung_edge" / "deploy" / "daemon.toml")
+    assert config.source.startswith("serial:") and len(config.sinks) == 2 and config.gate.reopen_after == 2
+    assert config.http == "127.0.0.1:9108"
 
 
 def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -398,11 +403,13 @@ def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shar
     )  # fmt: skip
     subscriber.on_connect = lambda c, u, f, rc, p=None: c.subscribe("ward/bed1", qos=1)
     subscriber.on_message = lambda c, u, m: received.setdefault(json.loads(m.payload)["seq"], json.loads(m.payload))
-    subscriber.reconnect_delay_set(1, 2)
+    subscriber.reconnect_delay_set(1, 1)
     subscriber.connect("127.0.0.1", broker.port)
     subscriber.loop_start()
     wav = _long_recording(shared_data, tmp_path / "long.wav", 60)
-    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/ward/bed1?client_id=qlung-test-daemon&buffer=1000")
+    # The daemon waits longer before reconnecting than the listener, so the listener is back first and
+    # everything the daemon replays from its buffer reaches it whether or not the broker kept its session.
+    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/ward/bed1?client_id=qlung-test-daemon&buffer=1000&reconnect=3")
     config = DaemonConfig(bundle=bundle, source="file", sinks=[], hop_seconds=1.0)
     daemon = Daemon(config, source=FileSource(name="f", path=wav, realtime=True, speed=10), sinks=[sink])
     try:
@@ -437,3 +444,20 @@ def test_torch_backend_matches_onnx_runtime(bundle: Path, checkpoint: Path, shar
     b = [list(e["prediction"]["probabilities"].values()) for e in _windows(torch_events) if "prediction" in e]
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_nan_samples_from_a_pipe_become_a_flagged_gap_not_a_crash(bundle: Path, shared_data: Path) -> None:
+    import io
+
+    clean = read_audio(shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav")
+    x = np.resize(clean.samples, 4000 * 20).astype("<f4")
+    x[4000 * 10 : 4000 * 10 + 50] = np.nan
+    source = open_source("stdin:", rate=4000, format="f32le", stream=io.BytesIO(x.tobytes()))
+    events, daemon = _run(bundle, source, hop_seconds=1.0)
+    windows = _accounted(events, daemon)
+    assert len(windows) == 13
+    notes = [e for e in events if e["type"] == "source" and "NaN" in e.get("note", "")]
+    assert len(notes) == 1
+    hit = [w for w in windows if w["window"]["start"] <= 10.0 and w["window"]["end"] >= 10.02]
+    assert hit and all("device_gap" in w["reasons"] for w in hit)
+    assert any(w["status"] == "classified" for w in windows)

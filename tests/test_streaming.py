@@ -109,3 +109,20 @@ def test_exam_smoother_averages_the_last_accepted_windows() -> None:
     assert state["probabilities"]["crackle"] == pytest.approx(0.8) and state["probabilities"][
         "wheeze"
     ] == pytest.approx(0.2)
+
+
+def test_block_positions_follow_the_input_not_soxr_bursts() -> None:
+    """soxr returns output in bursts (some calls give nothing); gaps are placed by input position."""
+    resampler = StreamResampler(16_000)
+    x = np.random.default_rng(5).standard_normal(4000 * 5).astype(np.float32)
+    lengths = []
+    for i in range(0, len(x), 400):
+        assert resampler.position() == 4 * i
+        lengths.append(len(resampler.push(x[i : i + 400], 4000)))
+    assert 0 in lengths or len(set(lengths)) > 1, "soxr should not hand back exactly 4x each call"
+    resampler.flush()
+    assert resampler.produced == 4 * len(x)
+    # After a rate change the old tail is flushed first, and positions continue from there.
+    assert resampler.position() == 4 * len(x)
+    resampler.push(np.zeros(1600, np.float32), 16_000)
+    assert resampler.position() == 4 * len(x) + 1600

@@ -1,0 +1,66 @@
+"""`qlung-edge bench` in its short mode: every figure of DESIGN.md section 8 is produced (not how fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+EXPECTED = [
+    "AQS streaming, 1 s blocks",
+    "AQS per 1 s hop: streaming vs recomputing 8 s",
+    "resample + AQS, 4 kHz device",
+    "resample + AQS, 16 kHz device",
+    "resample + AQS, 44.1 kHz device",
+    "link decoder, clean",
+    "front end, torch eager, 1 window",
+    "front end, ONNX Runtime, 1 window",
+    "front end + model, ORT FP32, 1 window, 1 thread",
+    "ORT FP32, batch 4, per window",
+    "ORT FP32, batch 16, per window",
+    "ORT FP32: 2 threads vs 1, 1 window",
+    "INT8 vs FP32 (ORT), 1 window",
+    "INT8 Score drop (from export, held-out cycles)",
+    "parameters",
+    "GFLOPs per 8 s window (front end included)",
+    "ORT FP32 achieved, 1 thread",
+    "ORT FP32 vs torch eager, 1 window",
+    "FP32: CPU at 1 s hop",
+    "FP32: window-to-event latency p99",
+    "FP32: peak RSS",
+    "FP32: start (spawn to first event)",
+    "INT8: CPU at 1 s hop",
+    "INT8: window-to-event latency p99",
+    "FP32: CPU at 0.5 s hop",
+    "FP32: CPU at 2 s hop",
+    "overload: audio samples lost",
+]
+
+
+def test_bench_produces_every_figure_and_the_page(bundle: Path, tmp_path: Path) -> None:
+    out, page = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    args = ["bench", "all", "--bundle", str(bundle), "--quick", "--threads", "2", "--json", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "qlung_edge.cli", *args, "--markdown", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    figures = {f["name"]: f for f in report["figures"]}
+    missing = [name for name in EXPECTED if name not in figures]
+    assert not missing, missing
+    for name in EXPECTED:
+        value = figures[name]["value"]
+        assert value is not None and math.isfinite(value), (name, figures[name])
+    # Every figure with a design target says whether it meets it.
+    assert all(f["meets"] is not None for f in report["figures"] if f["target"])
+    assert figures["overload: audio samples lost"]["value"] == 0
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and "onnxruntime" in machine["versions"]
+    text = page.read_text()
+    assert text.startswith("# Benchmarks") and "qlung-edge bench all" in text
+    assert all(f"| {name} |" in text for name in EXPECTED)
