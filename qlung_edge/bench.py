@@ -381,8 +381,9 @@ def _daemon_once(
     bundle_path: Path, wav: Path, precision: str, hop: float, speed: float, folder: Path
 ) -> dict[str, Any]:
     """One daemon in its own process (start time and RSS are per process), paced at `speed` x real time."""
-    events = folder / f"events-{precision}-{hop}.jsonl"
-    config = folder / f"daemon-{precision}-{hop}.toml"
+    events = folder / f"events-{precision}-{hop}-{speed}.jsonl"
+    config = folder / f"daemon-{precision}-{hop}-{speed}.toml"
+    events.unlink(missing_ok=True)
     config.write_text(
         f'bundle = "{bundle_path}"\nsource = "file:{wav}"\nsinks = ["jsonl:{events}"]\nprecision = "{precision}"\n'
         f"hop_seconds = {hop}\nthreads = 1\n[source_options]\n"
