@@ -136,11 +136,6 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def machine_line() -> str:
-    m = machine_info(os.cpu_count() or 1)
-    return f"machine: {m['cpu']}, {m['cores']} cores, numpy {np.__version__}"
-
-
 # --------------------------------------------------------------------------- sections
 
 

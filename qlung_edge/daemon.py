@@ -370,12 +370,11 @@ class Daemon:
                     block = replace(
                         block, samples=np.nan_to_num(block.samples, nan=0.0, posinf=0.0, neginf=0.0), gap=True
                     )
-                if block.gap:
-                    self.metrics.add("source_gaps")
-                    self.metrics.add("source_gap_seconds", block.duration)
                 if self.audit is not None:
                     self.audit.add(block.timestamp, block.sample_rate, block.samples)
                 if block.gap:
+                    self.metrics.add("source_gaps")
+                    self.metrics.add("source_gap_seconds", block.duration)
                     start = self.resampler.position()
                     length = round(len(block.samples) * self.resampler.out_rate / block.sample_rate)
                     self.cutter.mark_gap(start, start + length)

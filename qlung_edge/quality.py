@@ -243,6 +243,19 @@ def judge(
     )
 
 
+def rejudge(report: QualityReport, config: QualityConfig) -> QualityReport:
+    """The same window under other thresholds (a recalibration, the gate's hysteresis), without its audio."""
+    return judge(
+        entropy=report.entropy,
+        live_entropy=report.live_entropy,
+        rms_dbfs=report.rms_dbfs,
+        clipped_fraction=report.clipped_fraction,
+        dropout_seconds=report.dropout_seconds,
+        frames=report.frames,
+        config=config,
+    )
+
+
 def assess(samples: np.ndarray, sample_rate: int = 16_000, config: QualityConfig | None = None) -> QualityReport:
     """AQS and gate reasons of a whole signal (one cycle, one window, one recording)."""
     config = config or QualityConfig()

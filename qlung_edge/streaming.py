@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from qlung_edge.quality import QualityConfig, QualityReport, StreamingQuality, judge
+from qlung_edge.quality import QualityConfig, QualityReport, StreamingQuality, rejudge
 
 GATE_REASONS = ("device_gap", "too_quiet", "clipped", "noise_like", "dropout", "low_quality", "settling")
 """Why a window is not classified; 'settling' is a window that passes but follows refused ones (hysteresis)."""
@@ -198,7 +198,7 @@ class Gate:
                 max_entropy=self.quality.max_entropy - c.entropy_margin,
                 min_aqs=self.quality.min_aqs + c.aqs_margin if self.quality.min_aqs > 0 else 0.0,
             )
-        reasons = list(_rejudge(report, thresholds).reasons)
+        reasons = list(rejudge(report, thresholds).reasons)
         if window.gap_seconds > self.config.max_gap_seconds:
             reasons.insert(0, "device_gap")
         if reasons:
@@ -211,18 +211,6 @@ class Gate:
                 return ("settling",)
             self.open = True
         return ()
-
-
-def _rejudge(report: QualityReport, config: QualityConfig) -> QualityReport:
-    return judge(
-        entropy=report.entropy,
-        live_entropy=report.live_entropy,
-        rms_dbfs=report.rms_dbfs,
-        clipped_fraction=report.clipped_fraction,
-        dropout_seconds=report.dropout_seconds,
-        frames=report.frames,
-        config=config,
-    )
 
 
 @dataclass

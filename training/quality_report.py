@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from qlung_edge.audio import read_audio, resample
 from qlung_edge.errors import AudioFileError
-from qlung_edge.quality import REASONS, QualityConfig, QualityReport, frame_features, judge, summarize
+from qlung_edge.quality import REASONS, QualityConfig, QualityReport, frame_features, rejudge, summarize
 from training.metrics import auroc
 from training.records import Recording
 from training.sprsound import POOR_QUALITY
@@ -53,20 +53,7 @@ def score_recordings(
 
 def rescore(rows: list[RecordingQuality], config: QualityConfig) -> list[RecordingQuality]:
     """Score and reasons under another config, from the stored summary numbers (no audio)."""
-    out = []
-    for row in rows:
-        r = row.report
-        report = judge(
-            entropy=r.entropy,
-            live_entropy=r.live_entropy,
-            rms_dbfs=r.rms_dbfs,
-            clipped_fraction=r.clipped_fraction,
-            dropout_seconds=r.dropout_seconds,
-            frames=r.frames,
-            config=config,
-        )
-        out.append(dataclasses.replace(row, report=report))
-    return out
+    return [dataclasses.replace(row, report=rejudge(row.report, config)) for row in rows]
 
 
 def separation(rows: list[RecordingQuality]) -> dict[str, Any]:
