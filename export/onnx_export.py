@@ -10,6 +10,7 @@ import logging
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,13 +21,14 @@ import numpy as np
 import torch
 
 from export.ops import MAX_OPSET, audit_file
-from qlung_edge import CLASS_NAMES, MODEL_SAMPLE_RATE, WINDOW_SECONDS, __version__
+from qlung_edge import CLASS_NAMES, MODEL_SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, __version__
+from qlung_edge.audio import read_audio, resample
+from qlung_edge.batches import in_batches
 from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MODEL_FILE, staged_folder, write_manifest
 from qlung_edge.errors import QLungError
-from qlung_edge.runtime import OUTPUT_NAMES, onnx_session, run_onnx
+from qlung_edge.onnx_sessions import OUTPUT_NAMES, onnx_session, run_onnx
 
 INPUT_NAME = "waveform"
-WINDOW_SAMPLES = int(WINDOW_SECONDS * MODEL_SAMPLE_RATE)
 
 
 class ExportError(QLungError):
@@ -76,8 +78,6 @@ def _to_opset(model: Any, opset: int) -> Any:
 
 def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = ExportOptions()) -> None:
     """torch.export-based ONNX export with a dynamic batch, converted to the opset the Jetson reads."""
-    import warnings
-
     import onnx
 
     example = torch.zeros(2, WINDOW_SAMPLES)
@@ -111,8 +111,6 @@ def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = Exp
 
 
 def _window(samples: np.ndarray, rate: int) -> np.ndarray:
-    from qlung_edge.audio import resample
-
     return np.resize(resample(samples, rate, MODEL_SAMPLE_RATE), WINDOW_SAMPLES)  # first 8 s, repeated when shorter
 
 
@@ -127,11 +125,9 @@ def synthetic_windows(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]
 
 def recording_windows(folder: str | Path, limit: int = 10) -> tuple[np.ndarray, list[str]]:
     """The first 8 s of each WAV in `folder` (sorted), at 16 kHz."""
-    from qlung_edge.audio import read_audio
-
     paths = sorted(Path(folder).glob("*.wav"))[:limit]
     if not paths:
-        raise ExportError(f"{folder}: no .wav files to check parity on")
+        raise ExportError("no .wav files to check parity on", path=folder)
     windows = []
     for path in paths:
         audio = read_audio(path)
@@ -142,12 +138,12 @@ def recording_windows(folder: str | Path, limit: int = 10) -> tuple[np.ndarray, 
 @torch.no_grad()
 def torch_outputs(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
     model.eval()
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
-    for start in range(0, len(windows), batch):
-        out = model(torch.from_numpy(windows[start : start + batch]))
-        for name in OUTPUT_NAMES:
-            parts[name].append(out[name].float().numpy())
-    return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
+        out = model(torch.from_numpy(chunk))
+        return {name: out[name].float().numpy() for name in OUTPUT_NAMES}
+
+    return in_batches(run, windows, batch)
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -196,11 +192,10 @@ def export_bundle(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write a verified bundle for `checkpoint` to `out`; returns the manifest."""
-    from training.engine import load_checkpoint, model_from_checkpoint
+    from training.checkpoint import load_model
     from training.models import count_parameters
 
-    payload = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(payload, checkpoint)
+    model, config, payload = load_model(checkpoint)
     out = Path(out)
     with staged_folder(out, force) as stage:
         t = time.perf_counter()
@@ -210,7 +205,8 @@ def export_bundle(
         audit = audit_file(onnx_path)
         log(f"  op audit: {audit.summary()}")
         if not audit.ok:
-            raise ExportError(f"{checkpoint}: the ONNX model would not run under TensorRT: {'; '.join(audit.problems)}")
+            problems = "; ".join(audit.problems)
+            raise ExportError(f"the ONNX model would not run under TensorRT: {problems}", path=checkpoint)
 
         windows, names = synthetic_windows(options.synthetic_check_windows)
         if real_audio is not None:

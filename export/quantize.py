@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qlung_edge.runtime import onnx_session, run_onnx
+from qlung_edge.onnx_sessions import onnx_session, run_onnx
 
 
 def front_end_nodes(model: Any) -> list[str]:
@@ -118,8 +118,8 @@ def quantize_bundle_model(
 ) -> dict[str, Any]:
     """Quantize, then compare FP32 and INT8 on held-out cycles: Score and 1-thread latency."""
     from training.cycles import CycleAudioLoader
+    from training.datasets import scan_folder
     from training.metrics import confusion_matrix, icbhi_scores
-    from training.summary import scan_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:

@@ -32,6 +32,7 @@ from firmware_bridge.protocol import (
     encode_reply,
     max_frames_per_packet,
 )
+from qlung_edge.audio import read_audio
 
 SUBTYPE_FORMATS = {"PCM_16": SampleFormat.INT16, "PCM_24": SampleFormat.INT24}
 
@@ -87,8 +88,6 @@ class DeviceSimulator:
 
     def __post_init__(self) -> None:
         import soundfile as sf
-
-        from qlung_edge.audio import read_audio
 
         audio = read_audio(self.wav)
         info = sf.info(str(self.wav))

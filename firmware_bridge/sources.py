@@ -21,7 +21,16 @@ import numpy as np
 
 from firmware_bridge.blocks import AudioBlock, Source
 from firmware_bridge.link import LinkReceiver
-from firmware_bridge.protocol import Command, DeviceInfo, ProtocolError, SampleFormat, Status, encode_command
+from firmware_bridge.protocol import (
+    Command,
+    DeviceInfo,
+    ProtocolError,
+    SampleFormat,
+    Status,
+    decode_samples,
+    encode_command,
+)
+from qlung_edge.audio import audio_info
 from qlung_edge.errors import AudioFileError, QLungError
 
 DEFAULT_BLOCK_SECONDS = 0.1
@@ -29,11 +38,6 @@ DEFAULT_BLOCK_SECONDS = 0.1
 
 class SourceError(QLungError):
     """A source that cannot be opened or read, named by its spec."""
-
-    def __init__(self, spec: str, problem: str) -> None:
-        self.spec = spec
-        self.problem = problem
-        super().__init__(f"{spec}: {problem}")
 
 
 @dataclass
@@ -47,11 +51,9 @@ class FileSource(Source):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from qlung_edge.audio import audio_info
-
         self.info = audio_info(self.path)
         if self.info.frames == 0:
-            raise AudioFileError(self.path, "holds no audio samples")
+            raise AudioFileError("holds no audio samples", path=self.path)
         if self.info.truncated:
             self.notes.append(
                 f"{self.path}: truncated, header declares {self.info.declared_frames} frames, file holds "
@@ -82,7 +84,9 @@ class FileSource(Source):
                     if self.stopped:
                         return
                     if not np.isfinite(data).all():
-                        raise AudioFileError(self.path, f"NaN or infinite samples near {self.frames_read / rate:.2f} s")
+                        raise AudioFileError(
+                            f"NaN or infinite samples near {self.frames_read / rate:.2f} s", path=self.path
+                        )
                     if self.realtime:
                         due = started + self.frames_read / rate / self.speed
                         if self._stop_event.wait(max(0.0, due - time.monotonic())):
@@ -90,7 +94,7 @@ class FileSource(Source):
                     self.frames_read += len(data)
                     yield self._block(data, rate)
         except (sf.LibsndfileError, RuntimeError) as err:
-            raise AudioFileError(self.path, f"cannot decode samples ({err})") from err
+            raise AudioFileError(f"cannot decode samples ({err})", path=self.path) from err
 
     def stats(self) -> dict[str, int | float]:
         return {"frames_read": self.frames_read}
@@ -112,16 +116,14 @@ class StdinSource(Source):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.sample_rate <= 0:
-            raise SourceError(self.name, "raw PCM needs its sample rate (rate=HZ)")
+            raise SourceError("raw PCM needs its sample rate (rate=HZ)", path=self.name)
         if self.sample_format not in STDIN_FORMATS:
-            raise SourceError(self.name, f"format {self.sample_format!r}; one of {', '.join(STDIN_FORMATS)}")
+            raise SourceError(f"format {self.sample_format!r}; one of {', '.join(STDIN_FORMATS)}", path=self.name)
         if not 1 <= self.channels <= 8:
-            raise SourceError(self.name, f"{self.channels} channels; 1 to 8")
+            raise SourceError(f"{self.channels} channels; 1 to 8", path=self.name)
         self.bytes_read = 0
 
     def blocks(self) -> Iterator[AudioBlock]:
-        from firmware_bridge.protocol import decode_samples
-
         fmt = STDIN_FORMATS[self.sample_format]
         frame_bytes = fmt.width * self.channels
         want = max(1, round(self.block_seconds * self.sample_rate)) * frame_bytes
@@ -179,7 +181,7 @@ class MicSource(Source):
             import sounddevice as sd
         except (ImportError, OSError) as err:
             problem = f"sounddevice/PortAudio unavailable ({err}); pip install qlung-edge[mic]"
-            raise SourceError(self.name, problem) from err
+            raise SourceError(problem, path=self.name) from err
         self._sd = sd
         self.device_index = find_input_device(self.device, self.name)
         info = sd.query_devices(self.device_index)
@@ -187,7 +189,7 @@ class MicSource(Source):
         if self.sample_rate is None:
             self.sample_rate = int(info["default_samplerate"])
         if self.channels > int(info["max_input_channels"]):
-            raise SourceError(self.name, f"{self.device_name} has {info['max_input_channels']} input channels")
+            raise SourceError(f"{self.device_name} has {info['max_input_channels']} input channels", path=self.name)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._chunks: list[list[Any]] = []
@@ -222,7 +224,7 @@ class MicSource(Source):
                 callback=self._callback,
             )
         except self._sd.PortAudioError as err:
-            raise SourceError(self.name, f"cannot open {self.device_name} at {rate} Hz ({err})") from err
+            raise SourceError(f"cannot open {self.device_name} at {rate} Hz ({err})", path=self.name) from err
         with stream:
             while not self.stopped:
                 self._ready.wait(0.1)
@@ -234,7 +236,7 @@ class MicSource(Source):
                     if lost_after:
                         yield self._block(np.zeros(lost_after, np.float32), rate, gap=True)
                 if not stream.active and not self._chunks:
-                    raise SourceError(self.name, f"{self.device_name} stopped delivering audio (unplugged?)")
+                    raise SourceError(f"{self.device_name} stopped delivering audio (unplugged?)", path=self.name)
 
     def stats(self) -> dict[str, int | float]:
         return {
@@ -255,13 +257,13 @@ def find_input_device(device: str | int | None, spec: str = "mic:") -> int:
         default = sd.default.device[0]
         if default is None or default < 0:
             if not inputs:
-                raise SourceError(spec, "no audio input device")
+                raise SourceError("no audio input device", path=spec)
             return inputs[0]
         return int(default)
     if isinstance(device, int) or str(device).isdigit():
         index = int(device)
         if index not in inputs:
-            raise SourceError(spec, f"no input device with index {index}; inputs: {_names(devices, inputs)}")
+            raise SourceError(f"no input device with index {index}; inputs: {_names(devices, inputs)}", path=spec)
         return index
     exact = [i for i in inputs if devices[i]["name"] == device]
     if exact:
@@ -270,7 +272,7 @@ def find_input_device(device: str | int | None, spec: str = "mic:") -> int:
     if len(matches) == 1:
         return matches[0]
     problem = "matches several input devices" if matches else "matches no input device"
-    raise SourceError(spec, f"{device!r} {problem}; inputs: {_names(devices, inputs)}")
+    raise SourceError(f"{device!r} {problem}; inputs: {_names(devices, inputs)}", path=spec)
 
 
 def _names(devices: list[Any], indices: list[int]) -> str:
@@ -298,7 +300,7 @@ class SerialSource(Source):
         try:
             import serial
         except ImportError as err:
-            raise SourceError(self.name, "pyserial is not installed; pip install qlung-edge[serial]") from err
+            raise SourceError("pyserial is not installed; pip install qlung-edge[serial]", path=self.name) from err
         self._serial = serial
         self._handle: Any = None
         self._command_sequence = 0
@@ -331,13 +333,13 @@ class SerialSource(Source):
     def send(self, command: Command, argument: bytes = b"") -> None:
         """Write a host command; its reply arrives in `receiver.replies`."""
         if self._handle is None:
-            raise SourceError(self.name, "not connected")
+            raise SourceError("not connected", path=self.name)
         self._command_sequence = (self._command_sequence + 1) % 65536
         self._handle.write(encode_command(command, self._command_sequence, argument))
 
     def blocks(self) -> Iterator[AudioBlock]:
         if not self._open():
-            raise SourceError(self.name, f"cannot open {self.port}")
+            raise SourceError(f"cannot open {self.port}", path=self.name)
         try:
             while not self.stopped:
                 if self._handle is None and not self._open():
@@ -385,10 +387,10 @@ def open_source(spec: str, **options: Any) -> Source:
     """`mic:[DEVICE]`, `serial:PORT`, `file:PATH`, `stdin:` (options: rate, format, channels, realtime, ...)."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in SOURCE_KINDS:
-        raise SourceError(spec, f"unknown source; use one of {', '.join(k + ':' for k in SOURCE_KINDS)}")
+        raise SourceError(f"unknown source; use one of {', '.join(k + ':' for k in SOURCE_KINDS)}", path=spec)
     if kind == "file":
         if not rest:
-            raise SourceError(spec, "file: needs a path")
+            raise SourceError("file: needs a path", path=spec)
         keys = {"realtime", "speed", "block_seconds"}
         return FileSource(name=spec, path=Path(rest), **_pick(options, keys, spec))
     if kind == "stdin":
@@ -405,7 +407,7 @@ def open_source(spec: str, **options: Any) -> Source:
             picked["sample_rate"] = int(picked.pop("rate"))
         return MicSource(name=spec, device=device, **picked)
     if not rest:
-        raise SourceError(spec, "serial: needs a port, e.g. serial:/dev/ttyACM0")
+        raise SourceError("serial: needs a port, e.g. serial:/dev/ttyACM0", path=spec)
     keys = {"baudrate", "reconnect_seconds", "send_start", "read_timeout", "receiver"}
     return SerialSource(name=spec, port=rest, **_pick(options, keys, spec))
 
@@ -413,5 +415,5 @@ def open_source(spec: str, **options: Any) -> Source:
 def _pick(options: dict[str, Any], allowed: set[str], spec: str) -> dict[str, Any]:
     unknown = sorted(k for k, v in options.items() if v is not None and k not in allowed)
     if unknown:
-        raise SourceError(spec, f"option(s) {', '.join(unknown)} do not apply to this source")
+        raise SourceError(f"option(s) {', '.join(unknown)} do not apply to this source", path=spec)
     return {k: v for k, v in options.items() if v is not None and k in allowed}

@@ -83,13 +83,13 @@ def audio_info(path: str | Path) -> AudioInfo:
     """Header facts of an audio file, with truncation detected; reads no samples."""
     path = Path(path)
     if not path.exists():
-        raise AudioFileError(path, "file does not exist")
+        raise AudioFileError("file does not exist", path=path)
     if path.stat().st_size == 0:
-        raise AudioFileError(path, "file is empty (0 bytes)")
+        raise AudioFileError("file is empty (0 bytes)", path=path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioFileError(path, f"not a readable audio file ({err})") from err
+        raise AudioFileError(f"not a readable audio file ({err})", path=path) from err
     declared = _wav_declared_frames(path, info.channels, info.subtype)
     return AudioInfo(
         path=path,
@@ -116,21 +116,21 @@ def read_audio(
     info = audio_info(path)
     if info.truncated and not allow_truncated:
         raise AudioFileError(
-            info.path, f"truncated: header declares {info.declared_frames} frames, file holds {info.frames}"
+            f"truncated: header declares {info.declared_frames} frames, file holds {info.frames}", path=info.path
         )
     if info.channels > 1 and not allow_multichannel:
-        raise AudioFileError(info.path, f"has {info.channels} channels, expected mono")
+        raise AudioFileError(f"has {info.channels} channels, expected mono", path=info.path)
     if info.frames == 0:
-        raise AudioFileError(info.path, "holds no audio samples")
+        raise AudioFileError("holds no audio samples", path=info.path)
     try:
         data, rate = sf.read(str(info.path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioFileError(info.path, f"cannot decode samples ({err})") from err
+        raise AudioFileError(f"cannot decode samples ({err})", path=info.path) from err
     if data.shape[0] == 0:
-        raise AudioFileError(info.path, "holds no audio samples")
+        raise AudioFileError("holds no audio samples", path=info.path)
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise AudioFileError(info.path, f"contains {bad} NaN or infinite samples")
+        raise AudioFileError(f"contains {bad} NaN or infinite samples", path=info.path)
     downmixed = data.shape[1] > 1
     samples = data.mean(axis=1, dtype=np.float32) if downmixed else data[:, 0]
     return Audio(samples=np.ascontiguousarray(samples), sample_rate=int(rate), info=info, downmixed=downmixed)

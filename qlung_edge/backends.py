@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from qlung_edge.batches import in_batches
 from qlung_edge.bundle import ENGINE_FILE, INT8_FILE, MODEL_FILE, Bundle, BundleError
 from qlung_edge.errors import QLungError
+from qlung_edge.onnx_sessions import onnx_session
+from qlung_edge.tensorrt_runner import EngineRunner
 
 BACKENDS = ("auto", "onnx", "tensorrt", "torch")
 PRECISIONS = ("fp32", "int8")
@@ -49,32 +52,24 @@ class OnnxBackend(Backend):
     providers: list[str] | None = None
 
     def __post_init__(self) -> None:
-        from qlung_edge.runtime import onnx_session
-
         self._session = onnx_session(self.bundle.file(self.model_file), threads=self.threads, providers=self.providers)
         self._input = self._session.get_inputs()[0].name
         self.details = {"file": self.model_file, "providers": self._session.get_providers(), "threads": self.threads}
 
     def run(self, windows: np.ndarray) -> np.ndarray:
-        out: list[np.ndarray] = []
-        for i in range(0, len(windows), self.max_batch):
-            chunk = np.ascontiguousarray(windows[i : i + self.max_batch], dtype=np.float32)
-            out.append(self._session.run(["probabilities"], {self._input: chunk})[0])
-        return np.concatenate(out)
+        return in_batches(lambda chunk: self._session.run(["probabilities"], {self._input: chunk})[0],
+                          windows, self.max_batch)  # fmt: skip
 
 
 @dataclass
 class TensorRTBackend(Backend):
     def __post_init__(self) -> None:
-        from export.tensorrt import EngineRunner
-
         self._runner = EngineRunner(self.bundle)
         self.max_batch = int(self.bundle.manifest["engine"]["batch_profile"]["max"])
         self.details = {"file": ENGINE_FILE, "precision": self.bundle.manifest["engine"].get("precision")}
 
     def run(self, windows: np.ndarray) -> np.ndarray:
-        parts = [self._runner.run(windows[i : i + self.max_batch]) for i in range(0, len(windows), self.max_batch)]
-        return np.concatenate([p["probabilities"] for p in parts])
+        return in_batches(lambda chunk: self._runner.run(chunk)["probabilities"], windows, self.max_batch)
 
     def close(self) -> None:
         self._runner.close()
@@ -90,20 +85,22 @@ class TorchBackend(Backend):
     def __post_init__(self) -> None:
         import torch
 
-        from training.engine import load_checkpoint, model_from_checkpoint
+        from training.checkpoint import load_model
 
         path = self.checkpoint or Path(self.bundle.manifest.get("source_checkpoint", ""))
         if not path.is_file():
-            raise BackendError(f"{path}: checkpoint for the torch backend not found (give --checkpoint)")
+            raise BackendError("checkpoint for the torch backend not found (give --checkpoint)", path=path)
         torch.set_num_threads(self.threads)
         self._torch = torch
-        self._model, _ = model_from_checkpoint(load_checkpoint(path), path)
+        self._model, _, _ = load_model(path)
         self.details = {"file": str(path), "threads": self.threads}
 
     def run(self, windows: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            x = self._torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-            return self._model(x)["probabilities"].float().numpy()
+        def run(chunk: np.ndarray) -> np.ndarray:
+            with self._torch.inference_mode():
+                return self._model(self._torch.from_numpy(chunk))["probabilities"].float().numpy()
+
+        return in_batches(run, windows, self.max_batch)
 
 
 def _has(module: str) -> bool:
@@ -130,7 +127,7 @@ def open_backend(
         return TorchBackend("torch", bundle, max_batch, checkpoint=checkpoint, threads=threads)
     model_file = INT8_FILE if precision == "int8" else MODEL_FILE
     if not bundle.has(model_file):
-        raise BundleError(bundle.path / model_file, "not in this bundle (export it with --int8)")
+        raise BundleError("not in this bundle (export it with --int8)", path=bundle.path / model_file)
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]

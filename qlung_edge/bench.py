@@ -1,4 +1,4 @@
-"""`qlung-edge bench`: every speed target of DESIGN.md section 8, measured on this machine, side by side.
+"""`qlung-edge bench`: every speed target of ARCHITECTURE.md, measured on this machine, side by side.
 
 Each figure is a median (and p99 where latency matters) of repeated runs after a warm-up. Comparisons (torch vs
 ONNX Runtime FP32 vs INT8, streaming vs recomputing the AQS, 1 vs N threads) are measured in the same run and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +28,18 @@ from typing import Any
 
 import numpy as np
 
+from firmware_bridge.blocks import AudioBlock
+from firmware_bridge.link import LinkReceiver
+from firmware_bridge.protocol import FrameDecoder, SampleFormat, encode_audio
+from firmware_bridge.sources import FileSource
+from qlung_edge import FRAMES_PER_WINDOW, MODEL_SAMPLE_RATE
+from qlung_edge.backends import OnnxBackend
+from qlung_edge.bundle import INT8_FILE, MODEL_FILE, load_bundle
+from qlung_edge.daemon import Daemon, DaemonConfig
+from qlung_edge.onnx_sessions import onnx_session
 from qlung_edge.quality import QualityConfig, StreamingQuality, assess
+from qlung_edge.sinks import CollectSink
+from qlung_edge.streaming import SignalPath
 
 AQS_TARGET_X_REALTIME = 2000.0
 SECTIONS = ("quality", "link", "frontend", "model", "daemon")
@@ -139,7 +152,7 @@ def machine_info(threads: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sections
 
 
-def breath_like(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
+def breath_like(seconds: float, rate: int = MODEL_SAMPLE_RATE, seed: int = 0) -> np.ndarray:
     """Band-limited noise with a breathing envelope: audio the quality gate accepts, made on the spot."""
     from scipy.signal import butter, sosfilt
 
@@ -183,7 +196,7 @@ def bench_quality(run: BenchRun, seconds: float = 60.0, repeats: int = 5) -> Non
         for end in range(hop, len(signal) + 1, hop):
             stream.push(signal[end - hop : end])
             if end >= window:
-                stream.window(798)
+                stream.window(FRAMES_PER_WINDOW)
 
     def every_hop_recompute() -> None:
         for end in range(window, len(signal) + 1, hop):
@@ -193,27 +206,26 @@ def bench_quality(run: BenchRun, seconds: float = 60.0, repeats: int = 5) -> Non
     b = _median_seconds(every_hop_recompute, repeats)
     run.add(s, "AQS per 1 s hop: streaming vs recomputing 8 s", b / a, "x faster",
             note=f"{seconds / a:,.0f}x vs {seconds / b:,.0f}x realtime")  # fmt: skip
-    # The daemon resamples the device's rate to 16 kHz first: cost per second of device audio.
-    from qlung_edge.streaming import StreamResampler
+    # The daemon's whole signal path before the model (resample the device's rate to 16 kHz, cut 8 s windows
+    # at a 1 s hop, AQS, gate): cost per second of device audio.
 
     for device_rate in (4000, 16_000, 44_100):
         x = breath_like(seconds, device_rate, seed=1)
+        blocks = [
+            AudioBlock(x[i : i + device_rate], device_rate, i / device_rate) for i in range(0, len(x), device_rate)
+        ]
 
-        def device_path(x: np.ndarray = x, device_rate: int = device_rate) -> None:
-            resampler = StreamResampler(rate)
-            stream = StreamingQuality(config)
-            for i in range(0, len(x), device_rate):
-                stream.push(resampler.push(x[i : i + device_rate], device_rate))
+        def device_path(blocks: list[AudioBlock] = blocks) -> None:
+            for _ in SignalPath(window, hop, config).feed(blocks):
+                pass
 
         factor = seconds / _median_seconds(device_path, repeats)
-        run.add(s, f"resample + AQS, {device_rate / 1000:g} kHz device", factor, "x realtime",
-                f">= {AQS_TARGET_X_REALTIME:g}x", factor >= AQS_TARGET_X_REALTIME)  # fmt: skip
+        run.add(s, f"signal path to the gate, {device_rate / 1000:g} kHz device", factor,
+                "x realtime", f">= {AQS_TARGET_X_REALTIME:g}x", factor >= AQS_TARGET_X_REALTIME)  # fmt: skip
 
 
 def bench_link(run: BenchRun, megabytes: float = 8.0, repeats: int = 3, chunk: int = 4096) -> None:
     """Link decoder throughput: clean stream, 1 % corrupted frames, and all the way to audio blocks."""
-    from firmware_bridge.link import LinkReceiver
-    from firmware_bridge.protocol import FrameDecoder, SampleFormat, encode_audio
 
     rate, per_frame = 8000, 256
     rng = np.random.default_rng(0)
@@ -260,7 +272,6 @@ def _torch_model(bundle: Any) -> Any:
 
 
 def _session(path: Path, threads: int) -> Any:
-    from qlung_edge.runtime import onnx_session
 
     return onnx_session(path, threads=threads)
 
@@ -289,8 +300,6 @@ def bench_frontend(run: BenchRun, bundle: Any, repeats: int = 20) -> None:
     run.add(s, "front end, torch eager, 1 window", float(np.median(eager)) * 1000, "ms")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "frontend.onnx"
-        import logging
-        import warnings
 
         exporter_log = logging.getLogger("torch.onnx")
         level = exporter_log.level
@@ -311,7 +320,6 @@ def bench_frontend(run: BenchRun, bundle: Any, repeats: int = 20) -> None:
 
 
 def bench_model(run: BenchRun, bundle: Any, threads: int, repeats: int = 30) -> None:
-    from qlung_edge.bundle import INT8_FILE, MODEL_FILE
 
     s = "model"
     window = breath_like(8.0)[None]
@@ -427,10 +435,6 @@ def sf_frames(path: Path) -> tuple[int, int]:
 
 def _overload(bundle: Any, wav: Path) -> dict[str, int]:
     """An artificially slow backend: windows must be dropped and counted, samples never."""
-    from firmware_bridge.sources import FileSource
-    from qlung_edge.backends import OnnxBackend
-    from qlung_edge.daemon import Daemon, DaemonConfig
-    from qlung_edge.evalstream import CollectSink
 
     class Slow(OnnxBackend):
         def run(self, windows: np.ndarray) -> np.ndarray:
@@ -450,8 +454,6 @@ def _overload(bundle: Any, wav: Path) -> dict[str, int]:
 
 def bench_daemon(run: BenchRun, bundle: Any, seconds: float = 60.0, speed: float = 10.0, quick: bool = False) -> None:
     import soundfile as sf
-
-    from qlung_edge.bundle import INT8_FILE
 
     s = "daemon"
     folder = Path(tempfile.mkdtemp(prefix="qlung-bench-"))
@@ -501,8 +503,6 @@ def run_bench(
         f"({m['peak_how']}); " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))  # fmt: skip
     bundle = None
     if any(s in ("frontend", "model", "daemon") for s in sections):
-        from qlung_edge.bundle import load_bundle
-
         if bundle_path is None:
             raise ValueError("the frontend, model and daemon benchmarks need --bundle DIR (a `qlung-edge export`)")
         bundle = load_bundle(bundle_path)
@@ -537,7 +537,7 @@ def write_markdown(run: BenchRun, path: Path) -> None:
     lines = [
         "# Benchmarks",
         "",
-        "Generated by the command below; do not edit by hand. Targets are DESIGN.md section 8 (2-core x86, 1 thread).",
+        "Generated by the command below; do not edit by hand. Targets: ARCHITECTURE.md (2-core x86, 1 thread).",
         "",
         f"- command: `{run.command}`",
         f"- date: {m['date']}",

@@ -1,8 +1,8 @@
-"""The model bundle: a folder the device verifies before it runs anything (DESIGN.md section 5).
+"""The model bundle: a folder the device verifies before it runs anything.
 
 `manifest.json` says what the model expects and produces and holds the sha256 of every other file; the
 manifest also carries a hash of its own content, so an edited threshold is caught like an altered model.
-numpy-free and torch-free: the device reads bundles with the standard library alone.
+torch-free: the device reads bundles with the standard library and numpy.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qlung_edge.errors import QLungError
+from qlung_edge.quality import QualityConfig
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -29,11 +30,6 @@ CHECK_FILE = "check_inputs.npz"
 
 class BundleError(QLungError):
     """A bundle that must not run: missing, altered or of another format."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -72,7 +68,7 @@ class Bundle:
 
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
-            raise BundleError(self.path / name, "not part of this bundle (the manifest does not list it)")
+            raise BundleError("not part of this bundle (the manifest does not list it)", path=self.path / name)
         return self.path / name
 
     def has(self, name: str) -> bool:
@@ -90,9 +86,7 @@ class Bundle:
     def window_samples(self) -> int:
         return int(self.manifest["window_samples"])
 
-    def quality_config(self) -> Any:
-        from qlung_edge.quality import QualityConfig
-
+    def quality_config(self) -> QualityConfig:
         return QualityConfig.from_dict(self.manifest["quality"])
 
 
@@ -104,32 +98,32 @@ def load_bundle(folder: str | Path) -> Bundle:
     folder = Path(folder)
     path = folder / MANIFEST
     if not folder.is_dir():
-        raise BundleError(folder, "bundle folder does not exist")
+        raise BundleError("bundle folder does not exist", path=folder)
     if not path.is_file():
-        raise BundleError(path, "missing: not a model bundle (export one with `qlung-edge export`)")
+        raise BundleError("missing: not a model bundle (export one with `qlung-edge export`)", path=path)
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(path, f"unreadable manifest ({err})") from None
+        raise BundleError(f"unreadable manifest ({err})", path=path) from None
     if not isinstance(manifest, dict):
-        raise BundleError(path, "manifest is not a JSON object")
+        raise BundleError("manifest is not a JSON object", path=path)
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(
-            path, f"bundle format {manifest.get('format')!r}; this qlung-edge reads format {BUNDLE_FORMAT}"
+            f"bundle format {manifest.get('format')!r}; this qlung-edge reads format {BUNDLE_FORMAT}", path=path
         )
     if manifest.get("manifest_sha256") != _content_hash(manifest):
-        raise BundleError(path, "manifest was altered after export (its content hash does not match)")
+        raise BundleError("manifest was altered after export (its content hash does not match)", path=path)
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
-        raise BundleError(path, f"manifest lacks {', '.join(missing)}")
+        raise BundleError(f"manifest lacks {', '.join(missing)}", path=path)
     for name, record in manifest.get("files", {}).items():
         file = folder / name
         if not file.is_file():
-            raise BundleError(file, "listed in the manifest but missing")
+            raise BundleError("listed in the manifest but missing", path=file)
         if file.stat().st_size != record["bytes"] or sha256_file(file) != record["sha256"]:
-            raise BundleError(file, "altered or damaged: its sha256 does not match the manifest")
+            raise BundleError("altered or damaged: its sha256 does not match the manifest", path=file)
     if MODEL_FILE not in manifest.get("files", {}):
-        raise BundleError(path, f"the manifest lists no {MODEL_FILE}")
+        raise BundleError(f"the manifest lists no {MODEL_FILE}", path=path)
     return Bundle(folder, manifest)
 
 
@@ -142,7 +136,7 @@ def staged_folder(out: str | Path, force: bool = False) -> Iterator[Path]:
     """
     out = Path(out)
     if out.exists() and not force:
-        raise BundleError(out, "already exists (use --force to replace it)")
+        raise BundleError("already exists (use --force to replace it)", path=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = out.with_name(f".{out.name}.partial")
     shutil.rmtree(stage, ignore_errors=True)

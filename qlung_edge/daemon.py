@@ -16,38 +16,49 @@ Event schema (version 1, one JSON object per event; see `EVENT_SCHEMA` and the R
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from firmware_bridge.sources import open_source
+from qlung_edge.audit import AuditRecorder
 from qlung_edge.backends import Backend, open_backend
 from qlung_edge.bundle import CHECK_FILE, Bundle, load_bundle
+from qlung_edge.config import from_dict, to_dict
 from qlung_edge.errors import QLungError
-from qlung_edge.metrics import Metrics, StatusServer, peak_rss_bytes
+from qlung_edge.events import (
+    SCHEMA_VERSION,
+    ErrorEvent,
+    Header,
+    Prediction,
+    QualityFields,
+    ReloadEvent,
+    SourceEvent,
+    StartEvent,
+    StopEvent,
+    WindowEvent,
+    WindowSpan,
+    WindowStatus,
+    advice_for,
+    event_dict,
+    validate,
+)
 from qlung_edge.sinks import Sink, open_sink
-from qlung_edge.streaming import ExamSmoother, Gate, GateConfig, StreamResampler, Window, WindowCutter
+from qlung_edge.streaming import Decision, ExamSmoother, GateConfig, SignalPath, finite_samples
+from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes
 
-EVENT_SCHEMA = 1
-STATUSES = ("classified", "gated", "dropped")
-ADVICE = {
-    "device_gap": "the stethoscope link lost audio: check the cable or connection",
-    "too_quiet": "signal too quiet: press the chest piece flat on bare skin",
-    "clipped": "signal clipping: lower the gain or ease the pressure",
-    "noise_like": "noise, not breath sounds: check contact, stop rubbing, quiet the room",
-    "dropout": "audio dropped out: check the chest piece and cable",
-    "low_quality": "poor recording quality: reposition the chest piece",
-    "settling": "signal recovering: hold the chest piece still",
-}
 log = logging.getLogger("qlung_edge.daemon")
 
 
@@ -57,7 +68,7 @@ class DaemonError(QLungError):
 
 @dataclass
 class DaemonConfig:
-    """Every option of the daemon; the CLI flags and the TOML file fill the same fields."""
+    """Every option of the daemon; the CLI flags and the TOML file fill the same fields, checked the same way."""
 
     bundle: Path | None = None
     source: str = ""
@@ -80,9 +91,6 @@ class DaemonConfig:
     smoothing_windows: int = 8
     gate: GateConfig = field(default_factory=GateConfig)
     emit_gated: bool = True
-    classify_gated: bool = False
-    """Evaluation only: run the model on gated windows too and put its answer in their events (never in
-    the examination's result), to measure what gating buys."""
     http: str | None = None
     """host:port for /health and /metrics; None: off. Bound to 127.0.0.1 unless a host is given."""
     audit_dir: Path | None = None
@@ -95,40 +103,24 @@ class DaemonConfig:
     @classmethod
     def from_toml(cls, path: Path, overrides: dict[str, Any] | None = None) -> DaemonConfig:
         try:
-            import tomllib
+            import tomllib  # novermin (3.11+; tomli below)
         except ImportError:  # Python < 3.11
             import tomli as tomllib  # type: ignore[no-redef]
         try:
             values = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError) as err:
-            raise DaemonError(f"{path}: cannot read the config ({err})") from None
+            raise DaemonError(f"cannot read the config ({err})", path=path) from None
         except tomllib.TOMLDecodeError as err:
-            raise DaemonError(f"{path}: not valid TOML ({err})") from None
+            raise DaemonError(f"not valid TOML ({err})", path=path) from None
         return cls.from_dict({**values, **(overrides or {})}, where=str(path))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> DaemonConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DaemonError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(values)
-        gate = values.pop("gate", None)
+        """Strictly: an unknown option or a value of the wrong type is an error naming the option."""
         try:
-            config = cls(**values)
-            if isinstance(gate, dict):
-                config.gate = GateConfig(**gate)
-            elif isinstance(gate, GateConfig):
-                config.gate = gate
-        except TypeError as err:
-            raise DaemonError(f"{where}: {err}") from None
-        for name in ("bundle", "checkpoint", "audit_dir"):
-            value = getattr(config, name)
-            if value is not None and not isinstance(value, Path):
-                setattr(config, name, Path(value))
-        if isinstance(config.sinks, str):
-            config.sinks = [config.sinks]
-        return config
+            return from_dict(cls, values)
+        except QLungError as err:
+            raise DaemonError(err.problem if err.path is None else f"{err.path}: {err.problem}", path=where) from None
 
     def check(self) -> None:
         if self.bundle is None:
@@ -142,11 +134,7 @@ class DaemonConfig:
                 raise DaemonError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key, value in out.items():
-            if isinstance(value, Path):
-                out[key] = str(value)
-        return out
+        return to_dict(self)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -157,17 +145,19 @@ def parse_address(text: str) -> tuple[str, int]:
         raise DaemonError(f"http address {text!r}: expected [HOST:]PORT") from None
 
 
+def utc(seconds: float) -> str:
+    """An ISO-8601 UTC time stamp, milliseconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
 @dataclass(eq=False)
 class _Pending:
-    window: Window
+    decision: Decision
     ready: float
     """time.monotonic() when the window's last sample was processed."""
-    reasons: tuple[str, ...]
-    status: str
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    status: WindowStatus
+    samples: np.ndarray | None
+    """The audio the model will see; None once it is not needed (gated, dropped)."""
 
 
 class Daemon:
@@ -181,30 +171,31 @@ class Daemon:
         sinks: list[Sink] | None = None,
         backend_factory: Callable[[Bundle, DaemonConfig], Backend] | None = None,
     ) -> None:
-        from firmware_bridge.sources import open_source
-
         config.check()
         assert config.bundle is not None
         self.config = config
         self.started = time.monotonic()
+        self.run_id = uuid.uuid4().hex
+        """New at every start, in every event: tells restarts and duplicates apart downstream."""
         self.metrics = Metrics()
-        self._backend_factory = backend_factory or _default_backend
+        self._backend_factory = backend_factory or backend_for
         self.bundle = load_bundle(config.bundle)
         self.backend = self._backend_factory(self.bundle, config)
-        quality = self.bundle.quality_config()
         rate = self.bundle.sample_rate
         hop = config.hop_seconds if config.hop_seconds is not None else float(self.bundle.manifest["hop_seconds"])
-        self.hop_seconds = hop
-        self.cutter = WindowCutter(self.bundle.window_samples, round(hop * rate), quality)
-        self.gate = Gate(quality, config.gate)
+        self.path = SignalPath(
+            self.bundle.window_samples,
+            round(hop * rate),
+            self.bundle.quality_config(),
+            config.gate,
+            rate=rate,
+            count=self.metrics.add,
+        )
         self.smoother = ExamSmoother(self.bundle.classes, config.smoothing_windows)
-        self.resampler = StreamResampler(rate)
         self.source = source if source is not None else open_source(config.source, **config.source_options)
         self.sinks = sinks if sinks is not None else [open_sink(s) for s in config.sinks]
         self.audit = None
         if config.audit_dir is not None:
-            from qlung_edge.audit import AuditRecorder
-
             self.audit = AuditRecorder(
                 config.audit_dir, keep_seconds=config.audit_minutes * 60, max_bytes=int(config.audit_max_mb * 1e6)
             )
@@ -219,7 +210,12 @@ class Daemon:
         self._seq = 0
         self._emit_lock = threading.Lock()
         self._errors: list[str] = []
+        self._invalid_events = 0
+        self._validate = os.environ.get("QLUNG_VALIDATE_EVENTS") == "1"
+        """Check every event against the shipped JSON Schema (the test suite turns this on; needs jsonschema)."""
         self._last_block = time.monotonic()
+        self._epoch: float | None = None
+        """Wall-clock time (UTC seconds) of the stream's first sample: stream time + epoch = capture time."""
         self._threads: list[threading.Thread] = []
         self.server: StatusServer | None = None
         if config.http:
@@ -227,6 +223,14 @@ class Daemon:
             self.server = StatusServer(self.metrics, self.health, host, port)
         self.start_seconds = time.monotonic() - self.started
         self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.path.hop_seconds
+
+    @property
+    def model_id(self) -> str:
+        return str(self.bundle.manifest.get("manifest_sha256"))
 
     # ----------------------------------------------------------------- control
 
@@ -247,10 +251,12 @@ class Daemon:
         status = "ok" if alive and quiet < 10 else "unhealthy"
         return {
             "status": status,
+            "run_id": self.run_id,
             "source": self.source.name,
             "seconds_since_audio": round(quiet, 3),
             "backend": self.backend.name,
             "bundle": str(self.bundle.path),
+            "model_id": self.model_id,
             "errors": self._errors[-3:],
             **self.metrics.snapshot(),
         }
@@ -264,25 +270,28 @@ class Daemon:
 
     # ----------------------------------------------------------------- events
 
-    def emit(self, kind: str, **body: Any) -> dict[str, Any]:
+    def emit(self, event: Any) -> dict[str, Any]:
+        """Send one event (a dataclass of `qlung_edge.events`) to every sink; returns its JSON object."""
         with self._emit_lock:
-            event = {
-                "schema": EVENT_SCHEMA,
-                "type": kind,
-                "stream": self.config.stream_name,
-                "seq": self._seq,
-                "time": _now(),
-                **body,
-            }
+            header = Header(
+                SCHEMA_VERSION, event.type, self.config.stream_name, self.run_id, self._seq, utc(time.time())
+            )
+            body = event_dict(header, event)
+            if self._validate:
+                try:
+                    validate(body)
+                except Exception as err:  # jsonschema's ValidationError, reported and counted
+                    self._invalid_events += 1
+                    self._note_error(f"event {header.seq} does not fit the schema: {str(err)[:300]}")
             self._seq += 1
             for sink in self.sinks:
                 try:
-                    sink.send(event)
+                    sink.send(body)
                 except Exception as err:  # a broken sink must not stop the others or the audio
                     self.metrics.add("sink_errors")
                     self._note_error(f"{sink.name}: {err}")
             self.metrics.add("events")
-        return event
+        return body
 
     def _note_error(self, text: str) -> None:
         if len(self._errors) < 1000:
@@ -297,16 +306,18 @@ class Daemon:
         if self.server is not None:
             self.server.start()
         self.emit(
-            "start",
-            bundle=str(self.bundle.path),
-            model=self.bundle.manifest.get("name"),
-            backend=self.backend.name,
-            backend_details=self.backend.details,
-            source=self.source.name,
-            hop_seconds=self.hop_seconds,
-            window_seconds=self.bundle.window_samples / self.bundle.sample_rate,
-            start_seconds=round(self.start_seconds, 3),
-            http=None if self.server is None else "{}:{}".format(*self.server.address),
+            StartEvent(
+                bundle=str(self.bundle.path),
+                model=self.bundle.manifest.get("name"),
+                model_id=self.model_id,
+                backend=self.backend.name,
+                backend_details=self.backend.details,
+                source=self.source.name,
+                hop_seconds=self.hop_seconds,
+                window_seconds=self.path.window_seconds,
+                start_seconds=round(self.start_seconds, 3),
+                http=None if self.server is None else "{}:{}".format(*self.server.address),
+            )
         )
         self._threads = [
             threading.Thread(target=self._capture, name="capture", daemon=True),
@@ -319,8 +330,8 @@ class Daemon:
             while thread.is_alive():
                 thread.join(timeout=0.2)
         for note in self.source.notes:
-            self.emit("source", note=note)
-        self.emit("stop", counts=self.counts(), source_stats=self.source.stats(), errors=self._errors[-10:])
+            self.emit(SourceEvent(note))
+        self.emit(StopEvent(counts=self.counts(), source_stats=self.source.stats(), errors=self._errors[-10:]))
         undelivered = [s.name for s in self.sinks if not s.flush(timeout=10)]
         for sink in self.sinks:
             try:
@@ -332,6 +343,8 @@ class Daemon:
         self.backend.close()
         if self.server is not None:
             self.server.close()
+        if self._invalid_events:
+            return 3
         return 1 if any(e.startswith("source") for e in self._errors) else 0
 
     def counts(self) -> dict[str, Any]:
@@ -351,7 +364,7 @@ class Daemon:
                 self._blocks.put(block)
         except Exception as err:
             self._note_error(f"source {self.source.name}: {err}")
-            self.emit("error", where="source", message=str(err))
+            self.emit(ErrorEvent(where="source", message=str(err)))
         finally:
             self._blocks.put(None)
 
@@ -359,33 +372,19 @@ class Daemon:
         try:
             while (block := self._blocks.get()) is not None:
                 self._last_block = time.monotonic()
-                self.metrics.add("samples", len(block.samples))
-                if not np.isfinite(block.samples).all():
-                    # A device or pipe that sends NaN/inf: keep the timeline, treat the block as lost audio.
-                    bad = int(np.count_nonzero(~np.isfinite(block.samples)))
-                    self.metrics.add("nonfinite_samples", bad)
-                    self.emit(
-                        "source", note=f"{bad} NaN/inf samples at {block.timestamp:.2f} s: block treated as a gap"
-                    )
-                    block = replace(
-                        block, samples=np.nan_to_num(block.samples, nan=0.0, posinf=0.0, neginf=0.0), gap=True
-                    )
+                if self._epoch is None:
+                    self._epoch = time.time() - block.timestamp - block.duration
                 if self.audit is not None:
-                    self.audit.add(block.timestamp, block.sample_rate, block.samples)
-                if block.gap:
-                    self.metrics.add("source_gaps")
-                    self.metrics.add("source_gap_seconds", block.duration)
-                    start = self.resampler.position()
-                    length = round(len(block.samples) * self.resampler.out_rate / block.sample_rate)
-                    self.cutter.mark_gap(start, start + length)
-                audio = self.resampler.push(block.samples, block.sample_rate)
-                for window in self.cutter.push(audio):
-                    self._queue(window)
-            for window in self.cutter.push(self.resampler.flush()):  # the resampler's last few milliseconds
-                self._queue(window)
+                    self.audit.add(block.timestamp, block.sample_rate, finite_samples(block.samples)[0])
+                for decision in self.path.push(block):
+                    self._queue(decision)
+                for note in self.path.take_notes():
+                    self.emit(SourceEvent(note))
+            for decision in self.path.finish():  # the resampler's last few milliseconds
+                self._queue(decision)
         except Exception as err:
             self._note_error(f"processing: {err}")
-            self.emit("error", where="processing", message=str(err))
+            self.emit(ErrorEvent(where="processing", message=str(err)))
             self.source.stop()
             while self._blocks.get() is not None:  # let capture finish
                 pass
@@ -394,28 +393,25 @@ class Daemon:
                 self._processing_done = True
                 self._pending_lock.notify_all()
 
-    def _queue(self, window: Window) -> None:
+    def _queue(self, decision: Decision) -> None:
         self.metrics.add("windows")
-        reasons = self.gate.decide(window)
-        status = "gated" if reasons else "classified"
-        if reasons:
-            self.metrics.gate(reasons)
-            if not self.config.classify_gated:
-                window = replace(window, samples=np.zeros(0, np.float32))
-        else:
+        if decision.accepted:
             self.metrics.add("windows_accepted")
+            item = _Pending(decision, time.monotonic(), WindowStatus.CLASSIFIED, decision.window.samples)
+        else:
+            self.metrics.gate(decision.reasons)
+            item = _Pending(decision, time.monotonic(), WindowStatus.GATED, None)
         with self._pending_lock:
             if not self._drop_when_behind:
                 while (
-                    sum(p.status == "classified" for p in self._pending) >= self.config.max_pending
+                    sum(p.status is WindowStatus.CLASSIFIED for p in self._pending) >= self.config.max_pending
                     and not self._stop.is_set()
                 ):
                     self._pending_lock.wait(timeout=0.5)
-            self._pending.append(_Pending(window, time.monotonic(), reasons, status))
-            waiting = [p for p in self._pending if p.status == "classified"]
+            self._pending.append(item)
+            waiting = [p for p in self._pending if p.status is WindowStatus.CLASSIFIED]
             for old in waiting[: max(0, len(waiting) - self.config.max_pending)]:
-                old.status = "dropped"
-                old.window = replace(old.window, samples=np.zeros(0, np.float32))
+                old.status, old.samples = WindowStatus.DROPPED, None
                 self.metrics.add("windows_dropped")
             self._pending_lock.notify_all()
 
@@ -431,7 +427,7 @@ class Daemon:
             while self._pending and accepted < self.config.max_batch:
                 item = self._pending.popleft()
                 taken.append(item)
-                accepted += item.status == "classified"
+                accepted += item.status is WindowStatus.CLASSIFIED
             self._pending_lock.notify_all()
             return taken
 
@@ -442,54 +438,61 @@ class Daemon:
                     self._do_reload()
                 if not taken:
                     continue
-                classify = [p for p in taken if len(p.window.samples) and p.status != "dropped"]
-                probabilities = np.zeros((0, len(self.bundle.classes)), np.float32)
+                classify = [p for p in taken if p.samples is not None]
+                rows: dict[int, np.ndarray] = {}
                 if classify:
-                    probabilities = self.backend.run(np.stack([p.window.samples for p in classify]))
+                    probabilities = self.backend.run(np.stack([p.samples for p in classify]))
+                    rows = {id(p): row for p, row in zip(classify, probabilities)}
                     self.metrics.add("batches")
                     self.metrics.add("inferences", len(classify))
-                rows = iter(probabilities)
                 for item in taken:
-                    self._report(item, next(rows) if item in classify else None)
+                    self._report(item, rows.get(id(item)))
         except Exception as err:
             self._note_error(f"inference: {err}")
-            self.emit("error", where="inference", message=str(err))
+            self.emit(ErrorEvent(where="inference", message=str(err)))
             self.stop()
             with self._pending_lock:
                 self._processing_done = True
 
     def _report(self, item: _Pending, probabilities: np.ndarray | None) -> None:
-        w = item.window
-        q = w.quality
-        body: dict[str, Any] = {
-            "window": {"index": w.index, "start": round(w.start, 4), "end": round(w.end, 4)},
-            "status": item.status,
-            "quality": {
-                "aqs": round(q.aqs, 4),
-                "rms_dbfs": round(q.rms_dbfs, 2),
-                "entropy": round(q.live_entropy, 4),
-                "clipped_fraction": round(q.clipped_fraction, 5),
-                "dropout_seconds": round(q.dropout_seconds, 3),
-                "gap_seconds": round(w.gap_seconds, 3),
-            },
-        }
-        if item.status == "gated":
-            if not self.config.emit_gated:
-                return
-            body["reasons"] = list(item.reasons)
-            body["advice"] = ADVICE.get(item.reasons[0], "reposition the chest piece")
+        w = item.decision.window
+        q = w.report
+        epoch = self._epoch or 0.0
+        reasons = item.decision.reasons
+        if item.status is WindowStatus.GATED and not self.config.emit_gated:
+            return
+        prediction = exam = None
         if probabilities is not None:
             classes = self.bundle.classes
-            body["prediction"] = {
-                "label": classes[int(np.argmax(probabilities))],
-                "probabilities": {c: round(float(p), 5) for c, p in zip(classes, probabilities)},
-            }
-            if item.status == "classified":
-                body["exam"] = self.smoother.add(probabilities)
+            prediction = Prediction(
+                label=classes[int(np.argmax(probabilities))],
+                probabilities={c: round(float(p), 5) for c, p in zip(classes, probabilities)},
+            )
+            exam = self.smoother.add(probabilities)
         latency = time.monotonic() - item.ready
-        body["latency_ms"] = round(latency * 1000, 2)
-        event = self.emit("window", **body)
-        if item.status == "classified":
+        event = self.emit(
+            WindowEvent(
+                model_id=self.model_id,
+                window=WindowSpan(
+                    w.index, round(w.start, 4), round(w.end, 4), utc(epoch + w.start), utc(epoch + w.end)
+                ),
+                status=item.status,
+                quality=QualityFields(
+                    aqs=round(q.aqs, 4),
+                    rms_dbfs=round(q.rms_dbfs, 2),
+                    entropy=round(q.live_entropy, 4),
+                    clipped_fraction=round(q.clipped_fraction, 5),
+                    dropout_seconds=round(q.dropout_seconds, 3),
+                    gap_seconds=round(w.gap_seconds, 3),
+                ),
+                latency_ms=round(latency * 1000, 2),
+                reasons=reasons if item.status is WindowStatus.GATED else None,
+                advice=advice_for(reasons) if item.status is WindowStatus.GATED else None,
+                prediction=prediction,
+                exam=exam,
+            )
+        )
+        if item.status is WindowStatus.CLASSIFIED:
             self.metrics.latency(latency)
             if self.audit is not None:
                 try:
@@ -505,24 +508,25 @@ class Daemon:
             backend = self._backend_factory(bundle, self.config)
         except Exception as err:
             self._note_error(f"reload: {err}")
-            self.emit("reload", ok=False, message=str(err), bundle=str(self.config.bundle))
+            self.emit(ReloadEvent(ok=False, bundle=str(self.config.bundle), message=str(err)))
             return
         old, self.backend, self.bundle = self.backend, backend, bundle
         old.close()
-        self.gate.quality = bundle.quality_config()
+        self.path.set_thresholds(bundle.quality_config())
         self.smoother = ExamSmoother(bundle.classes, self.config.smoothing_windows)
         self.metrics.add("reloads")
         self.emit(
-            "reload",
-            ok=True,
-            bundle=str(bundle.path),
-            model=bundle.manifest.get("name"),
-            manifest_sha256=bundle.manifest.get("manifest_sha256"),
-            backend=backend.name,
+            ReloadEvent(
+                ok=True,
+                bundle=str(bundle.path),
+                model=bundle.manifest.get("name"),
+                model_id=self.model_id,
+                backend=backend.name,
+            )
         )
 
 
-def _default_backend(bundle: Bundle, config: DaemonConfig) -> Backend:
+def backend_for(bundle: Bundle, config: DaemonConfig) -> Backend:
     return open_backend(
         bundle,
         kind=config.backend,
@@ -535,8 +539,6 @@ def _default_backend(bundle: Bundle, config: DaemonConfig) -> Backend:
 
 def check_setup(config: DaemonConfig) -> list[str]:
     """`--check`: the config, the bundle (verified), the backend on the bundle's check windows, the source."""
-    from firmware_bridge.sources import open_source
-
     config.check()
     assert config.bundle is not None
     lines = []
@@ -544,14 +546,14 @@ def check_setup(config: DaemonConfig) -> list[str]:
     lines.append(
         f"bundle {bundle.path}: verified ({bundle.manifest.get('name')}, {len(bundle.manifest['files'])} files)"
     )
-    backend = _default_backend(bundle, config)
+    backend = backend_for(bundle, config)
     checks = np.load(bundle.file(CHECK_FILE))
     got = backend.run(checks["waveform"])
     worst = float(np.abs(got - checks["probabilities"]).max())
     backend.close()
     tolerance = 0.05 if config.precision == "int8" else 1e-3
     if not worst <= tolerance:
-        raise DaemonError(f"{bundle.path}: backend {backend.name} differs from the export by {worst:.2e}")
+        raise DaemonError(f"backend {backend.name} differs from the export by {worst:.2e}", path=bundle.path)
     lines.append(f"backend {backend.name}: {len(got)} check windows, max |dp| {worst:.2e} vs export")
     source = open_source(config.source, **config.source_options)
     lines.append(f"source {source.name}: opens")
@@ -559,7 +561,7 @@ def check_setup(config: DaemonConfig) -> list[str]:
         if spec.startswith("jsonl:") and spec not in ("jsonl:", "jsonl:-"):
             folder = Path(spec[len("jsonl:") :].split("?")[0]).parent
             if not folder.exists() and not folder.parent.exists():
-                raise DaemonError(f"sink {spec}: folder {folder} cannot be created")
+                raise DaemonError(f"folder {folder} cannot be created", path=spec)
         lines.append(f"sink {spec}: ok")
     if config.http:
         lines.append("http {}:{}: will listen".format(*parse_address(config.http)))

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import click
+import numpy as np
+import soundfile as sf
+
+from firmware_bridge.sources import FileSource
+from qlung_edge.audio import read_audio
+from qlung_edge.daemon import Daemon, DaemonConfig
+from qlung_edge.sinks import JsonLinesSink, Sink
 
 
 def _step(title: str) -> float:
@@ -20,13 +28,12 @@ def _step(title: str) -> float:
 
 
 def run_demo(out: Path, recordings: int = 300, seed: int = 0) -> None:
-    from dataclasses import replace
-
     from training.config import load_recipe
+    from training.datasets import scan_folder
     from training.engine import train
     from training.evaluate import evaluate_checkpoint
     from training.metrics import format_scores
-    from training.summary import format_summary, scan_folder, summarize
+    from training.summary import format_summary, summarize
     from training.synth import SynthConfig, load_ground_truth, synthesize
 
     begin = time.perf_counter()
@@ -98,13 +105,6 @@ def run_demo(out: Path, recordings: int = 300, seed: int = 0) -> None:
 
 def stream_demo_recording(bundle: Path, data: Path, events_file: Path) -> None:
     """The longest synthetic recording, with 3 s of it silenced, through `Daemon` and its quality gate."""
-    import numpy as np
-    import soundfile as sf
-
-    from firmware_bridge.sources import FileSource
-    from qlung_edge.audio import read_audio
-    from qlung_edge.daemon import Daemon, DaemonConfig
-    from qlung_edge.sinks import JsonLinesSink, Sink
     from training.synth import load_ground_truth
 
     clean = [spec for spec in load_ground_truth(data / "ground_truth.json") if not spec.degradations]

@@ -1,7 +1,7 @@
-"""Exceptions that carry the file (and line) a problem came from.
+"""One error type for everything a user can cause, carrying where it happened.
 
-Every error a user can cause names what to look at, so the CLI can print it as
-one line instead of a traceback.
+Every such error names what to look at (a file, a line, a sink or source spec, a config key), so the CLI can
+print it as one line instead of a traceback. Subclasses only say which part of the toolkit raised it.
 """
 
 from __future__ import annotations
@@ -10,24 +10,23 @@ from pathlib import Path
 
 
 class QLungError(Exception):
-    """Base class for errors the CLI reports without a traceback."""
+    """A problem with something the user gave us; `path` (and `line`) say where, `problem` says what."""
+
+    def __init__(self, problem: str, *, path: str | Path | None = None, line: int | None = None) -> None:
+        self.problem = problem
+        self.path = path
+        self.line = line
+        where = "" if path is None else f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{problem}")
 
 
 class AudioFileError(QLungError):
     """An audio file that cannot be used: unreadable, empty, truncated, NaN, ..."""
 
-    def __init__(self, path: str | Path, problem: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
 
 class DataError(QLungError):
     """A data set file that does not parse: annotation line, split file, JSON, ..."""
 
-    def __init__(self, path: str | Path, problem: str, line: int | None = None) -> None:
-        self.path = Path(path)
-        self.line = line
-        self.problem = problem
-        where = f"{self.path}:{line}" if line is not None else str(self.path)
-        super().__init__(f"{where}: {problem}")
+
+class ConfigError(QLungError):
+    """A recipe or config that does not fit its schema: unknown key, wrong type, value out of range."""

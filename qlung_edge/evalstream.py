@@ -1,34 +1,28 @@
 """`qlung-edge eval-stream`: what the deployed pipeline gives a clinician, measured on annotated recordings.
 
-Each recording is streamed through the daemon itself (file source, resampler, windows, gate, backend), and
-each window is scored against the annotated events it overlaps: a window is 'crackle' if any overlapped event
-has crackles, 'wheeze' if any has wheezes, 'both' if both occur, 'normal' if it overlaps only normal events,
-and is not scored if it overlaps none. Gated windows are classified too, in the shadows, only so that the
-report can say what the Score would have been had nothing been gated.
+Each recording is streamed through the daemon's signal path (`streaming.SignalPath`: file blocks, resampler,
+windows, quality, gate) and the daemon's backend, and each window is scored against the annotated events it
+overlaps: a window is 'crackle' if any overlapped event has crackles, 'wheeze' if any has wheezes, 'both' if
+both occur, 'normal' if it overlaps only normal events, and is not scored if it overlaps none. Gated windows
+are classified too, in the shadows, only so that the report can say what the Score would have been had
+nothing been gated.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from firmware_bridge.sources import FileSource
 from qlung_edge import CLASS_NAMES
-from qlung_edge.daemon import Daemon, DaemonConfig, _default_backend
-from qlung_edge.sinks import Sink
-
-
-@dataclass
-class CollectSink(Sink):
-    events: list[dict[str, Any]] = field(default_factory=list)
-    name: str = "collect"
-
-    def send(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
+from qlung_edge.bundle import load_bundle
+from qlung_edge.daemon import DaemonConfig, backend_for
+from qlung_edge.streaming import SignalPath
 
 
 def window_label(cycles: list[Any], start: float, end: float, min_overlap: float = 0.05) -> int | None:
@@ -55,18 +49,14 @@ def _scores(truth: list[int], predicted: list[int]) -> dict[str, float]:
 
 
 def eval_stream(
-    bundle: Path,
+    bundle_path: Path,
     data: Path,
     split: str | None = "test",
     config: DaemonConfig | None = None,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from firmware_bridge.sources import FileSource
-    from qlung_edge.bundle import load_bundle
-    from training.summary import scan_folder
+    from training.datasets import scan_folder
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -74,49 +64,52 @@ def eval_stream(
     recordings = [r for r in scan.recordings_in(split) if r.audio_path is not None]
     if limit:
         recordings = recordings[:limit]
-    base = replace(config or DaemonConfig(), bundle=bundle, source="file:-", sinks=[], classify_gated=True)
-    backend = _default_backend(load_bundle(bundle), base)
-    backend.close = lambda: None  # type: ignore[method-assign]  # shared by every recording's daemon
+    config = config or DaemonConfig()
+    bundle = load_bundle(bundle_path)
+    backend = backend_for(bundle, config)
+    hop = config.hop_seconds or float(bundle.manifest["hop_seconds"])
+    thresholds = bundle.quality_config()
     rows: list[dict[str, Any]] = []
     counts = {"windows": 0, "classified": 0, "gated": 0, "dropped": 0}
     gated_reasons: dict[str, int] = {}
     poor = {"windows": 0, "gated": 0}
     good = {"windows": 0, "gated": 0}
-    for record in tqdm(recordings, desc="eval-stream", unit="rec", disable=not progress):
-        sink = CollectSink()
-        source = FileSource(name=f"file:{record.audio_path}", path=Path(str(record.audio_path)))
-        daemon = Daemon(base, source=source, sinks=[sink], backend_factory=lambda b, c: backend)
-        daemon.run()
-        is_poor = record.record_label == "Poor Quality"
-        for event in sink.events:
-            if event["type"] != "window":
+    try:
+        for record in tqdm(recordings, desc="eval-stream", unit="rec", disable=not progress):
+            path = SignalPath(bundle.window_samples, round(hop * bundle.sample_rate), thresholds, config.gate,
+                              rate=bundle.sample_rate)  # fmt: skip
+            source = FileSource(name=f"file:{record.audio_path}", path=Path(str(record.audio_path)))
+            decisions = list(path.feed(source.blocks()))
+            if not decisions:
                 continue
-            status = event["status"]
-            counts["windows"] += 1
-            counts[status] += 1
-            bucket = poor if is_poor else good
-            bucket["windows"] += 1
-            bucket["gated"] += status == "gated"
-            for reason in event.get("reasons", []):
-                gated_reasons[reason] = gated_reasons.get(reason, 0) + 1
-            window = event["window"]
-            label = window_label(record.cycles, window["start"], window["end"])
-            prediction = event.get("prediction")
-            if label is None or prediction is None:
-                continue
-            rows.append(
-                {
-                    "recording": record.id,
-                    "start": window["start"],
-                    "truth": label,
-                    "predicted": CLASS_NAMES.index(prediction["label"]),
-                    "accepted": status == "classified",
-                    "aqs": event["quality"]["aqs"],
-                }
-            )
+            probabilities = backend.run(np.stack([d.window.samples for d in decisions]))
+            bucket = poor if record.record_label == "Poor Quality" else good
+            for decision, p in zip(decisions, probabilities):
+                counts["windows"] += 1
+                counts["classified" if decision.accepted else "gated"] += 1
+                bucket["windows"] += 1
+                bucket["gated"] += not decision.accepted
+                for reason in decision.reasons:
+                    gated_reasons[reason] = gated_reasons.get(reason, 0) + 1
+                window = decision.window
+                label = window_label(record.cycles, window.start, window.end)
+                if label is None:
+                    continue
+                rows.append(
+                    {
+                        "recording": record.id,
+                        "start": window.start,
+                        "truth": label,
+                        "predicted": int(np.argmax(p)),
+                        "accepted": decision.accepted,
+                        "aqs": window.report.aqs,
+                    }
+                )
+    finally:
+        backend.close()
     accepted = [r for r in rows if r["accepted"]]
-    report = {
-        "bundle": str(bundle),
+    return {
+        "bundle": str(bundle_path),
         "data": str(data),
         "split": split,
         "recordings": len(recordings),
@@ -132,10 +125,9 @@ def eval_stream(
             "gated_fraction": poor["gated"] / poor["windows"] if poor["windows"] else None,
         },
         "other_records": {**good, "gated_fraction": good["gated"] / good["windows"] if good["windows"] else None},
-        "offline_cycle_level": load_bundle(bundle).manifest.get("metrics", {}).get("test"),
-        "hop_seconds": base.hop_seconds or load_bundle(bundle).manifest["hop_seconds"],
+        "offline_cycle_level": bundle.manifest.get("metrics", {}).get("test"),
+        "hop_seconds": hop,
     }
-    return report
 
 
 def format_report(report: dict[str, Any]) -> list[str]:

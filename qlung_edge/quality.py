@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from qlung_edge import FRAME_HOP, FRAME_LENGTH, FRAMES_PER_WINDOW, MODEL_SAMPLE_RATE
 from qlung_edge.audio import as_float32
+from qlung_edge.config import from_dict
 
 try:  # scipy's FFT is about 3x numpy's on batches of short frames, which is what reaches 2000x real time
     from scipy.fft import rfft as _rfft
@@ -38,10 +40,10 @@ class QualityInputError(ValueError):
 class QualityConfig:
     """The score's definition and the gate's thresholds; the model manifest stores all of it."""
 
-    sample_rate: int = 16_000
-    frame_length: int = 400
+    sample_rate: int = MODEL_SAMPLE_RATE
+    frame_length: int = FRAME_LENGTH
     """25 ms at 16 kHz."""
-    hop_length: int = 160
+    hop_length: int = FRAME_HOP
     """10 ms at 16 kHz."""
     n_fft: int = 512
     alpha: float = 0.7
@@ -81,12 +83,8 @@ class QualityConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> QualityConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown quality options: {', '.join(unknown)}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], where: str = "quality") -> QualityConfig:
+        return from_dict(cls, values, where)
 
 
 @dataclass(frozen=True)
@@ -256,13 +254,15 @@ def rejudge(report: QualityReport, config: QualityConfig) -> QualityReport:
     )
 
 
-def assess(samples: np.ndarray, sample_rate: int = 16_000, config: QualityConfig | None = None) -> QualityReport:
+def assess(
+    samples: np.ndarray, sample_rate: int = MODEL_SAMPLE_RATE, config: QualityConfig | None = None
+) -> QualityReport:
     """AQS and gate reasons of a whole signal (one cycle, one window, one recording)."""
     config = config or QualityConfig()
     return summarize(frame_features(_checked(samples, sample_rate, config), config), config)
 
 
-def aqs(samples: np.ndarray, sample_rate: int = 16_000, config: QualityConfig | None = None) -> float:
+def aqs(samples: np.ndarray, sample_rate: int = MODEL_SAMPLE_RATE, config: QualityConfig | None = None) -> float:
     """Just the score, as the training loss needs it."""
     return assess(samples, sample_rate, config).aqs
 
@@ -274,7 +274,7 @@ class StreamingQuality:
     kept in a ring as long as `history_frames`.
     """
 
-    def __init__(self, config: QualityConfig | None = None, history_frames: int = 798) -> None:
+    def __init__(self, config: QualityConfig | None = None, history_frames: int = FRAMES_PER_WINDOW) -> None:
         self.config = config or QualityConfig()
         self.history_limit = history_frames
         self.reset()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -20,8 +21,7 @@ from qlung_edge.errors import QLungError
 
 
 class SinkError(QLungError):
-    def __init__(self, spec: str, problem: str) -> None:
-        super().__init__(f"sink {spec}: {problem}")
+    """A sink that cannot be opened or configured, named by its spec."""
 
 
 class Sink:
@@ -39,6 +39,17 @@ class Sink:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+
+@dataclass
+class CollectSink(Sink):
+    """Keeps every event in memory, in order: for tests, `predict` and the benchmarks."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    name: str = "collect"
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
 
 
 def encode(event: dict[str, Any]) -> str:
@@ -130,7 +141,7 @@ class MqttSink(Sink):
         try:
             import paho.mqtt.client as mqtt
         except ImportError as err:
-            raise SinkError("mqtt", "paho-mqtt is not installed; pip install qlung-edge[mqtt]") from err
+            raise SinkError("paho-mqtt is not installed; pip install qlung-edge[mqtt]", path="mqtt") from err
         self.name = f"mqtt://{self.host}:{self.port}/{self.topic}"
         self._mqtt = mqtt
         self._lock = threading.Lock()
@@ -210,8 +221,6 @@ class MqttSink(Sink):
             return len(self._queue)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        import time
-
         deadline = time.monotonic() + timeout
         while self.unsent() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -244,11 +253,11 @@ def open_sink(spec: str) -> Sink:
             max_mb = float(query.get("max_mb", ["50"])[0])
             backups = int(query.get("backups", ["5"])[0])
         except ValueError as err:
-            raise SinkError(spec, f"bad option ({err})") from None
+            raise SinkError(f"bad option ({err})", path=spec) from None
         try:
             return JsonLinesSink(Path(url.path), max_bytes=int(max_mb * 1e6), backups=backups)
         except OSError as err:
-            raise SinkError(spec, f"cannot open the file ({err.strerror})") from None
+            raise SinkError(f"cannot open the file ({err.strerror})", path=spec) from None
     if spec.startswith(("mqtt://", "mqtts://")):
         url = urlparse(spec)
         query = parse_qs(url.query)
@@ -259,7 +268,7 @@ def open_sink(spec: str) -> Sink:
             buffer = int(query.get("buffer", ["10000"])[0])
             reconnect = int(query.get("reconnect", ["1"])[0])
         except ValueError as err:
-            raise SinkError(spec, f"bad option ({err})") from None
+            raise SinkError(f"bad option ({err})", path=spec) from None
         return MqttSink(
             host=url.hostname or "127.0.0.1",
             port=port,
@@ -272,4 +281,4 @@ def open_sink(spec: str) -> Sink:
             buffer=buffer,
             reconnect_seconds=reconnect,
         )
-    raise SinkError(spec, "expected jsonl:-, jsonl:PATH or mqtt://host[:port]/topic")
+    raise SinkError("expected jsonl:-, jsonl:PATH or mqtt://host[:port]/topic", path=spec)

@@ -1,21 +1,24 @@
-"""The daemon's signal path as plain objects: resample, cut windows, gate, smooth.
+"""The signal path as plain objects: resample, cut windows, score their quality, gate.
 
-Nothing here owns a thread or a clock, so each step is tested on its own and `eval-stream` runs the very same
-code as the daemon. Times are seconds on the stream's timeline (the source's, concealed gaps included).
+`SignalPath` takes source blocks and hands back one decision per window: classify it, or refuse it with
+reasons. Nothing here owns a thread or a clock, so the daemon, `eval-stream`, `predict` and the benchmarks
+run exactly the same code, and each step is tested on its own. Times are seconds on the stream's timeline
+(the source's, concealed gaps included).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from firmware_bridge.blocks import AudioBlock
+from qlung_edge import MODEL_SAMPLE_RATE
+from qlung_edge.events import ExamState, GateReason
 from qlung_edge.quality import QualityConfig, QualityReport, StreamingQuality, rejudge
-
-GATE_REASONS = ("device_gap", "too_quiet", "clipped", "noise_like", "dropout", "low_quality", "settling")
-"""Why a window is not classified; 'settling' is a window that passes but follows refused ones (hysteresis)."""
 
 
 class StreamResampler:
@@ -85,7 +88,8 @@ class Window:
     samples: np.ndarray
     gap_seconds: float
     """Concealed silence inside the window (the device lost frames)."""
-    quality: QualityReport
+    report: QualityReport
+    """The window's AQS and quality figures."""
 
 
 class WindowCutter:
@@ -103,7 +107,8 @@ class WindowCutter:
         self.window = window
         self.hop = hop
         self.rate = quality.sample_rate
-        self.quality = StreamingQuality(quality, history_frames=self._window_frames(quality) + 1)
+        self.frames_per_window = (window - quality.frame_length) // quality.hop_length + 1
+        self.scorer = StreamingQuality(quality, history_frames=self.frames_per_window + 1)
         self._audio = np.zeros(window, np.float32)
         self._gaps: list[tuple[int, int]] = []
         """Concealed spans [start, end) in samples since the start of the stream."""
@@ -111,9 +116,6 @@ class WindowCutter:
         """Samples seen since the start of the stream."""
         self._next_end = window
         self.index = 0
-
-    def _window_frames(self, config: QualityConfig) -> int:
-        return (self.window - config.frame_length) // config.hop_length + 1
 
     def mark_gap(self, start: int, end: int) -> None:
         """Samples [start, end) of the stream (at the model's rate) are concealed device silence."""
@@ -139,7 +141,7 @@ class WindowCutter:
         n = len(part)
         if n == 0:
             return
-        self.quality.push(part)
+        self.scorer.push(part)
         if n >= self.window:
             self._audio[:] = part[-self.window :]
         else:
@@ -160,7 +162,7 @@ class WindowCutter:
             end=end,
             samples=self._audio.copy(),
             gap_seconds=self._gap_samples() / self.rate,
-            quality=self.quality.window(self._window_frames(self.quality.config)),
+            report=self.scorer.window(self.frames_per_window),
         )
         self.index += 1
         return window
@@ -181,26 +183,26 @@ class GateConfig:
 
 @dataclass
 class Gate:
-    quality: QualityConfig
+    thresholds: QualityConfig
+    """The bundle's quality thresholds (too quiet, clipped, ...)."""
     config: GateConfig = field(default_factory=GateConfig)
     open: bool = True
     _passes: int = 0
 
     def decide(self, window: Window) -> tuple[str, ...]:
         """Reasons to refuse the window; empty means classify it."""
-        report = window.quality
-        thresholds = self.quality
+        thresholds = self.thresholds
         if not self.open:
             c = self.config
             thresholds = replace(
-                self.quality,
-                quiet_dbfs=self.quality.quiet_dbfs + c.level_margin_db,
-                max_entropy=self.quality.max_entropy - c.entropy_margin,
-                min_aqs=self.quality.min_aqs + c.aqs_margin if self.quality.min_aqs > 0 else 0.0,
+                thresholds,
+                quiet_dbfs=thresholds.quiet_dbfs + c.level_margin_db,
+                max_entropy=thresholds.max_entropy - c.entropy_margin,
+                min_aqs=thresholds.min_aqs + c.aqs_margin if thresholds.min_aqs > 0 else 0.0,
             )
-        reasons = list(rejudge(report, thresholds).reasons)
+        reasons = list(rejudge(window.report, thresholds).reasons)
         if window.gap_seconds > self.config.max_gap_seconds:
-            reasons.insert(0, "device_gap")
+            reasons.insert(0, GateReason.DEVICE_GAP.value)
         if reasons:
             self.open = False
             self._passes = 0
@@ -208,9 +210,106 @@ class Gate:
         if not self.open:
             self._passes += 1
             if self._passes < self.config.reopen_after:
-                return ("settling",)
+                return (GateReason.SETTLING.value,)
             self.open = True
         return ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One window and what the gate made of it."""
+
+    window: Window
+    reasons: tuple[str, ...]
+    """Why the gate refused it; empty when it goes to the model."""
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons
+
+
+def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """The samples with NaN/inf replaced by silence, and how many there were."""
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if not bad:
+        return samples, 0
+    return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0), bad
+
+
+def _ignore(name: str, value: float = 1) -> None:
+    pass
+
+
+class SignalPath:
+    """Source blocks in, one `Decision` per window out: resample, cut windows every hop, AQS, gate.
+
+    `push(block)` returns the decisions the block completed, `finish()` those the resampler's tail completes
+    at the end of the stream. Blocks that carry NaN or inf become concealed gaps (a note says so); blocks the
+    source flags as lost audio are marked as device gaps, so the windows that overlap them are refused.
+    `count(name, value)` is told about samples, gaps and non-finite samples (the daemon's metrics).
+    """
+
+    def __init__(
+        self,
+        window_samples: int,
+        hop_samples: int,
+        thresholds: QualityConfig,
+        gate: GateConfig | None = None,
+        *,
+        rate: int = MODEL_SAMPLE_RATE,
+        count: Callable[..., None] = _ignore,
+    ) -> None:
+        self.resampler = StreamResampler(rate)
+        self.cutter = WindowCutter(window_samples, hop_samples, thresholds)
+        self.gate = Gate(thresholds, gate or GateConfig())
+        self.count = count
+        self.notes: list[str] = []
+        """Things to tell the user about the stream, oldest first; the caller takes them."""
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.cutter.hop / self.cutter.rate
+
+    @property
+    def window_seconds(self) -> float:
+        return self.cutter.window / self.cutter.rate
+
+    def set_thresholds(self, thresholds: QualityConfig) -> None:
+        """A reloaded bundle's thresholds, from the next window on."""
+        self.gate.thresholds = thresholds
+
+    def push(self, block: AudioBlock) -> list[Decision]:
+        samples, bad = finite_samples(block.samples)
+        gap = block.gap
+        self.count("samples", len(samples))
+        if bad:
+            # A device or pipe that sends NaN/inf: keep the timeline, treat the block as lost audio.
+            self.count("nonfinite_samples", bad)
+            self.notes.append(f"{bad} NaN/inf samples at {block.timestamp:.2f} s: block treated as a gap")
+            gap = True
+        if gap:
+            self.count("source_gaps")
+            self.count("source_gap_seconds", block.duration)
+            start = self.resampler.position()
+            self.cutter.mark_gap(start, start + round(len(samples) * self.resampler.out_rate / block.sample_rate))
+        return self._decide(self.cutter.push(self.resampler.push(samples, block.sample_rate)))
+
+    def finish(self) -> list[Decision]:
+        """The windows the resampler's last few milliseconds complete."""
+        return self._decide(self.cutter.push(self.resampler.flush()))
+
+    def feed(self, blocks: Iterable[AudioBlock]) -> Iterator[Decision]:
+        """Every decision of a whole stream: each block pushed, then the end of the stream."""
+        for block in blocks:
+            yield from self.push(block)
+        yield from self.finish()
+
+    def take_notes(self) -> list[str]:
+        notes, self.notes = self.notes, []
+        return notes
+
+    def _decide(self, windows: list[Window]) -> list[Decision]:
+        return [Decision(w, self.gate.decide(w)) for w in windows]
 
 
 @dataclass
@@ -223,20 +322,20 @@ class ExamSmoother:
     _recent: deque[np.ndarray] = field(default_factory=deque)
     accepted: int = 0
 
-    def add(self, probabilities: np.ndarray) -> dict[str, object]:
+    def add(self, probabilities: np.ndarray) -> ExamState:
         self._recent.append(np.asarray(probabilities, np.float64))
         while len(self._recent) > self.windows:
             self._recent.popleft()
         self.accepted += 1
         return self.state()
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> ExamState:
         if not self._recent:
-            return {"label": None, "probabilities": None, "windows": 0, "accepted_total": self.accepted}
+            return ExamState(None, None, 0, self.accepted)
         mean = np.mean(self._recent, axis=0)
-        return {
-            "label": self.classes[int(np.argmax(mean))],
-            "probabilities": {c: round(float(p), 5) for c, p in zip(self.classes, mean)},
-            "windows": len(self._recent),
-            "accepted_total": self.accepted,
-        }
+        return ExamState(
+            label=self.classes[int(np.argmax(mean))],
+            probabilities={c: round(float(p), 5) for c, p in zip(self.classes, mean)},
+            windows=len(self._recent),
+            accepted_total=self.accepted,
+        )

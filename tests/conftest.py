@@ -1,7 +1,7 @@
 """Shared fixtures: the real data beside the checkout, and a small synthetic data set.
 
-In CI (CI=true) a skipped test fails unless it is marked `gpu`: only tests that
-need hardware this machine cannot have may skip.
+Without the real data, the tests that need it skip with one line saying how to provide it. In CI (CI=true) a
+skipped test fails unless it is marked `gpu`: only tests that need hardware this machine cannot have may skip.
 """
 
 from __future__ import annotations
@@ -12,13 +12,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ["QLUNG_VALIDATE_EVENTS"] = "1"  # every daemon the tests start, in or out of process, checks its events
 SHARED_DATA = Path(os.environ.get("QLUNG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"real data not found at {SHARED_DATA} (set QLUNG_SHARED_DATA)")
+    """The real recordings (ICBHI sample, SPRSound) beside the checkout; without them those tests skip, in CI they
+    fail (the hook below)."""
+    if not (SHARED_DATA / "icbhi-sample").is_dir() or not (SHARED_DATA / "sprsound").is_dir():
+        pytest.skip(
+            f"real data not found at {SHARED_DATA}: set QLUNG_SHARED_DATA to a folder holding icbhi-sample/, "
+            "icbhi-annotations/ and sprsound/"
+        )
     return SHARED_DATA
 
 
@@ -36,25 +42,16 @@ def make_checkpoint(path: Path, backbone: str = "edge-cnn") -> Path:
     """An untrained but complete checkpoint of the demo recipe (seeded: the same weights every time)."""
     import torch
 
+    from training.checkpoint import build_model, checkpoint_payload, save_checkpoint
     from training.config import load_recipe
-    from training.engine import CHECKPOINT_FORMAT, build_model, save_checkpoint
 
     torch.manual_seed(0)
     config = load_recipe("demo", [f"model.backbone={backbone}"])
     model = build_model(config).eval()
-    save_checkpoint(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "config": config.to_dict(),
-            "classes": ["normal", "crackle", "wheeze", "both"],
-            "quality": config.quality.to_dict(),
-            "weights": model.state_dict(),
-            "epoch": 1,
-            "metrics": {"validation": {"score": 0.5}},
-            "selection": "best epoch on patients held out of training",
-        },
+    payload = checkpoint_payload(
+        config, model.state_dict(), epoch=1, metrics={"validation": {"score": 0.5}}, selection="validation"
     )
+    save_checkpoint(path, payload)
     return path
 
 

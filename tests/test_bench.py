@@ -1,4 +1,4 @@
-"""`qlung-edge bench` in its short mode: every figure of DESIGN.md section 8 is produced (not how fast)."""
+"""`qlung-edge bench` in its short mode: every speed figure of ARCHITECTURE.md is produced (not how fast)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 EXPECTED = [
     "AQS streaming, 1 s blocks",
     "AQS per 1 s hop: streaming vs recomputing 8 s",
-    "resample + AQS, 4 kHz device",
-    "resample + AQS, 16 kHz device",
-    "resample + AQS, 44.1 kHz device",
+    "signal path to the gate, 4 kHz device",
+    "signal path to the gate, 16 kHz device",
+    "signal path to the gate, 44.1 kHz device",
     "link decoder, clean",
     "front end, torch eager, 1 window",
     "front end, ONNX Runtime, 1 window",

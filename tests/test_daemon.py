@@ -26,12 +26,21 @@ from firmware_bridge.sources import FileSource, open_source
 from qlung_edge.audio import read_audio
 from qlung_edge.backends import Backend, OnnxBackend
 from qlung_edge.bundle import MANIFEST, load_bundle, write_manifest
-from qlung_edge.daemon import Daemon, DaemonConfig, DaemonError
-from qlung_edge.evalstream import CollectSink
-from qlung_edge.runtime import onnx_session
-from qlung_edge.sinks import JsonLinesSink, open_sink
+from qlung_edge.daemon import Daemon, DaemonConfig, DaemonError, backend_for
+from qlung_edge.events import validate
+from qlung_edge.onnx_sessions import onnx_session
+from qlung_edge.sinks import CollectSink, JsonLinesSink, open_sink
+from qlung_edge.streaming import SignalPath
 
 WINDOW, RATE = 128_000, 16_000
+
+
+def _valid(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every event a test sees is checked against the shipped JSON Schema, and belongs to one run."""
+    for event in events:
+        validate(event)
+    assert len({e["run_id"] for e in events}) <= 1
+    return events
 
 
 def _run(bundle: Path, source: Any, **options: Any) -> tuple[list[dict[str, Any]], Daemon]:
@@ -40,11 +49,11 @@ def _run(bundle: Path, source: Any, **options: Any) -> tuple[list[dict[str, Any]
     config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], **options)
     daemon = Daemon(config, source=source, sinks=[sink], backend_factory=factory)
     assert daemon.run() == 0
-    return sink.events, daemon
+    return _valid(sink.events), daemon
 
 
 def _windows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == "window"]
+    return [e for e in _valid(events) if e["type"] == "window"]
 
 
 def _accounted(events: list[dict[str, Any]], daemon: Daemon) -> list[dict[str, Any]]:
@@ -86,6 +95,40 @@ def test_real_recordings_stream_like_the_offline_model(bundle: Path, shared_data
                 total += 1
         assert daemon.metrics.snapshot()["counts"]["samples"] == sf.info(str(path)).frames
     assert total >= 50
+
+
+def test_the_daemon_says_what_the_signal_path_and_backend_say(bundle: Path, shared_data: Path) -> None:
+    """The daemon only moves blocks and results: its window events are SignalPath's decisions plus the backend's
+    answers for the accepted windows, on all ten real ICBHI recordings."""
+    loaded = load_bundle(bundle)
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], hop_seconds=1.0)
+    backend = backend_for(loaded, config)
+    compared = 0
+    for wav in sorted((shared_data / "icbhi-sample").glob("*.wav")):
+        events, _ = _run(bundle, FileSource(name=f"file:{wav}", path=wav), hop_seconds=1.0)
+        windows = _windows(events)
+        path = SignalPath(loaded.window_samples, RATE, loaded.quality_config(), config.gate)
+        decisions = list(path.feed(FileSource(name="f", path=wav).blocks()))
+        assert len(windows) == len(decisions) > 0, wav.name
+        accepted = [d for d in decisions if d.accepted]
+        answers = backend.run(np.stack([d.window.samples for d in accepted])) if accepted else []
+        expected = iter(answers)
+        for event, decision in zip(windows, decisions):
+            w = decision.window
+            assert (event["window"]["index"], event["window"]["start"], event["window"]["end"]) == (
+                w.index, round(w.start, 4), round(w.end, 4),
+            )  # fmt: skip
+            assert event["quality"]["aqs"] == round(w.report.aqs, 4)
+            assert event["status"] == ("classified" if decision.accepted else "gated")
+            assert event.get("reasons", []) == list(decision.reasons)
+            if decision.accepted:
+                got = list(event["prediction"]["probabilities"].values())
+                np.testing.assert_allclose(got, next(expected), atol=1e-5)
+                compared += 1
+        assert events[0]["model_id"] == loaded.manifest["manifest_sha256"] == windows[0]["model_id"]
+        assert windows[0]["window"]["start_utc"] < windows[-1]["window"]["end_utc"]
+    backend.close()
+    assert compared >= 50
 
 
 def _degrade(samples: np.ndarray, how: str, rng: np.random.Generator) -> np.ndarray:
@@ -231,8 +274,19 @@ def test_config_file_flags_and_errors(tmp_path: Path, bundle: Path) -> None:
     config = DaemonConfig.from_toml(toml, {"hop_seconds": 0.5})
     assert config.hop_seconds == 0.5 and config.gate.reopen_after == 3 and config.source_options == {"realtime": True}
     toml.write_text('bundle = "b"\nsorce = "mic:"\n')
-    with pytest.raises(DaemonError, match=r"daemon\.toml: unknown option\(s\) sorce"):
+    with pytest.raises(DaemonError, match=r"daemon\.toml: unknown key sorce"):
         DaemonConfig.from_toml(toml)
+    # Wrong types name the key, in the TOML as in recipes: nothing is read as something else.
+    for line, message in (
+        ('threads = "2"', r"threads: expected an integer, got str '2'"),
+        ('hop_seconds = "1"', r"hop_seconds: expected a number, got str '1'"),
+        ('emit_gated = "no"', r"emit_gated: expected true or false, got str 'no'"),
+        ("[gate]\nreopen_after = 1.5", r"gate\.reopen_after: expected an integer, got float 1\.5"),
+        ('sinks = "jsonl:-"', r"sinks: expected a list, got str"),
+    ):
+        toml.write_text(f'bundle = "b"\n{line}\n')
+        with pytest.raises(DaemonError, match=rf"daemon\.toml: {message}"):
+            DaemonConfig.from_toml(toml)
     toml.write_text("bundle = \n")
     with pytest.raises(DaemonError, match=r"daemon\.toml: not valid TOML"):
         DaemonConfig.from_toml(toml)
@@ -281,7 +335,7 @@ def _renamed_bundle(bundle: Path, out: Path, name: str) -> Path:
 def _read_events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return _valid([json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")])
 
 
 def _wait_for(path: Path, test: Any, timeout: float = 30) -> list[dict[str, Any]]:
@@ -431,6 +485,7 @@ def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shar
     assert outage > 0, "events were produced while the broker was down"
     assert stats["reconnects"] >= 1 and stats["dropped"] == 0 and stats["unsent"] == 0
     assert sorted(received) == list(range(daemon._seq)), "every event arrived (duplicates allowed, QoS 1)"
+    _valid(list(received.values()))
     assert sum(e["type"] == "window" for e in received.values()) == 53
 
 

@@ -18,18 +18,10 @@ from onnx import TensorProto, helper
 from export import onnx_export
 from export.onnx_export import ExportError, export_bundle
 from export.ops import audit_model
-from export.tensorrt import (
-    BatchProfile,
-    EngineError,
-    EngineRunner,
-    engine_record,
-    engine_refusal,
-    float32_layers,
-    network_flags,
-    version_tuple,
-)
+from export.tensorrt import BatchProfile, engine_record, float32_layers, network_flags, version_tuple
 from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MANIFEST, MODEL_FILE, BundleError, load_bundle
-from qlung_edge.runtime import onnx_session, run_onnx
+from qlung_edge.onnx_sessions import onnx_session, run_onnx
+from qlung_edge.tensorrt_runner import EngineError, EngineRunner, engine_refusal
 
 
 def test_bundle_has_everything_the_device_needs(bundle: Path) -> None:
@@ -52,9 +44,9 @@ def test_onnx_matches_torch_on_synthetic_and_real_icbhi(bundle: Path, checkpoint
     for run in ("one_by_one", "batched"):
         assert parity[run]["max_abs_probabilities"] <= 1e-4 and parity[run]["argmax_identical"]
     # Independently of the stored figures: run both again on the real recordings.
-    from training.engine import load_checkpoint, model_from_checkpoint
+    from training.checkpoint import load_model
 
-    model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    model, _, _ = load_model(checkpoint)
     windows, _ = onnx_export.recording_windows(shared_data / "icbhi-sample")
     ours = run_onnx(onnx_session(bundle / MODEL_FILE), windows, batch=3)
     reference = onnx_export.torch_outputs(model, windows)

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qlung_edge.errors import ConfigError
 from qlung_edge.quality import (
     FrameFeatures,
     QualityConfig,
@@ -157,7 +158,7 @@ def test_bad_input_is_a_clear_error_or_a_defined_score() -> None:
 def test_config_round_trips_and_refuses_unknown_keys() -> None:
     cfg = QualityConfig(rms_norm="linear", quiet_dbfs=-50)
     assert QualityConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown quality options: colour"):
+    with pytest.raises(ConfigError, match=r"unknown key quality\.colour"):
         QualityConfig.from_dict({**cfg.to_dict(), "colour": 1})
 
 

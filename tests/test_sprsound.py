@@ -34,14 +34,14 @@ def test_every_real_recording_is_read(shared_data: Path) -> None:
     scan = _quiet_scan(shared_data / "sprsound")
     assert scan.problems == []
     train, test = scan.recordings_in("train"), scan.recordings_in("test")
-    assert (len(train), len(test)) == (780, 355)
+    assert (len(train), len(test)) == (1537, 355)
     assert all(r.sample_rate == 8000 and r.duration and r.duration > 0 for r in scan.recordings)
     assert Counter(r.record_label for r in train) == {
-        "Normal": 538,
-        "DAS": 96,
-        "Poor Quality": 75,
-        "CAS": 41,
-        "CAS & DAS": 30,
+        "Normal": 1046,
+        "DAS": 194,
+        "Poor Quality": 144,
+        "CAS": 84,
+        "CAS & DAS": 69,
     }
     assert Counter(r.record_label for r in test) == {
         "Normal": 241,
@@ -50,13 +50,13 @@ def test_every_real_recording_is_read(shared_data: Path) -> None:
         "CAS & DAS": 17,
         "Poor Quality": 8,
     }
-    # Events: train Normal 2052, Fine 349 + Coarse 12, Wheeze 139, Wheeze+Crackle 7 (Rhonchi 16, Stridor 14 left out).
-    assert Counter(c.label for c in scan.cycles("train")) == {0: 2052, 1: 361, 2: 139, 3: 7}
+    # Events: train Normal 4165, Fine 755 + Coarse 46, Wheeze 305, Wheeze+Crackle 20 (Rhonchi 34, Stridor 15 left out).
+    assert Counter(c.label for c in scan.cycles("train")) == {0: 4165, 1: 801, 2: 305, 3: 20}
     assert Counter(c.label for c in scan.cycles("test")) == {0: 1040, 1: 83, 2: 305, 3: 1}
     excluded = Counter()
     for r in scan.recordings:
         excluded.update({k: int(v) for k, v in r.extra.items() if k.startswith("excluded:")})
-    assert excluded == {"excluded:Rhonchi": 16, "excluded:Stridor": 14}
+    assert excluded == {"excluded:Rhonchi": 34, "excluded:Stridor": 15}
     assert all(not r.cycles for r in scan.recordings if r.record_label == "Poor Quality")
     # No patient is in both the training and the inter-patient test set.
     assert not {r.patient for r in train} & {r.patient for r in test}
@@ -65,7 +65,7 @@ def test_every_real_recording_is_read(shared_data: Path) -> None:
 def test_mapping_is_configurable(shared_data: Path) -> None:
     mapping = {**DEFAULT_EVENT_MAPPING, "Rhonchi": 2, "Stridor": 2}
     scan = _quiet_scan(shared_data / "sprsound", event_mapping=mapping, with_audio=False)
-    assert Counter(c.label for c in scan.cycles("train"))[2] == 139 + 16 + 14
+    assert Counter(c.label for c in scan.cycles("train"))[2] == 305 + 34 + 15
 
 
 @pytest.fixture()

@@ -48,10 +48,10 @@ def test_windows_are_the_signal_cut_every_hop_with_the_quality_of_each(hop_secon
         np.testing.assert_array_equal(w.samples, signal[begin : begin + window])
         assert (w.start, w.end) == (begin / rate, (begin + window) / rate)
         offline = assess(signal[begin : begin + window], rate, config)
-        assert w.quality.frames == offline.frames == 798
-        assert w.quality.aqs == pytest.approx(offline.aqs, abs=1e-9)
-        assert w.quality.rms_dbfs == pytest.approx(offline.rms_dbfs, abs=1e-6)
-        assert w.quality.reasons == offline.reasons
+        assert w.report.frames == offline.frames == 798
+        assert w.report.aqs == pytest.approx(offline.aqs, abs=1e-9)
+        assert w.report.rms_dbfs == pytest.approx(offline.rms_dbfs, abs=1e-6)
+        assert w.report.reasons == offline.reasons
         assert w.gap_seconds == 0
 
 
@@ -101,14 +101,13 @@ def test_gate_reopens_only_after_clear_passes_and_does_not_flicker() -> None:
 
 def test_exam_smoother_averages_the_last_accepted_windows() -> None:
     exam = ExamSmoother(("normal", "crackle", "wheeze", "both"), windows=3)
-    assert exam.state()["windows"] == 0
+    assert exam.state().windows == 0
     for p in ([1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0.4, 0.6, 0]):
         state = exam.add(np.array(p, float))
-    assert state["windows"] == 3 and state["accepted_total"] == 4
-    assert state["label"] == "crackle"
-    assert state["probabilities"]["crackle"] == pytest.approx(0.8) and state["probabilities"][
-        "wheeze"
-    ] == pytest.approx(0.2)
+    assert state.windows == 3 and state.accepted_total == 4
+    assert state.label == "crackle"
+    assert state.probabilities is not None
+    assert state.probabilities["crackle"] == pytest.approx(0.8) and state.probabilities["wheeze"] == pytest.approx(0.2)
 
 
 def test_block_positions_follow_the_input_not_soxr_bursts() -> None:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from qlung_edge.errors import QLungError
+from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import RECIPES, ConfigError, load_recipe
-from training.engine import load_checkpoint, load_splits, model_from_checkpoint, save_checkpoint, train, train_seeds
+from training.engine import load_splits, train, train_seeds
 from training.evaluate import evaluate_checkpoint
 
 TINY = ["train.epochs=2", "train.batch_size=8", "train.threads=1", "train.freq_mask=8", "train.time_mask=16"]
@@ -48,7 +49,7 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key train\.epoch "):
         load_recipe(path)
     path.write_text("name: x\ntrain:\n  epochs: three\n")
-    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got str 'three'"):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer, got str 'three'"):
         load_recipe(path)
     with pytest.raises(ConfigError, match=r"loss: margin must be one of"):
         load_recipe("demo", ["loss.margin=wide"])

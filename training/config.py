@@ -7,23 +7,18 @@ setting. Command-line overrides use dotted keys: `train.epochs=3 loss.lam=0.2`.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from qlung_edge.errors import QLungError
+from qlung_edge.config import from_dict
+from qlung_edge.errors import ConfigError
 from qlung_edge.quality import QualityConfig
 from training.losses import QLungLossConfig
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
-
-
-class ConfigError(QLungError):
-    """A recipe that does not fit the schema."""
 
 
 @dataclass(frozen=True)
@@ -90,56 +85,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _check_type(value: Any, kind: Any, key: str) -> Any:
-    origin = typing.get_origin(kind)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind in (int, float, str, bool):
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(kind):
-            try:
-                return _check_type(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} does not fit {kind}")
-    if kind is type(None):
-        if value is not None:
-            raise ConfigError(f"{key}: expected null")
-        return None
-    return value
-
-
-def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from nested dicts; unknown keys and wrong types raise with the dotted key."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key {where}{unknown[0]} (known: {', '.join(sorted(known))})")
-    kwargs = {}
-    for name, value in values.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            kwargs[name] = from_dict(kind, value, key)
-        else:
-            kwargs[name] = _check_type(value, kind, key)
-    try:
-        return cls(**kwargs)
-    except ValueError as err:  # the dataclasses' own checks (loss margin kind, quality options, ...)
-        raise ConfigError(f"{prefix or 'recipe'}: {err}") from None
-
-
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`a.b=c` pairs into a nested dict; the value is read as YAML (numbers, booleans, lists)."""
     out = dict(values)
@@ -173,12 +118,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConf
         path = RECIPES / f"{path.name}.yaml"
     if not path.exists():
         names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-        raise ConfigError(f"{path}: no such recipe (shipped recipes: {names})")
+        raise ConfigError(f"no such recipe (shipped recipes: {names})", path=path)
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"not valid YAML ({err})", path=path) from None
     try:
         return from_dict(RunConfig, apply_overrides(values, overrides or []))
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(str(err), path=path) from None

@@ -84,7 +84,7 @@ class CycleAudioLoader:
 
     def _decode(self, rec: Recording) -> np.ndarray:
         if rec.audio_path is None:
-            raise DataError(rec.annotation_path, f"recording {rec.id} was scanned without audio")
+            raise DataError(f"recording {rec.id} was scanned without audio", path=rec.annotation_path)
         cache_file = None
         if self.cache_dir is not None:
             cache_file = self.cache_dir / f"{self._disk_key(rec.audio_path)}.npy"
@@ -126,7 +126,7 @@ class CycleAudioLoader:
         end = min(int(round(cycle.end * rate)), len(audio))
         if end <= start:
             where = self.recordings[cycle.recording].annotation_path
-            raise DataError(where, f"cycle {cycle.start}-{cycle.end} s of {cycle.recording} holds no audio")
+            raise DataError(f"cycle {cycle.start}-{cycle.end} s of {cycle.recording} holds no audio", path=where)
         return np.asarray(audio[start:end], dtype=np.float32)
 
     def __call__(self, cycle: Cycle) -> np.ndarray:

@@ -13,8 +13,9 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from qlung_edge import CLASS_NAMES
+from qlung_edge.batches import in_batches
 from qlung_edge.errors import QLungError
+from training.checkpoint import build_model, checkpoint_payload, load_checkpoint, save_checkpoint
 from training.config import RunConfig
 from training.dataset import CycleDataset, prepare_cycles
-from training.frontend import SpecAugment
+from training.datasets import LAYOUTS, scan_folder
 from training.losses import QLungLoss
 from training.metrics import confusion_matrix, icbhi_scores, plot_confusion_matrix
-from training.models import ASTConfig, EdgeCNNConfig, QLungModel, load_pretrained
 from training.records import Cycle, DatasetScan
 from training.splits import patient_holdout
-
-CHECKPOINT_FORMAT = 1
-
 
 # --------------------------------------------------------------------------- processes and devices
 
@@ -91,34 +90,25 @@ class Splits:
 
 def load_splits(config: RunConfig, progress: bool = True) -> Splits:
     """Training, validation and test cycles; validation patients never appear in training."""
-    import warnings
-
-    from training.icbhi import scan_icbhi
-    from training.sprsound import DEFAULT_EVENT_MAPPING, scan_sprsound
-
     data = config.data
     if not data.root:
         raise QLungError("data.root is empty: point the recipe at a data folder (data.root=PATH)")
+    if data.dataset not in LAYOUTS:
+        raise QLungError(f"data.dataset must be {' or '.join(LAYOUTS)}, got {data.dataset!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # problems are kept in scan.problems and logged by the caller
-        if data.dataset == "icbhi":
-            scan = scan_icbhi(data.root, progress=progress)
-        elif data.dataset == "sprsound":
-            mapping = {**DEFAULT_EVENT_MAPPING, **data.event_mapping}
-            scan = scan_sprsound(data.root, event_mapping=mapping, progress=progress)
-        else:
-            raise QLungError(f"data.dataset must be icbhi or sprsound, got {data.dataset!r}")
+        scan = scan_folder(data.root, data.dataset, event_mapping=data.event_mapping, progress=progress)
     training = [r for r in scan.recordings_in("train") if r.cycles]
     test = scan.cycles(data.test_split)
     if not training or not sum(len(r.cycles) for r in training):
-        raise QLungError(f"{data.root}: no usable training cycles ({len(scan.problems)} problems in the scan)")
+        raise QLungError(f"no usable training cycles ({len(scan.problems)} problems in the scan)", path=data.root)
     if not test:
-        raise QLungError(f"{data.root}: no usable cycles in the {data.test_split!r} split")
+        raise QLungError(f"no usable cycles in the {data.test_split!r} split", path=data.root)
     if data.selection == "validation":
         try:
             train_ids, val_ids = patient_holdout(training, data.validation_fraction, data.validation_seed)
         except ValueError as err:
-            raise QLungError(f"{data.root}: cannot hold out validation patients ({err})") from None
+            raise QLungError(f"cannot hold out validation patients ({err})", path=data.root) from None
         by_id = {r.id: r for r in training}
         train = [c for i in train_ids for c in by_id[i].cycles]
         validation = [c for i in val_ids for c in by_id[i].cycles]
@@ -134,69 +124,6 @@ def _loader(dataset: CycleDataset, batch: int, process: Process, seed: int, work
     return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=train)
 
 
-# --------------------------------------------------------------------------- model, checkpoints
-
-
-def build_model(config: RunConfig) -> QLungModel:
-    cfg = config.model
-    augment = SpecAugment(config.train.freq_mask, config.train.time_mask)
-    model = QLungModel(
-        cfg.backbone,
-        head=config.loss.head,
-        scale=config.loss.s_a,
-        edge=EdgeCNNConfig(dropout=cfg.dropout),
-        ast=ASTConfig(**cfg.ast) if cfg.ast else None,
-        spec_augment=augment,
-    )
-    if cfg.pretrained:
-        load_pretrained(model, cfg.pretrained)
-    return model
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file and rename: a full disk or a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise QLungError(f"{path}: checkpoint does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for damaged or foreign files
-        raise QLungError(f"{path}: not a readable qlung-edge checkpoint ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise QLungError(f"{path}: not a qlung-edge checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return payload
-
-
-def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> tuple[QLungModel, RunConfig]:
-    """The EMA (or plain) model a checkpoint holds, checked against its own recipe and class list."""
-    from training.config import from_dict
-
-    config = from_dict(RunConfig, payload["config"])
-    if tuple(payload["classes"]) != CLASS_NAMES:
-        raise QLungError(f"{path}: trained for classes {payload['classes']}, this toolkit uses {list(CLASS_NAMES)}")
-    model = QLungModel(
-        config.model.backbone,
-        head=config.loss.head,
-        scale=config.loss.s_a,
-        edge=EdgeCNNConfig(dropout=config.model.dropout),
-        ast=ASTConfig(**config.model.ast) if config.model.ast else None,
-    )
-    try:
-        model.load_state_dict(payload["weights"])
-    except RuntimeError as err:
-        raise QLungError(f"{path}: weights do not fit an {config.model.backbone} model ({str(err)[:200]})") from None
-    return model.eval(), config
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -204,21 +131,23 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
 def predict(
     model: torch.nn.Module, dataset: CycleDataset, device: torch.device, batch: int, process: Process = Process()
 ) -> np.ndarray:
-    """Class probabilities [N, C] of every cycle, gathered from all processes."""
+    """Class probabilities [N, C] of every cycle, gathered from all processes (each runs every world-th one)."""
     model.eval()
-    indices = list(range(process.rank, len(dataset), process.world))
-    rows: list[tuple[int, list[float]]] = []
-    for start in range(0, len(indices), batch):
-        chunk = indices[start : start + batch]
-        waves = torch.stack([dataset[i][0] for i in chunk]).to(device)
-        probabilities = model(waves)["probabilities"].float().cpu().numpy()
-        rows += list(zip(chunk, probabilities.tolist()))
+    indices = np.arange(process.rank, len(dataset), process.world)
+    rows = np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+    def run(waves: np.ndarray) -> np.ndarray:
+        return model(torch.tensor(waves, device=device))["probabilities"].float().cpu().numpy()
+
+    if len(indices):
+        rows = in_batches(run, dataset.prepared.waveforms[process.rank :: process.world], batch)
+    mine = list(zip(indices.tolist(), rows.tolist()))
     if process.world > 1:
         gathered: list[Any] = [None] * process.world
-        dist.all_gather_object(gathered, rows)
-        rows = [row for part in gathered for row in part]
+        dist.all_gather_object(gathered, mine)
+        mine = [row for part in gathered for row in part]
     out = np.zeros((len(dataset), len(CLASS_NAMES)), np.float32)
-    for i, p in rows:
+    for i, p in mine:
         out[i] = p
     return out
 
@@ -313,7 +242,7 @@ def train(
     if resume:
         state = load_checkpoint(last_path)
         if state["config"] != config.to_dict():
-            raise QLungError(f"{last_path}: was written by a different recipe; resume with the same one")
+            raise QLungError("was written by a different recipe; resume with the same one", path=last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -377,16 +306,13 @@ def train(
         improved = val["score"] > best
         best = max(best, val["score"])
         if process.main:
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "config": config.to_dict(),
-                "classes": list(CLASS_NAMES),
-                "quality": config.quality.to_dict(),
-                "weights": evaluated.state_dict(),
-                "epoch": epoch + 1,
-                "metrics": {"validation": {k: val[k] for k in ("specificity", "sensitivity", "score")}},
-                "selection": splits.selection,
-            }
+            payload = checkpoint_payload(
+                config,
+                evaluated.state_dict(),
+                epoch=epoch + 1,
+                metrics={"validation": {k: val[k] for k in ("specificity", "sensitivity", "score")}},
+                selection=splits.selection,
+            )
             if improved:
                 save_checkpoint(best_path, payload)
             save_checkpoint(
@@ -469,8 +395,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def train_seeds(config: RunConfig, out_dir: str | Path, seeds: list[int], progress: bool = True) -> dict[str, Any]:
     """One run per seed under out_dir/seed<k>/, then test Sp, Se and Score as mean +- std (sample std)."""
-    from dataclasses import replace
-
     out = Path(out_dir)
     runs = [
         train(replace(config, train=replace(config.train, seed=s)), out / f"seed{s}", progress=progress) for s in seeds

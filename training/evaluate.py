@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from qlung_edge.errors import QLungError
+from training.checkpoint import load_model
 from training.dataset import CycleDataset, prepare_cycles
-from training.engine import cycle_metrics, load_checkpoint, model_from_checkpoint, predict, resolve_device
+from training.engine import cycle_metrics, predict, resolve_device
 from training.metrics import confusion_matrix, format_scores, icbhi_scores, plot_confusion_matrix
 
 
@@ -77,11 +78,10 @@ def evaluate_checkpoint(
     thresholds: list[float] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    from training.datasets import scan_folder
     from training.quality_report import score_recordings, separation
-    from training.summary import scan_folder
 
-    payload = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(payload, checkpoint)
+    model, config, _ = load_model(checkpoint)
     torch_device = resolve_device(device)
     model.to(torch_device)
     with warnings.catch_warnings():

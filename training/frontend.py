@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from qlung_edge import FRAME_HOP, FRAME_LENGTH, MODEL_SAMPLE_RATE
+
 AST_MEAN = -4.2677393
 """AST's AudioSet log-mel mean and standard deviation: inputs become (x - mean) / (2 * std)."""
 AST_STD = 4.5689974
@@ -26,9 +28,9 @@ LOG_FLOOR = float(np.finfo(np.float32).eps)
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    sample_rate: int = 16_000
-    frame_length: int = 400
-    hop_length: int = 160
+    sample_rate: int = MODEL_SAMPLE_RATE
+    frame_length: int = FRAME_LENGTH
+    hop_length: int = FRAME_HOP
     n_fft: int = 512
     n_mels: int = 128
     low_freq: float = 20.0

@@ -65,12 +65,14 @@ def read_split_file(path: str | Path) -> dict[str, str]:
             continue
         fields = line.split()
         if len(fields) != 2:
-            raise DataError(path, f"expected '<recording> <split>', got {line.strip()!r}", number)
+            raise DataError(f"expected '<recording> <split>', got {line.strip()!r}", path=path, line=number)
         name, split = fields
         if split not in SPLIT_NAMES:
-            raise DataError(path, f"unknown split name {split!r} (expected one of {', '.join(SPLIT_NAMES)})", number)
+            raise DataError(
+                f"unknown split name {split!r} (expected one of {', '.join(SPLIT_NAMES)})", path=path, line=number
+            )
         if name in splits and splits[name] != split:
-            raise DataError(path, f"recording {name} is listed in both {splits[name]} and {split}", number)
+            raise DataError(f"recording {name} is listed in both {splits[name]} and {split}", path=path, line=number)
         splits[name] = split
     return splits
 
@@ -85,7 +87,7 @@ def read_diagnosis_file(path: str | Path) -> dict[str, str]:
         if not row or (number == 1 and not row[0].strip().isdigit()):
             continue  # blank line or header
         if len(row) < 2:
-            raise DataError(path, f"expected '<patient>,<diagnosis>', got {','.join(row)!r}", number)
+            raise DataError(f"expected '<patient>,<diagnosis>', got {','.join(row)!r}", path=path, line=number)
         out[row[0].strip()] = row[1].strip()
     return out
 
@@ -142,7 +144,7 @@ def scan_icbhi(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(root, "ICBHI data folder does not exist")
+        raise DataError("ICBHI data folder does not exist", path=root)
     scan = DatasetScan("icbhi", root, strict=strict)
 
     annotations: dict[str, Path] = {}
@@ -153,7 +155,7 @@ def scan_icbhi(
     if with_audio is None:
         with_audio = bool(wavs)
     if not annotations:
-        raise DataError(root, "no ICBHI annotation files (<patient>_<index>_<location>_<mode>_<device>.txt) found")
+        raise DataError("no ICBHI annotation files (<patient>_<index>_<location>_<mode>_<device>.txt) found", path=root)
 
     split_path = Path(split_file) if split_file is not None else _find_first(root, SPLIT_FILE_NAMES)
     splits = read_split_file(split_path) if split_path is not None else {}

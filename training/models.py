@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qlung_edge import CLASS_NAMES
+from qlung_edge import CLASS_NAMES, FRAMES_PER_WINDOW, WINDOW_SAMPLES
 from qlung_edge.errors import QLungError
 from training.frontend import FrontEndConfig, KaldiFbank, SpecAugment
 
@@ -100,7 +100,7 @@ class ASTConfig:
     patch: int = 16
     stride: int = 10
     n_mels: int = 128
-    frames: int = 798
+    frames: int = FRAMES_PER_WINDOW
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -299,7 +299,7 @@ class QLungModel(nn.Module):
         self.backbone_name, self.head_name, self.classes = backbone, head, tuple(classes)
         self.frontend = KaldiFbank(frontend)
         self.augment = spec_augment or SpecAugment(freq_masks=0, time_masks=0)
-        frames = self.frontend.config.frames(128_000)
+        frames = self.frontend.config.frames(WINDOW_SAMPLES)
         self.backbone: nn.Module = (
             EdgeCNN(edge)
             if backbone == "edge-cnn"
@@ -320,7 +320,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, samples: int = 128_000) -> int:
+def count_flops(model: nn.Module, samples: int = WINDOW_SAMPLES) -> int:
     """FLOPs (a multiply-add counts 2) of one forward pass on one window, as torch's flop counter sees them."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -341,12 +341,12 @@ def load_pretrained(model: QLungModel, path: str | Path) -> list[str]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise QLungError(f"{path}: pretrained checkpoint does not exist") from None
+        raise QLungError("pretrained checkpoint does not exist", path=path) from None
     except Exception as err:  # torch raises many kinds for a file that is not a tensor checkpoint
-        raise QLungError(f"{path}: not a loadable tensor checkpoint ({err})") from err
+        raise QLungError(f"not a loadable tensor checkpoint ({err})", path=path) from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # DeiT releases wrap the weights
     try:
         return load_ast_weights(model.backbone, state)
     except ValueError as err:
-        raise QLungError(f"{path}: {err}") from err
+        raise QLungError(f"{err}", path=path) from err

@@ -43,7 +43,7 @@ def score_recordings(
     out = []
     for rec in tqdm(list(recordings), desc="quality", unit="rec", disable=not progress):
         if rec.audio_path is None:
-            raise AudioFileError(rec.annotation_path, "recording was scanned without audio")
+            raise AudioFileError("recording was scanned without audio", path=rec.annotation_path)
         audio = read_audio(rec.audio_path)
         samples = resample(audio.samples, audio.sample_rate, config.sample_rate)
         report = summarize(frame_features(samples, config), config)

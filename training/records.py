@@ -102,7 +102,7 @@ class DatasetScan:
     def report(self, path: Path, reason: str, action: str, line: int | None = None) -> None:
         """Record a problem; in strict mode it is an error instead."""
         if self.strict:
-            raise DataError(path, reason, line)
+            raise DataError(reason, path=path, line=line)
         problem = Problem(path=path, reason=reason, action=action, line=line)
         self.problems.append(problem)
         warnings.warn(str(problem), stacklevel=2)

@@ -57,15 +57,15 @@ def _read_annotation(path: Path) -> tuple[str, list[dict[str, object]]]:
     try:
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(path, f"not valid JSON ({err})") from err
+        raise DataError(f"not valid JSON ({err})", path=path) from err
     if not isinstance(doc, dict) or "record_annotation" not in doc:
-        raise DataError(path, "missing 'record_annotation'")
+        raise DataError("missing 'record_annotation'", path=path)
     record = doc["record_annotation"]
     if record not in RECORD_LABELS:
-        raise DataError(path, f"unknown record annotation {record!r} (expected one of {', '.join(RECORD_LABELS)})")
+        raise DataError(f"unknown record annotation {record!r} (expected one of {', '.join(RECORD_LABELS)})", path=path)
     events = doc.get("event_annotation", [])
     if not isinstance(events, list):
-        raise DataError(path, "'event_annotation' is not a list")
+        raise DataError("'event_annotation' is not a list", path=path)
     return record, events
 
 
@@ -115,7 +115,7 @@ def scan_sprsound(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(root, "SPRSound data folder does not exist")
+        raise DataError("SPRSound data folder does not exist", path=root)
     mapping = dict(DEFAULT_EVENT_MAPPING if event_mapping is None else event_mapping)
     scan = DatasetScan("sprsound", root, strict=strict)
     pairs: list[tuple[str, Path, Path]] = []
@@ -123,7 +123,7 @@ def scan_sprsound(
         if (root / json_dir).is_dir():
             pairs += [(split, root / wav_dir, j) for j in sorted((root / json_dir).glob("*.json"))]
     if not pairs:
-        raise DataError(root, "no SPRSound annotations found (expected train_json/ or test_json/inter_test_json/)")
+        raise DataError("no SPRSound annotations found (expected train_json/ or test_json/inter_test_json/)", path=root)
 
     annotated_wavs: set[Path] = set()
     for split, wav_dir, path in tqdm(pairs, desc="scan SPRSound", unit="rec", disable=not progress):

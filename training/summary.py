@@ -3,43 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from qlung_edge import CLASS_NAMES
-from qlung_edge.errors import DataError
 from training.records import DatasetScan
-
-
-def detect_layout(root: str | Path) -> str:
-    """'sprsound' for a folder with SPRSound's json folders, else 'icbhi'."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(root, "data folder does not exist")
-    if (root / "train_json").is_dir() or (root / "test_json").is_dir():
-        return "sprsound"
-    return "icbhi"
-
-
-def scan_folder(
-    root: str | Path,
-    dataset: str = "auto",
-    *,
-    with_audio: bool | None = None,
-    split_file: str | Path | None = None,
-    strict: bool = False,
-    progress: bool = True,
-) -> DatasetScan:
-    """Scan a data folder with the loader its layout calls for."""
-    from training.icbhi import scan_icbhi
-    from training.sprsound import scan_sprsound
-
-    layout = detect_layout(root) if dataset == "auto" else dataset
-    if layout == "icbhi":
-        return scan_icbhi(root, split_file=split_file, with_audio=with_audio, strict=strict, progress=progress)
-    if layout == "sprsound":
-        return scan_sprsound(root, with_audio=with_audio is not False, strict=strict, progress=progress)
-    raise ValueError(f"unknown dataset {dataset!r} (expected auto, icbhi or sprsound)")
 
 
 def _class_counts(labels: list[int]) -> dict[str, int]:

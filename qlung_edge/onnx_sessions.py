@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from qlung_edge.batches import in_batches
+
 OUTPUT_NAMES = ("logits", "probabilities", "embedding")
 
 
@@ -30,9 +32,8 @@ def onnx_session(path: str | Path, threads: int = 1, providers: list[str] | None
 def run_onnx(session: Any, windows: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
     """Outputs by name for `windows` [N, samples], run `batch` windows at a time."""
     name = session.get_inputs()[0].name
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
-    for start in range(0, len(windows), max(batch, 1)):
-        chunk = np.ascontiguousarray(windows[start : start + batch], dtype=np.float32)
-        for key, value in zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {name: chunk})):
-            parts[key].append(value)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {name: chunk})))
+
+    return in_batches(run, windows, batch)

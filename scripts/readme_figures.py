@@ -1,0 +1,90 @@
+"""Write the README's generated blocks from the files the project generates (BENCHMARKS.md, ...).
+
+A figure typed into the README by hand goes stale; here every block between
+`<!-- generated:NAME -->` and `<!-- end:NAME -->` is rebuilt from its source, and
+tests/test_readme.py fails when the README and its sources disagree.
+
+    python scripts/readme_figures.py          # rewrite README.md in place
+    python scripts/readme_figures.py --check  # exit 1 if it is out of date
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+BENCH_FIGURES = [
+    "AQS streaming, 1 s blocks",
+    "front end + model, ORT FP32, 1 window, 1 thread",
+    "ORT FP32 vs torch eager, 1 window",
+    "INT8 vs FP32 (ORT), 1 window",
+    "FP32: CPU at 1 s hop",
+    "FP32: window-to-event latency p99",
+    "FP32: peak RSS",
+    "FP32: start (spawn to first event)",
+    "overload: audio samples lost",
+]
+"""The headline speed figures the README quotes from BENCHMARKS.md (all of them are there)."""
+
+
+def benchmark_rows(text: str) -> dict[str, dict[str, str]]:
+    """BENCHMARKS.md's table as {figure: {value, unit, target, verdict, note}}."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] not in ("section", "---"):
+            rows[cells[1]] = dict(zip(("value", "unit", "target", "verdict", "note"), cells[2:]))
+    return rows
+
+
+def bench_block(benchmarks: str) -> str:
+    rows = benchmark_rows(benchmarks)
+    header = re.search(r"- date: (\S+)", benchmarks)
+    machine = re.search(r"- machine: (.+)", benchmarks)
+    lines = [
+        f"From [BENCHMARKS.md](BENCHMARKS.md) ({machine.group(1) if machine else 'machine unknown'}, "
+        f"{header.group(1)[:10] if header else 'date unknown'}; 1 thread):",
+        "",
+        "| figure | value | target | verdict |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for name in BENCH_FIGURES:
+        row = rows.get(name)
+        if row is None:
+            lines.append(f"| {name} | not measured | | |")
+            continue
+        lines.append(f"| {name} | {row['value']} {row['unit']} | {row['target']} | {row['verdict']} |")
+    return "\n".join(lines)
+
+
+def blocks() -> dict[str, str]:
+    return {"bench": bench_block((REPO / "BENCHMARKS.md").read_text())}
+
+
+def render(readme: str) -> str:
+    for name, body in blocks().items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- end:{name} -->)", re.S)
+        if not pattern.search(readme):
+            raise SystemExit(f"README.md has no <!-- generated:{name} --> ... <!-- end:{name} --> block")
+        readme = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), readme)
+    return readme
+
+
+def main() -> int:
+    path = REPO / "README.md"
+    current = path.read_text()
+    wanted = render(current)
+    if "--check" in sys.argv[1:]:
+        if current != wanted:
+            print("README.md is out of date: run python scripts/readme_figures.py", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
