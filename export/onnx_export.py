@@ -255,7 +255,7 @@ def export_bundle(
             ],
             "max_batch": options.max_batch,
             "opset": options.opset,
-            "op_audit": {"ok": audit.ok, "ops": audit.ops},
+            "op_audit": audit.to_dict(),
             "parity": {"tolerance": options.tolerance, "one_by_one": one_by_one, "batched": batched},
             "metrics": payload.get("metrics", {}),
             "selection": payload.get("selection"),
@@ -265,6 +265,12 @@ def export_bundle(
             from export.quantize import quantize_bundle_model
 
             manifest["int8"] = quantize_bundle_model(onnx_path, stage / INT8_FILE, calibration, log=log)
+            int8_audit = audit_file(stage / INT8_FILE)
+            log(f"  INT8 op audit: {int8_audit.summary()}")
+            if not int8_audit.ok:
+                problems = "; ".join(int8_audit.problems)
+                raise ExportError(f"the INT8 model would not run under TensorRT: {problems}", path=checkpoint)
+            manifest["int8"]["op_audit"] = int8_audit.to_dict()
         written = write_manifest(stage, manifest)
         log(f"  bundle written in {time.perf_counter() - t:.1f} s")
     sizes = ", ".join(f"{name} {record['bytes'] / 1e6:.2f} MB" for name, record in written["files"].items())

@@ -16,25 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from export.ops import front_end_nodes
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
-
-
-def front_end_nodes(model: Any) -> list[str]:
-    """Names of the nodes that compute the log-mel: the first Log node and everything it depends on."""
-    nodes = list(model.graph.node)
-    producer = {out: node for node in nodes for out in node.output}
-    log = next((n for n in nodes if n.op_type == "Log"), None)
-    if log is None:
-        return []
-    seen: dict[str, Any] = {}
-    stack = [log]
-    while stack:
-        node = stack.pop()
-        if node.name in seen:
-            continue
-        seen[node.name] = node
-        stack += [producer[i] for i in node.input if i in producer]
-    return sorted(seen)
 
 
 class _Windows:

@@ -1,27 +1,49 @@
 """Building TensorRT engines for a bundle, on the device (engines are tied to one TensorRT version and one GPU).
 
 Written against TensorRT 8.5/8.6 (JetPack 5, 6.0) and 10.x (JetPack 6.1+). The parts that do not touch a GPU
-(version dispatch, batch profile, which layers stay float32, the engine record) are plain functions so they
-are tested everywhere; building needs `tensorrt` and `pycuda`, imported only inside the functions that use
-them. Running an engine is device code and lives in `qlung_edge.tensorrt_runner`.
+(version dispatch, batch profile, which layers stay float32, the timing cache's name and fallback, the engine
+record, the staged bundle update) are plain functions, tested everywhere; building needs `tensorrt` and
+`pycuda`, imported only inside the functions that use them. Running an engine is device code and lives in
+`qlung_edge.tensorrt_runner`.
+
+A build never damages the bundle: the engine, its timing cache and the new manifest are written into a staged
+copy of the bundle, verified (and with `--check` compared with ONNX Runtime) there, and only then does the copy
+take the bundle's place. A failure anywhere leaves the old bundle as it was, still verifying.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.quantize import front_end_nodes
+from export.ops import front_end_output
 from qlung_edge.batches import in_batches
-from qlung_edge.bundle import CHECK_FILE, ENGINE_FILE, INT8_FILE, MODEL_FILE, Bundle, load_bundle, write_manifest
+from qlung_edge.bundle import (
+    CHECK_FILE,
+    ENGINE_FILE,
+    INT8_FILE,
+    MODEL_FILE,
+    Bundle,
+    load_bundle,
+    staged_folder,
+    write_manifest,
+)
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
-from qlung_edge.tensorrt_runner import EngineError, EngineRunner, device_facts
+from qlung_edge.tensorrt_runner import (
+    ENGINE_TOLERANCE,
+    DeviceFacts,
+    EngineError,
+    EngineRunner,
+    device_facts,
+    import_tensorrt,
+)
 
-TIMING_CACHE = "timing.cache"
+PRECISIONS = ("fp16", "int8", "fp32")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -59,27 +81,80 @@ class BatchProfile:
         return (self.minimum, samples), (self.optimum, samples), (self.maximum, samples)
 
 
-def float32_layers(layer_names: Iterable[str], front_end_nodes: Iterable[str]) -> list[str]:
-    """TensorRT layers that come from the front end's ONNX nodes.
+def upstream_layers(network: Any, tensor: str) -> list[int]:
+    """Indices of the layers that `tensor` depends on, itself's producer included, by walking the network.
 
-    They must stay float32: a DFT bin's power reaches 1.6e5 for a full-scale tone, past float16's 65504.
-    The parser names a layer after its ONNX node, sometimes with a suffix.
+    The front end must stay float32 (a DFT bin's power reaches 1.6e5 for a full-scale tone, past float16's
+    65504), and its layers are found by position in the graph, not by name: TensorRT 8.x leaves the parser's
+    helper layers (the Conv1d's unsqueeze and squeeze, broadcasts) unnamed, and a name prefix would also catch
+    unrelated layers.
     """
-    nodes = [n for n in front_end_nodes if n]
-    return [name for name in layer_names if any(name == n or name.startswith(n + "_") for n in nodes)]
+    producer: dict[str, int] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for k in range(layer.num_outputs):
+            producer[layer.get_output(k).name] = i
+    if tensor not in producer:
+        raise EngineError(f"the network has no tensor {tensor!r} (the front end's output) to pin to float32")
+    seen: set[int] = set()
+    stack = [producer[tensor]]
+    while stack:
+        index = stack.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        layer = network.get_layer(index)
+        for j in range(layer.num_inputs):
+            source = layer.get_input(j)
+            if source is not None and source.name in producer:
+                stack.append(producer[source.name])
+    return sorted(seen)
 
 
-def engine_record(
-    *, tensorrt_version: str, gpu: str, compute_capability: str, precision: str, profile: BatchProfile, plan: Path
-) -> dict[str, Any]:
+def timing_cache_name(facts: DeviceFacts) -> str:
+    """A timing cache per TensorRT version and GPU: one from elsewhere is never offered to the builder."""
+    return f"timing-trt{facts.tensorrt}-sm{facts.compute_capability.replace('.', '')}.cache"
+
+
+def load_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> Any:
+    """The builder's timing cache: the saved one if TensorRT takes it, else a fresh one (never None)."""
+    cache = None
+    if path.exists():
+        try:
+            cache = config.create_timing_cache(path.read_bytes())
+        except Exception as err:  # TensorRT raises for a damaged blob on some versions
+            log(f"  timing cache {path.name} unreadable ({err}): starting a fresh one")
+        if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+            log(f"  timing cache {path.name} does not fit this device or TensorRT: starting a fresh one")
+            cache = None
+    if cache is None:
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise EngineError("TensorRT could not create an empty timing cache", path=path)
+    return cache
+
+
+def engine_record(*, facts: DeviceFacts, precision: str, profile: BatchProfile, plan: Path) -> dict[str, Any]:
     return {
         "file": plan.name,
-        "tensorrt": tensorrt_version,
-        "gpu": gpu,
-        "compute_capability": compute_capability,
+        "tensorrt": facts.tensorrt,
+        "gpu": facts.gpu,
+        "compute_capability": facts.compute_capability,
+        "sm_count": facts.sm_count,
+        "memory_mb": facts.memory_mb,
         "precision": precision,
+        "tolerance": ENGINE_TOLERANCE[precision],
         "batch_profile": {"min": profile.minimum, "opt": profile.optimum, "max": profile.maximum},
     }
+
+
+def float32_tensor(onnx_path: Path) -> str:
+    import onnx
+
+    name = front_end_output(onnx.load(str(onnx_path), load_external_data=False))
+    if name is None:
+        raise EngineError("no Log node: cannot tell where the float32 front end ends", path=onnx_path)
+    return name
 
 
 # --------------------------------------------------------------------------- on the device
@@ -87,85 +162,116 @@ def engine_record(
 
 def build_engine(
     bundle: Bundle,
+    folder: Path,
     *,
     precision: str = "fp16",
     profile: BatchProfile = BatchProfile(),
     workspace_mb: int = 1024,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build `model.plan` into the bundle folder; returns the engine record for the manifest."""
-    import onnx
-    import tensorrt as trt
-
-    if precision not in ("fp16", "int8", "fp32"):
+    """Build the engine of `bundle` into `folder` (a staged copy of it); returns the engine record."""
+    cuda, trt = import_tensorrt()
+    if precision not in PRECISIONS:
         raise EngineError(f"precision must be fp16, int8 or fp32, got {precision!r}")
     onnx_path = bundle.file(INT8_FILE if precision == "int8" else MODEL_FILE)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    network = builder.create_network(network_flags(trt.__version__, None if explicit is None else int(explicit)))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT {trt.__version__} cannot parse it: {errors}", path=onnx_path)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("fp16", "int8") and getattr(builder, "platform_has_fast_fp16", True):  # deprecated in 10.x
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
-    keep = set(
-        float32_layers(
-            (network.get_layer(i).name for i in range(network.num_layers)),
-            front_end_nodes(onnx.load(str(onnx_path), load_external_data=False)),
-        )
-    )
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.name in keep:
+    cuda.init()
+    device = cuda.Device(0)
+    context = device.make_context()
+    try:
+        facts = device_facts(cuda, trt, device)
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+        network = builder.create_network(network_flags(trt.__version__, None if explicit is None else int(explicit)))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"TensorRT {trt.__version__} cannot parse it: {errors}", path=onnx_path)
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
+        pinned = upstream_layers(network, float32_tensor(onnx_path))
+        for index in pinned:
+            layer = network.get_layer(index)
             layer.precision = trt.float32
             for k in range(layer.num_outputs):
                 layer.set_output_type(k, trt.float32)
-    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    input_name = network.get_input(0).name
-    optimisation = builder.create_optimization_profile()
-    optimisation.set_shape(input_name, *profile.shapes(bundle.window_samples))
-    config.add_optimization_profile(optimisation)
-    cache_path = bundle.path / TIMING_CACHE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    log(f"building a {precision} engine with TensorRT {trt.__version__} ({len(keep)} front-end layers kept float32)")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineError(f"TensorRT {trt.__version__} failed to build an engine (see its log above)", path=onnx_path)
-    plan = bundle.path / ENGINE_FILE
-    plan.write_bytes(bytes(serialized))
-    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    version, gpu, capability = device_facts()
-    return engine_record(
-        tensorrt_version=version,
-        gpu=gpu,
-        compute_capability=capability,
-        precision=precision,
-        profile=profile,
-        plan=plan,
-    )
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        optimisation = builder.create_optimization_profile()
+        optimisation.set_shape(network.get_input(0).name, *profile.shapes(bundle.window_samples))
+        config.add_optimization_profile(optimisation)
+        cache_path = folder / timing_cache_name(facts)
+        load_timing_cache(config, cache_path, log)
+        log(
+            f"building a {precision} engine with TensorRT {trt.__version__} on {facts.gpu} ({facts.sm_count} SMs):"
+            f" {len(pinned)} of {network.num_layers} layers (the front end) kept float32"
+        )
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineError(
+                f"TensorRT {trt.__version__} failed to build an engine (see its log above)", path=onnx_path
+            )
+        plan = folder / ENGINE_FILE
+        plan.write_bytes(bytes(serialized))
+        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        return engine_record(facts=facts, precision=precision, profile=profile, plan=plan)
+    finally:
+        context.pop()
 
 
 def check_engine(bundle: Bundle, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Engine vs ONNX Runtime on the bundle's check windows: max |difference| per output."""
+    """Engine vs ONNX Runtime on the bundle's check windows: max |difference| per output; an EngineError when
+    the probabilities differ by more than the engine's precision allows."""
     checks = np.load(bundle.file(CHECK_FILE))
     windows = checks["waveform"]
     reference = run_onnx(onnx_session(bundle.file(MODEL_FILE)), windows, batch=1)
     runner = EngineRunner(bundle)
     try:
-        outputs = in_batches(runner.run, windows, int(bundle.manifest["engine"]["batch_profile"]["max"]))
+        outputs = in_batches(runner.run, windows, runner.maximum)
     finally:
         runner.close()
     result = {name: float(np.abs(outputs[name] - reference[name]).max()) for name in reference}
     differences = ", ".join(f"max |d{k}| {v:.2e}" for k, v in result.items())
-    log(f"engine vs ONNX Runtime on {len(windows)} check windows: {differences}")
+    record = bundle.manifest["engine"]
+    tolerance = float(record.get("tolerance", ENGINE_TOLERANCE[record["precision"]]))
+    log(f"engine vs ONNX Runtime on {len(windows)} check windows: {differences} (tolerance {tolerance:g})")
+    if not result["probabilities"] <= tolerance:
+        raise EngineError(
+            f"the {record['precision']} engine differs from ONNX Runtime by {result['probabilities']:.2e} in"
+            f" probability (more than {tolerance:g}): not installed",
+            path=bundle.path / ENGINE_FILE,
+        )
     return result
+
+
+def staged_update(
+    folder: str | Path,
+    change: Callable[[Bundle, Path], dict[str, Any]],
+    check: Callable[[Bundle], dict[str, Any]] | None = None,
+) -> Bundle:
+    """Apply `change` to a staged copy of the bundle at `folder` and swap it in only once it verifies.
+
+    `change(bundle, stage)` writes new files into `stage` and returns manifest entries to add; the manifest is
+    rewritten there and the copy verified; `check(staged)` may refuse it (raise) or add more entries. Then the
+    copy replaces the bundle. A failure at any step leaves the bundle untouched.
+    """
+    folder = Path(folder).resolve()  # a symlinked bundle (bundles/current) stays a symlink to its new folder
+    bundle = load_bundle(folder)
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "manifest_sha256", "format")}
+    with staged_folder(folder, force=True) as stage:
+        for name in bundle.manifest["files"]:
+            shutil.copy2(bundle.path / name, stage / name)
+        manifest.update(change(bundle, stage))
+        write_manifest(stage, manifest)
+        staged = load_bundle(stage)
+        if check is not None:
+            manifest.update(check(staged))
+            write_manifest(stage, manifest)
+            load_bundle(stage)
+    return load_bundle(folder)
 
 
 def add_engine(
@@ -177,13 +283,17 @@ def add_engine(
     check: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build the engine into a verified bundle and record it in the manifest (then optionally check it)."""
-    bundle = load_bundle(folder)
-    record = build_engine(bundle, precision=precision, profile=profile, workspace_mb=workspace_mb, log=log)
-    manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "manifest_sha256")}
-    write_manifest(bundle.path, {**manifest, "engine": record})
-    bundle = load_bundle(folder)
-    if check:
-        record["check"] = check_engine(bundle, log)
-        write_manifest(bundle.path, {**manifest, "engine": record})
+    """Build the engine into a verified bundle and record it in the manifest; with `check`, install it only if
+    it agrees with ONNX Runtime on the bundle's check windows (an EngineError otherwise)."""
+
+    def change(bundle: Bundle, stage: Path) -> dict[str, Any]:
+        record = build_engine(bundle, stage, precision=precision, profile=profile, workspace_mb=workspace_mb, log=log)
+        return {"engine": record}
+
+    def compare(staged: Bundle) -> dict[str, Any]:
+        return {"engine": {**staged.manifest["engine"], "check": check_engine(staged, log)}}
+
+    bundle = staged_update(folder, change, compare if check else None)
+    record = bundle.manifest["engine"]
+    log(f"engine installed in {bundle.path} ({record['precision']}, TensorRT {record['tensorrt']}, {record['gpu']})")
     return record

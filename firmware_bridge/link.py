@@ -110,8 +110,11 @@ class LinkReceiver:
         return out
 
     def flush(self) -> list[AudioBlock]:
-        """End of stream: release frames still waiting for a missing one."""
-        return self._flush_pending()
+        """End of stream: decode what the decoder still holds, then release frames waiting for a missing one."""
+        out: list[AudioBlock] = []
+        for frame in self.decoder.flush():
+            out.extend(self.accept(frame))
+        return out + self._flush_pending()
 
     def _max_gap_samples(self, frame: Frame) -> float:
         return self.max_gap_seconds * frame.sample_rate

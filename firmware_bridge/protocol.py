@@ -297,6 +297,20 @@ class FrameDecoder:
         del buffer[:start]
         return frames
 
+    def flush(self) -> list[Frame]:
+        """The stream ended: recover frames hidden behind a partial one.
+
+        A corrupted length field can claim bytes that will never come; while the stream flows, more bytes
+        arrive, the CRC fails and the search resumes one byte on. At the end nothing more arrives, so the
+        partial frame is given up a byte at a time and the rest is searched; what remains is garbage.
+        """
+        frames = self.feed(b"")
+        while self._buffer:
+            self._skip(1)
+            del self._buffer[:1]
+            frames += self.feed(b"")
+        return frames
+
     def _skip(self, count: int) -> None:
         if count <= 0:
             return

@@ -7,7 +7,7 @@ option only (it needs the training checkpoint and is never imported on the devic
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from qlung_edge.onnx_sessions import onnx_session
 from qlung_edge.tensorrt_runner import EngineRunner
 
 BACKENDS = ("auto", "onnx", "tensorrt", "torch")
+log = logging.getLogger("qlung_edge.backends")
 PRECISIONS = ("fp32", "int8")
 
 
@@ -63,10 +64,18 @@ class OnnxBackend(Backend):
 
 @dataclass
 class TensorRTBackend(Backend):
+    start_timeout: float = 60.0
+
     def __post_init__(self) -> None:
-        self._runner = EngineRunner(self.bundle)
-        self.max_batch = int(self.bundle.manifest["engine"]["batch_profile"]["max"])
-        self.details = {"file": ENGINE_FILE, "precision": self.bundle.manifest["engine"].get("precision")}
+        self._runner = EngineRunner(self.bundle, start_timeout=self.start_timeout)
+        self.max_batch = self._runner.maximum
+        record = self.bundle.manifest["engine"]
+        self.details = {
+            "file": ENGINE_FILE,
+            "precision": record.get("precision"),
+            "tolerance": record.get("tolerance"),
+            "gpu": record.get("gpu"),
+        }
 
     def run(self, windows: np.ndarray) -> np.ndarray:
         return in_batches(lambda chunk: self._runner.run(chunk)["probabilities"], windows, self.max_batch)
@@ -103,10 +112,6 @@ class TorchBackend(Backend):
         return in_batches(run, windows, self.max_batch)
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
 def open_backend(
     bundle: Bundle,
     kind: str = "auto",
@@ -115,14 +120,22 @@ def open_backend(
     max_batch: int = 16,
     checkpoint: Path | None = None,
 ) -> Backend:
+    """The backend to run `bundle` with. `auto` runs the bundle's TensorRT engine when there is one and it
+    starts here, else ONNX Runtime: the reason for falling back is logged and kept in `details["fallback"]`
+    (the daemon's /health and start event show it). An explicit `tensorrt` fails instead."""
     if kind not in BACKENDS:
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if precision not in PRECISIONS:
         raise BackendError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if kind == "auto":
-        kind = "tensorrt" if bundle.has(ENGINE_FILE) and _has("tensorrt") and _has("pycuda") else "onnx"
-    if kind == "tensorrt":
-        return TensorRTBackend("tensorrt", bundle)
+    fallback = None
+    if kind in ("auto", "tensorrt") and (kind == "tensorrt" or bundle.has(ENGINE_FILE)):
+        try:
+            return TensorRTBackend("tensorrt", bundle)
+        except QLungError as err:
+            if kind == "tensorrt":
+                raise
+            fallback = f"TensorRT engine not used: {err}"
+            log.warning("%s; running ONNX Runtime instead", fallback)
     if kind == "torch":
         return TorchBackend("torch", bundle, max_batch, checkpoint=checkpoint, threads=threads)
     model_file = INT8_FILE if precision == "int8" else MODEL_FILE
@@ -133,6 +146,9 @@ def open_backend(
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers() and precision == "fp32":
         providers.insert(0, "CUDAExecutionProvider")
-    return OnnxBackend(
+    backend = OnnxBackend(
         f"onnx-{precision}", bundle, max_batch, threads=threads, model_file=model_file, providers=providers
     )
+    if fallback:
+        backend.details["fallback"] = fallback
+    return backend

@@ -19,6 +19,19 @@ import click
 from qlung_edge import WINDOW_SAMPLES, __version__
 from qlung_edge.errors import QLungError
 
+TORCH_PYTHON = (3, 9)
+"""Training, evaluation and ONNX export run torch, which needs this Python; the device side runs on 3.8."""
+
+
+def needs_torch(command: str) -> None:
+    """A clear error where a command needs torch on a Python (JetPack 5's 3.8) that cannot have it."""
+    if sys.version_info < TORCH_PYTHON:
+        raise QLungError(
+            f"`qlung-edge {command}` needs torch, hence Python {'.'.join(map(str, TORCH_PYTHON))}+"
+            f" (this is {sys.version.split()[0]}): run it on the training machine; the device runs"
+            " `daemon`, `export BUNDLE --trt`, `eval-stream`, `capture` and `bench` without torch"
+        )
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110, "terminal_width": 110})
 @click.version_option(__version__, prog_name="qlung-edge")
@@ -179,6 +192,7 @@ def train(
     recipe: str, overrides: tuple[str, ...], out: Path | None, seeds: str | None, resume: bool, stop_after: int | None
 ) -> None:
     """Train QLung (or a baseline) from a recipe; overrides like train.epochs=3 data.root=DIR."""
+    needs_torch("train")
     from training.config import load_recipe
     from training.engine import train as train_one
     from training.engine import train_seeds
@@ -215,6 +229,7 @@ def eval_command(
     checkpoint: Path, data: Path, dataset: str, split: str, out: Path | None, device: str, thresholds: str | None
 ) -> None:
     """Evaluate a checkpoint: Sp, Se, Score per class and device, risk-coverage by AQS."""
+    needs_torch("eval")
     from training.evaluate import evaluate_checkpoint, format_result
 
     cuts = [float(x) for x in thresholds.split(",")] if thresholds else None
@@ -262,6 +277,7 @@ def export_command(
     """Checkpoint to a verified model bundle (ONNX, INT8); --trt builds the TensorRT engine on the device."""
     bundle = source
     if source.is_file():
+        needs_torch("export CHECKPOINT")
         from export.onnx_export import export_bundle
 
         if out is None:

@@ -18,10 +18,8 @@ from onnx import TensorProto, helper
 from export import onnx_export
 from export.onnx_export import ExportError, export_bundle
 from export.ops import audit_model
-from export.tensorrt import BatchProfile, engine_record, float32_layers, network_flags, version_tuple
 from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MANIFEST, MODEL_FILE, BundleError, load_bundle
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
-from qlung_edge.tensorrt_runner import EngineError, EngineRunner, engine_refusal
 
 
 def test_bundle_has_everything_the_device_needs(bundle: Path) -> None:
@@ -72,16 +70,6 @@ def _graph(op: str, inputs: list[str], out_type: int = TensorProto.FLOAT, opset:
     return helper.make_model(
         helper.make_graph([node], "g", [x], [y], initializer=consts), opset_imports=[helper.make_opsetid("", opset)]
     )
-
-
-def test_op_audit_refuses_what_tensorrt_lacks() -> None:
-    stft = audit_model(_graph("STFT", ["x", "step"]))
-    assert not stft.ok and "STFT" in stft.problems[0] and "Conv1d" in stft.problems[0]
-    dft = audit_model(_graph("DFT", ["x"], out_type=TensorProto.COMPLEX64))
-    assert any("complex" in p for p in dft.problems) and any("DFT" in p for p in dft.problems)
-    new = audit_model(_graph("Relu", ["x"], opset=18))
-    assert new.problems == ["opset 18 is newer than TensorRT 8.5/8.6 read (at most 17)"]
-    assert audit_model(_graph("Relu", ["x"])).ok
 
 
 def test_int8_model_is_judged_against_fp32(bundle: Path) -> None:
@@ -180,55 +168,3 @@ def test_cli_export_and_its_errors(checkpoint: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
     folder = run(str(tmp_path / "b"))
     assert folder.returncode == 2 and "--trt" in folder.stderr
-
-
-# --------------------------------------------------------------------------- TensorRT logic (no GPU needed)
-
-
-def test_network_flags_follow_the_tensorrt_version() -> None:
-    assert version_tuple("8.5.2.2") == (8, 5, 2, 2) and version_tuple("10.3.0") == (10, 3, 0)
-    assert network_flags("8.5.2.2", 0) == 1 and network_flags("8.6.1", 0) == 1
-    assert network_flags("10.3.0", None) == 0 and network_flags("10.0.1", 0) == 0
-    with pytest.raises(EngineError):
-        network_flags("8.6.1", None)
-
-
-def test_batch_profile_and_float32_front_end_layers() -> None:
-    assert BatchProfile(1, 2, 8).shapes(128000) == ((1, 128000), (2, 128000), (8, 128000))
-    with pytest.raises(ValueError):
-        BatchProfile(2, 1, 8)
-    layers = ["node_Conv_0", "node_Conv_0_output", "node_Mul_3", "node_Conv_10", "node_Log_5"]
-    assert float32_layers(layers, ["node_Conv_0", "node_Log_5"]) == ["node_Conv_0", "node_Conv_0_output", "node_Log_5"]
-
-
-def test_an_engine_built_elsewhere_is_refused(bundle: Path) -> None:
-    record = engine_record(
-        tensorrt_version="8.6.2",
-        gpu="Orin",
-        compute_capability="8.7",
-        precision="fp16",
-        profile=BatchProfile(),
-        plan=Path("model.plan"),
-    )
-    assert engine_refusal(record, tensorrt_version="8.6.2", gpu="Orin", compute_capability="8.7") is None
-    assert "TensorRT 8.6.2" in str(
-        engine_refusal(record, tensorrt_version="10.3.0", gpu="Orin", compute_capability="8.7")
-    )
-    assert "rebuild it here" in str(
-        engine_refusal(record, tensorrt_version="8.6.2", gpu="NVIDIA H100", compute_capability="9.0")
-    )
-    with pytest.raises(BundleError, match="no TensorRT engine"):
-        EngineRunner(load_bundle(bundle))
-
-
-@pytest.mark.gpu
-def test_tensorrt_engine_matches_onnx_runtime(bundle: Path, tmp_path: Path) -> None:
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("pycuda.driver")
-    from export.tensorrt import add_engine
-
-    copy = tmp_path / "b"
-    shutil.copytree(bundle, copy)
-    record = add_engine(copy, precision="fp16", profile=BatchProfile(1, 1, 4), check=True, log=print)
-    assert record["check"]["probabilities"] < 1e-2
-    assert load_bundle(copy).manifest["engine"]["tensorrt"] == record["tensorrt"]

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = ["qlung_edge", "firmware_bridge", "export/tensorrt.py", "export/ops.py", "scripts/example_events.py"]
@@ -47,3 +48,24 @@ def test_declared_floors_match() -> None:
     assert setup["options"]["python_requires"].strip() == ">=3.8"
     ruff = (REPO / "ruff.toml").read_text()
     assert re.search(r'^target-version = "py38"$', ruff, re.M)
+
+
+def test_the_device_extras_pull_no_torch_and_all_that_trt_needs() -> None:
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    extras = {k: {re.split(r"[<>=;\[ ]", line.strip())[0] for line in v.splitlines() if line.strip()}
+              for k, v in setup["options.extras_require"].items()}  # fmt: skip
+    runtime = {re.split(r"[<>=;\[ ]", line.strip())[0] for line in setup["options"]["install_requires"].splitlines()}
+    for extra in ("device", "jetson"):
+        assert "torch" not in extras[extra] and "torch" not in runtime
+    assert {"pycuda", "onnx", "sounddevice", "pyserial", "paho-mqtt"} <= extras["jetson"]
+
+
+def test_training_commands_say_they_need_a_newer_python(monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from qlung_edge.cli import cli
+
+    monkeypatch.setattr(sys, "version_info", (3, 8, 10, "final", 0))
+    result = CliRunner().invoke(cli, ["train", "--config", "demo"])
+    assert result.exit_code != 0 and "needs torch, hence Python 3.9+" in str(result.exception)

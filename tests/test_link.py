@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge.link import LinkReceiver
@@ -173,7 +173,7 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 10_000), max_size=20))
 def test_arbitrary_bytes_never_crash_or_yield_a_bad_frame(data: bytes, cuts: list[int]) -> None:
     decoder = FrameDecoder()
-    frames = [f for chunk in _chunks(data, cuts) for f in decoder.feed(chunk)]
+    frames = [f for chunk in _chunks(data, cuts) for f in decoder.feed(chunk)] + decoder.flush()
     for frame in frames:  # anything delivered is a real frame of the input, CRC included
         reencoded = encode_frame(
             frame.kind, frame.sequence, frame.payload, frame.timestamp_us, frame.sample_rate,
@@ -189,6 +189,7 @@ def test_arbitrary_bytes_never_crash_or_yield_a_bad_frame(data: bytes, cuts: lis
     st.lists(st.tuples(st.sampled_from(["flip", "delete", "insert", "sync"]), st.integers(0, 10**6)), max_size=12),
     st.lists(st.integers(0, 10**6), max_size=30),
 )
+@example(seed=5185, damage=[("flip", 0)] * 4 + [("flip", 76530)], cuts=[])  # frames 7-11 behind a bad length
 def test_corrupted_streams_keep_every_intact_frame(seed: int, damage: list[tuple[str, int]], cuts: list[int]) -> None:
     frames = _valid_frames(12, seed)
     pieces = [bytearray(f) for f in frames]
@@ -209,7 +210,7 @@ def test_corrupted_streams_keep_every_intact_frame(seed: int, damage: list[tuple
             pieces[index] = piece + (b"\xa5\x5a" if kind == "sync" else b"") + noise
     stream = b"".join(bytes(p) for p in pieces)
     decoder = FrameDecoder()
-    decoded = [f for chunk in _chunks(stream, cuts) for f in decoder.feed(chunk)]
+    decoded = [f for chunk in _chunks(stream, cuts) for f in decoder.feed(chunk)] + decoder.flush()
     sequences = [f.sequence for f in decoded]
     intact = [i for i in range(len(frames)) if i not in touched]
     assert set(intact) <= set(sequences), "an untouched frame was lost"

@@ -11,6 +11,7 @@ embedding and normalised class weights, scaled by s_a) or, for the plain-CE base
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +123,32 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        _, n, d = x.shape  # -1 for the batch: a reshape by x.shape[0] exports as Shape ops TensorRT 8.x misreads
+        q, k, v = self.qkv(x).reshape(-1, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.transpose(1, 2).reshape(-1, n, d))
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU written with erf: exports as Erf, which every TensorRT parser has (ONNX Gelu needs opset 20,
+    and TensorRT reads it only from 10.0)."""
+    return 0.5 * x * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm over the last axis, written out: exports as ReduceMean/Sub/Mul/Sqrt/Div, which TensorRT 8.5
+    parses (it has no LayerNormalization importer; 8.6 and later do). Same parameter names as nn.LayerNorm."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=-1, keepdim=True)
+        variance = (centred * centred).mean(dim=-1, keepdim=True)
+        return centred / torch.sqrt(variance + self.eps) * self.weight + self.bias
 
 
 class Mlp(nn.Module):
@@ -135,15 +158,15 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(gelu(self.fc1(x)))
 
 
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +187,7 @@ class DistilledViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(config.embed_dim, config.heads, config.mlp_ratio) for _ in range(config.depth)
         )
-        self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
+        self.norm = LayerNorm(config.embed_dim)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.dist_token, std=0.02)
@@ -182,7 +205,8 @@ class AST(nn.Module):
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         x = logmel.unsqueeze(1).transpose(2, 3)  # [B, 1, mels, frames], as AST
         x = self.v.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.v.cls_token, self.v.dist_token], dim=1).expand(x.shape[0], -1, -1)
+        # Broadcast the two tokens over the batch by adding zeros shaped like it (no Shape/Expand in the graph).
+        tokens = torch.cat([self.v.cls_token, self.v.dist_token], dim=1) + torch.zeros_like(x[:, :2])
         x = torch.cat([tokens, x], dim=1) + self.v.pos_embed
         for block in self.v.blocks:
             x = block(x)
@@ -246,6 +270,16 @@ def load_ast_weights(model: AST, state: dict[str, torch.Tensor]) -> list[str]:
 # --------------------------------------------------------------------------- heads and the whole model
 
 
+def unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Each row divided by its L2 norm (at least `eps`), as `F.normalize(x, dim=1)` computes it.
+
+    Written out because `F.normalize` exports as Shape(start, end) -> Expand, and TensorRT 8.5/8.6 ignore
+    Shape's start/end: the head's Gemm then sees a rank-3 input and the Jetson's parser stops. Broadcasting a
+    keepdim norm needs neither Shape nor Expand.
+    """
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(eps)
+
+
 class AngularHead(nn.Module):
     """cos(theta_k) between the L2-normalised embedding and class weights; logits are s_a * cos."""
 
@@ -256,7 +290,7 @@ class AngularHead(nn.Module):
         self.scale = scale
 
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(embedding, dim=1), F.normalize(self.weight, dim=1))
+        return F.linear(unit_rows(embedding), unit_rows(self.weight))
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos = self.cosine(embedding)
