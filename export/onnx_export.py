@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from export.ops import MAX_OPSET, audit_file
-from qlung_edge import CLASS_NAMES, MODEL_SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS, __version__
+from qlung_edge import CLASS_NAMES, MODEL_SAMPLE_RATE, WINDOW_SAMPLES, __version__
 from qlung_edge.audio import read_audio, resample
 from qlung_edge.batches import in_batches
 from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MODEL_FILE, staged_folder, write_manifest
 from qlung_edge.errors import QLungError
-from qlung_edge.onnx_sessions import OUTPUT_NAMES, onnx_session, run_onnx
+from qlung_edge.examination import VerdictRule
+from qlung_edge.onnx_sessions import onnx_session, run_onnx
 
 INPUT_NAME = "waveform"
 
@@ -41,8 +42,8 @@ class ExportOptions:
     max_batch: int = 32
     tolerance: float = 1e-4
     """Largest allowed |probability difference| between ONNX Runtime and torch."""
-    hop_seconds: float = 1.0
-    """The daemon's default step between windows, stored in the manifest."""
+    hop_seconds: float | None = None
+    """The daemon's default step between windows, stored in the manifest; default: the recipe's."""
     synthetic_check_windows: int = 4
 
 
@@ -55,7 +56,7 @@ class _Outputs(torch.nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(waveform)
-        return tuple(out[name] for name in OUTPUT_NAMES)
+        return tuple(out[name] for name in self.model.output_names)
 
 
 def _to_opset(model: Any, opset: int) -> Any:
@@ -76,11 +77,13 @@ def _to_opset(model: Any, opset: int) -> Any:
     return model
 
 
-def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = ExportOptions()) -> None:
+def export_onnx(
+    model: torch.nn.Module, path: Path, options: ExportOptions = ExportOptions(), samples: int = WINDOW_SAMPLES
+) -> None:
     """torch.export-based ONNX export with a dynamic batch, converted to the opset the Jetson reads."""
     import onnx
 
-    example = torch.zeros(2, WINDOW_SAMPLES)
+    example = torch.zeros(2, samples)
     batch = torch.export.Dim("batch", min=1, max=options.max_batch)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -95,7 +98,7 @@ def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = Exp
                 str(raw),
                 dynamo=True,
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(model.output_names),
                 dynamic_shapes={"waveform": {0: batch}},
                 optimize=True,  # constant folding and graph simplification (onnxscript's optimizer)
                 external_data=False,
@@ -110,28 +113,30 @@ def export_onnx(model: torch.nn.Module, path: Path, options: ExportOptions = Exp
 # --------------------------------------------------------------------------- check windows
 
 
-def _window(samples: np.ndarray, rate: int) -> np.ndarray:
-    return np.resize(resample(samples, rate, MODEL_SAMPLE_RATE), WINDOW_SAMPLES)  # first 8 s, repeated when shorter
+def _window(samples: np.ndarray, rate: int, length: int) -> np.ndarray:
+    return np.resize(resample(samples, rate, MODEL_SAMPLE_RATE), length)  # the first window, repeated when shorter
 
 
-def synthetic_windows(count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def synthetic_windows(count: int, seed: int = 0, length: int = WINDOW_SAMPLES) -> tuple[np.ndarray, list[str]]:
     """Windows of freshly synthesised recordings (with crackles, wheezes, degradations), no files."""
     from training.synth import SynthConfig, draw_specs, render
 
     specs = draw_specs(SynthConfig(recordings=count, seed=seed), "icbhi")[:count]
-    windows = [_window(render(spec), spec.rate) for spec in specs]
+    windows = [_window(render(spec), spec.rate, length) for spec in specs]
     return np.stack(windows), [f"synthetic:{spec.name}" for spec in specs]
 
 
-def recording_windows(folder: str | Path, limit: int = 10) -> tuple[np.ndarray, list[str]]:
-    """The first 8 s of each WAV in `folder` (sorted), at 16 kHz."""
+def recording_windows(
+    folder: str | Path, limit: int = 10, length: int = WINDOW_SAMPLES
+) -> tuple[np.ndarray, list[str]]:
+    """The first window of each WAV in `folder` (sorted), at 16 kHz."""
     paths = sorted(Path(folder).glob("*.wav"))[:limit]
     if not paths:
         raise ExportError("no .wav files to check parity on", path=folder)
     windows = []
     for path in paths:
         audio = read_audio(path)
-        windows.append(_window(audio.samples, audio.sample_rate))
+        windows.append(_window(audio.samples, audio.sample_rate, length))
     return np.stack(windows), [str(p) for p in paths]
 
 
@@ -141,7 +146,7 @@ def torch_outputs(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -
 
     def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
         out = model(torch.from_numpy(chunk))
-        return {name: out[name].float().numpy() for name in OUTPUT_NAMES}
+        return {name: out[name].float().numpy() for name in model.output_names}
 
     return in_batches(run, windows, batch)
 
@@ -149,7 +154,7 @@ def torch_outputs(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> dict[str, Any]:
     """Max |difference| per output and whether every window gets the same class."""
     result: dict[str, Any] = {
-        f"max_abs_{name}": float(np.abs(reference[name] - candidate[name]).max()) for name in OUTPUT_NAMES
+        f"max_abs_{name}": float(np.abs(reference[name] - candidate[name]).max()) for name in reference
     }
     same = reference["probabilities"].argmax(1) == candidate["probabilities"].argmax(1)
     result["argmax_identical"] = bool(same.all())
@@ -196,21 +201,24 @@ def export_bundle(
     from training.models import count_parameters
 
     model, config, payload = load_model(checkpoint)
+    seconds = config.data.window_seconds
+    samples = int(round(seconds * MODEL_SAMPLE_RATE))
+    hop = options.hop_seconds if options.hop_seconds is not None else config.data.hop_seconds
     out = Path(out)
     with staged_folder(out, force) as stage:
         t = time.perf_counter()
         log(f"exporting {config.model.backbone} ({count_parameters(model):,} parameters) to ONNX opset {options.opset}")
         onnx_path = stage / MODEL_FILE
-        export_onnx(model, onnx_path, options)
+        export_onnx(model, onnx_path, options, samples)
         audit = audit_file(onnx_path)
         log(f"  op audit: {audit.summary()}")
         if not audit.ok:
             problems = "; ".join(audit.problems)
             raise ExportError(f"the ONNX model would not run under TensorRT: {problems}", path=checkpoint)
 
-        windows, names = synthetic_windows(options.synthetic_check_windows)
+        windows, names = synthetic_windows(options.synthetic_check_windows, length=samples)
         if real_audio is not None:
-            real, real_names = recording_windows(real_audio)
+            real, real_names = recording_windows(real_audio, length=samples)
             windows, names = np.concatenate([windows, real]), names + real_names
         reference = torch_outputs(model, windows)
         session = onnx_session(onnx_path, threads=1)
@@ -238,20 +246,22 @@ def export_bundle(
             "source_checkpoint": str(checkpoint),
             "classes": list(CLASS_NAMES),
             "sample_rate": MODEL_SAMPLE_RATE,
-            "window_seconds": WINDOW_SECONDS,
-            "window_samples": WINDOW_SAMPLES,
-            "hop_seconds": options.hop_seconds,
+            "window_seconds": seconds,
+            "window_samples": samples,
+            "hop_seconds": hop,
+            "training_unit": payload.get("geometry", {}).get("unit", config.data.unit),
             "quality": config.quality.to_dict(),
             "model": {
                 "backbone": config.model.backbone,
                 "head": config.loss.head,
                 "parameters": count_parameters(model),
             },
-            "inputs": [{"name": INPUT_NAME, "shape": ["batch", WINDOW_SAMPLES], "dtype": "float32"}],
+            "inputs": [{"name": INPUT_NAME, "shape": ["batch", samples], "dtype": "float32"}],
             "outputs": [
                 {"name": "logits", "shape": ["batch", len(CLASS_NAMES)], "dtype": "float32"},
                 {"name": "probabilities", "shape": ["batch", len(CLASS_NAMES)], "dtype": "float32"},
                 {"name": "embedding", "shape": ["batch", int(reference["embedding"].shape[1])], "dtype": "float32"},
+                *([{"name": "poor", "shape": ["batch"], "dtype": "float32"}] if "poor" in reference else []),
             ],
             "max_batch": options.max_batch,
             "opset": options.opset,
@@ -259,12 +269,16 @@ def export_bundle(
             "parity": {"tolerance": options.tolerance, "one_by_one": one_by_one, "batched": batched},
             "metrics": payload.get("metrics", {}),
             "selection": payload.get("selection"),
+            "verdict": payload.get("verdict", VerdictRule().to_dict()),
+            "quality_estimate": payload.get("quality_estimate"),
             "versions": _versions(),
         }
         if int8:
             from export.quantize import quantize_bundle_model
 
-            manifest["int8"] = quantize_bundle_model(onnx_path, stage / INT8_FILE, calibration, log=log)
+            manifest["int8"] = quantize_bundle_model(
+                onnx_path, stage / INT8_FILE, calibration, seconds=seconds, log=log
+            )
             int8_audit = audit_file(stage / INT8_FILE)
             log(f"  INT8 op audit: {int8_audit.summary()}")
             if not int8_audit.ok:

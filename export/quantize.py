@@ -97,10 +97,11 @@ def quantize_bundle_model(
     *,
     calibration_cycles: int = 64,
     held_out_cycles: int = 300,
+    seconds: float = 8.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Quantize, then compare FP32 and INT8 on held-out cycles: Score and 1-thread latency."""
-    from training.cycles import CycleAudioLoader
+    from training.cycles import CycleAudioConfig, CycleAudioLoader
     from training.datasets import scan_folder
     from training.metrics import confusion_matrix, icbhi_scores
 
@@ -113,7 +114,7 @@ def quantize_bundle_model(
                 "icbhi"
             ]
         scan = scan_folder(data, progress=False)  # one scan and one decode cache serve both splits
-        loader = CycleAudioLoader(scan.recordings)
+        loader = CycleAudioLoader(scan.recordings, CycleAudioConfig(seconds=seconds))
         calibration, _ = labelled_windows(scan, loader, "train", calibration_cycles)
         held_out, labels = labelled_windows(scan, loader, "test", held_out_cycles)
     log(f"  INT8: calibrating on {len(calibration)} training cycles")

@@ -40,6 +40,10 @@ class Backend:
 
     def run(self, windows: np.ndarray) -> np.ndarray:
         """Class probabilities [N, classes]."""
+        return self.run_all(windows)["probabilities"]
+
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """`probabilities` [N, classes] and, when the bundle's model has a quality estimate, `poor` [N]."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -55,11 +59,16 @@ class OnnxBackend(Backend):
     def __post_init__(self) -> None:
         self._session = onnx_session(self.bundle.file(self.model_file), threads=self.threads, providers=self.providers)
         self._input = self._session.get_inputs()[0].name
+        self._outputs = {o.name for o in self._session.get_outputs()}
         self.details = {"file": self.model_file, "providers": self._session.get_providers(), "threads": self.threads}
 
-    def run(self, windows: np.ndarray) -> np.ndarray:
-        return in_batches(lambda chunk: self._session.run(["probabilities"], {self._input: chunk})[0],
-                          windows, self.max_batch)  # fmt: skip
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        wanted = [n for n in ("probabilities", "poor") if n in self._outputs]
+
+        def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(wanted, self._session.run(wanted, {self._input: chunk})))
+
+        return in_batches(run, windows, self.max_batch)
 
 
 @dataclass
@@ -77,8 +86,12 @@ class TensorRTBackend(Backend):
             "gpu": record.get("gpu"),
         }
 
-    def run(self, windows: np.ndarray) -> np.ndarray:
-        return in_batches(lambda chunk: self._runner.run(chunk)["probabilities"], windows, self.max_batch)
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
+            out = self._runner.run(chunk)
+            return {k: out[k] for k in ("probabilities", "poor") if k in out}
+
+        return in_batches(run, windows, self.max_batch)
 
     def close(self) -> None:
         self._runner.close()
@@ -104,10 +117,11 @@ class TorchBackend(Backend):
         self._model, _, _ = load_model(path)
         self.details = {"file": str(path), "threads": self.threads}
 
-    def run(self, windows: np.ndarray) -> np.ndarray:
-        def run(chunk: np.ndarray) -> np.ndarray:
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
             with self._torch.inference_mode():
-                return self._model(self._torch.from_numpy(chunk))["probabilities"].float().numpy()
+                out = self._model(self._torch.from_numpy(chunk))
+            return {k: out[k].float().numpy() for k in ("probabilities", "poor") if k in out}
 
         return in_batches(run, windows, self.max_batch)
 

@@ -32,7 +32,7 @@ from firmware_bridge.blocks import AudioBlock
 from firmware_bridge.link import LinkReceiver
 from firmware_bridge.protocol import FrameDecoder, SampleFormat, encode_audio
 from firmware_bridge.sources import FileSource
-from qlung_edge import FRAMES_PER_WINDOW, MODEL_SAMPLE_RATE
+from qlung_edge import FRAMES_PER_WINDOW, MODEL_SAMPLE_RATE, WINDOW_SAMPLES
 from qlung_edge.backends import OnnxBackend
 from qlung_edge.bundle import INT8_FILE, MODEL_FILE, load_bundle
 from qlung_edge.daemon import Daemon, DaemonConfig
@@ -42,7 +42,7 @@ from qlung_edge.sinks import CollectSink
 from qlung_edge.streaming import SignalPath
 
 AQS_TARGET_X_REALTIME = 2000.0
-SECTIONS = ("quality", "link", "frontend", "model", "daemon")
+SECTIONS = ("quality", "link", "frontend", "model", "daemon", "training")
 
 
 @dataclass
@@ -380,6 +380,76 @@ def bench_model(run: BenchRun, bundle: Any, threads: int, repeats: int = 30) -> 
     run.add(s, "ORT FP32 vs torch eager, 1 window", ratio, "x faster", ">= 2x", ratio >= 2.0)
 
 
+def bench_training(run: BenchRun, threads: int, steps: int = 4, batch: int = 32) -> None:
+    """Training steps (forward, QLung loss, backward, Adam) through the real dataset and DataLoader path, one
+    run: the pipeline as it was (waveforms through the front end every epoch, a 3x3 stride-2 stem, default
+    layout), the cache alone on that model, and the pipeline as it is (cached log-mel frames, 4x4 patch stem,
+    channels_last), with the new model uncached beside it. Random inputs: the speed does not depend on them."""
+    s = "training"
+    try:
+        import torch
+
+        from training.checkpoint import build_model
+        from training.config import load_recipe
+        from training.dataset import ExampleDataset, Prepared
+        from training.losses import QLungLoss
+    except ImportError:
+        run.add(
+            s, "cached vs uncached, same model", None, "x faster", ">= 4x", note="torch not installed (train extra)"
+        )
+        return
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    count = batch * (steps + 1)
+    labels = rng.integers(0, 4, count)
+    aqs = rng.random(count).astype(np.float32)
+
+    def prepared(folder: Path, features: bool) -> Prepared:
+        shape = (count, FRAMES_PER_WINDOW, 128) if features else (count, WINDOW_SAMPLES)
+        path = folder / ("features.npy" if features else "waves.npy")
+        data = np.lib.format.open_memmap(path, "w+", np.float16 if features else np.float32, shape)
+        data[:] = rng.standard_normal(shape).astype(data.dtype) * (1.0 if features else 0.05)
+        data.flush()
+        return Prepared([None] * count, np.load(path, mmap_mode="r"), labels, aqs, features)  # type: ignore[list-item]
+
+    def examples_per_second(data: Prepared, stem: str, channels_last: bool) -> float:
+        edge = {"stem_kernel": 3, "stem_stride": 2} if stem == "3x3/2" else {}
+        config = load_recipe("qlung-edge-sprsound", [f"model.edge={json.dumps(edge)}"])
+        model = build_model(config)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loss_fn = QLungLoss(config.loss, [100, 30, 10, 5])
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loader = torch.utils.data.DataLoader(ExampleDataset(data), batch_size=batch, shuffle=True, drop_last=True)
+        model.train()
+        began = None
+        for i, (x, y, a, _) in enumerate(loader):
+            if i == 1:
+                began = time.perf_counter()  # the first step warms up
+            output = model(x)
+            loss, _ = loss_fn(output["logits"], output["cosine"], y, a)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert began is not None
+        return batch * steps / (time.perf_counter() - began)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        waves, features = prepared(Path(tmp), False), prepared(Path(tmp), True)
+        before = examples_per_second(waves, "3x3/2", False)
+        cache_only = examples_per_second(features, "3x3/2", False)
+        now_uncached = examples_per_second(waves, "4x4/4", True)
+        now = examples_per_second(features, "4x4/4", True)
+    run.add(s, "as it was: waveforms, 3x3/2 stem", before, "examples/s", note=f"batch {batch}, {threads} threads")
+    run.add(s, "cached log-mel, 3x3/2 stem", cache_only, "examples/s")
+    run.add(s, "as it is: cached log-mel, 4x4 patch stem, channels_last", now, "examples/s")
+    run.add(s, "4x4 patch stem, waveforms (uncached)", now_uncached, "examples/s")
+    run.add(s, "training: as it is vs as it was", now / before, "x faster", ">= 4x", now / before >= 4.0,
+            note="the whole change, same run")  # fmt: skip
+    run.add(s, "training: cached vs uncached, same model (patch stem)", now / now_uncached, "x faster",
+            note="the front end is a fixed forward GEMM; the network's backward is the rest")  # fmt: skip
+
+
 def _daemon_once(
     bundle_path: Path, wav: Path, precision: str, hop: float, speed: float, folder: Path
 ) -> dict[str, Any]:
@@ -437,9 +507,9 @@ def _overload(bundle: Any, wav: Path) -> dict[str, int]:
     """An artificially slow backend: windows must be dropped and counted, samples never."""
 
     class Slow(OnnxBackend):
-        def run(self, windows: np.ndarray) -> np.ndarray:
+        def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
             time.sleep(0.1)
-            return super().run(windows)
+            return super().run_all(windows)
 
     config = DaemonConfig(bundle=bundle.path, source="file", sinks=[], hop_seconds=0.5, max_pending=2, max_batch=1,
                           drop_when_behind=True)  # fmt: skip
@@ -525,6 +595,8 @@ def run_bench(
             bench_model(run, bundle, threads, repeats=5 if quick else 50)
         elif section == "daemon":
             bench_daemon(run, bundle, seconds=12.0 if quick else 60.0, speed=10.0, quick=quick)
+        elif section == "training":
+            bench_training(run, threads, steps=1 if quick else 6)
         else:
             raise ValueError(f"unknown benchmark {section!r}; one of {', '.join(SECTIONS)} or all")
         for figure in run.figures[before:]:

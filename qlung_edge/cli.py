@@ -112,8 +112,19 @@ def data_summary(
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write rows and figures.")
 @click.option("--png", "png_out", type=click.Path(dir_okay=False, path_type=Path), help="AQS histogram per split.")
 @click.option("--list", "list_rows", is_flag=True, help="Print each recording's score, level and reasons.")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also report this bundle's learned quality estimate: AUROC with a bootstrap 95 % interval, windows gated.",
+)
 def quality_scan(
-    data_dir: Path, dataset: str, calibrate_on: str | None, json_out: Path | None, png_out: Path | None, list_rows: bool
+    data_dir: Path,
+    dataset: str,
+    calibrate_on: str | None,
+    json_out: Path | None,
+    png_out: Path | None,
+    list_rows: bool,
+    bundle: Path | None,
 ) -> None:
     """Score every recording's quality; AUROC against SPRSound's "Poor Quality" labels."""
     from dataclasses import asdict
@@ -121,10 +132,9 @@ def quality_scan(
     from qlung_edge.quality import QualityConfig
     from training.datasets import scan_folder
     from training.quality_report import (
-        calibrate,
+        calibrate_aqs,
         format_separation,
         plot_distribution,
-        rescore,
         score_recordings,
         separation,
     )
@@ -139,12 +149,15 @@ def quality_scan(
         if not training_rows:
             raise click.BadParameter(f"no recordings in split {calibrate_on!r}", param_hint="--calibrate-on")
         try:
-            config = calibrate(training_rows, config)
+            training_recordings = [r for r in scan.recordings if r.split == calibrate_on]
+            config, _ = calibrate_aqs(training_recordings, config, progress=False)
         except ValueError as err:
             raise click.ClickException(f"cannot calibrate on {calibrate_on}: {err}") from None
-        rows = rescore(rows, config)
+        rows = score_recordings(scan.recordings, config)
         click.echo(f"calibrated on {len(training_rows)} {calibrate_on} recordings:")
-        for key in ("rms_floor_dbfs", "rms_ceil_dbfs", "quiet_dbfs", "max_clipped_fraction", "max_dropout_seconds"):
+        keys = ("entropy_band_hz", "entropy_floor", "entropy_ceil", "rms_floor_dbfs", "rms_ceil_dbfs", "quiet_dbfs",
+                "max_clipped_fraction", "max_dropout_seconds")  # fmt: skip
+        for key in keys:
             click.echo(f"  {key} = {getattr(config, key):g}")
     if list_rows:
         click.echo(f"\n{'recording':<34}{'split':<7}{'AQS':>6}{'entropy':>9}{'dBFS':>8}  label / reasons")
@@ -163,15 +176,71 @@ def quality_scan(
             target = png_out.with_name(f"{png_out.stem}-{split}{png_out.suffix or '.png'}")
             plot_distribution(part, target, f"AQS, {scan.dataset} {split}")
             click.echo(f"  histogram: {target}")
+    learned = _learned_quality(bundle, scan, png_out) if bundle is not None else None
     if json_out is not None:
         doc = {
             "config": config.to_dict(),
             "separation": figures,
+            "learned": learned,
             "recordings": [
                 {**asdict(r.report), "recording": r.recording, "split": r.split, "label": r.record_label} for r in rows
             ],
         }
         json_out.write_text(json.dumps(doc, indent=1))
+
+
+def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[str, object]:
+    """quality-scan --bundle: the bundle's P(poor) per record (mean over its windows) against the labels."""
+    import numpy as np
+
+    from qlung_edge.bundle import load_bundle
+    from qlung_edge.daemon import quality_threshold
+    from qlung_edge.evalstream import quality_estimates
+    from training.metrics import auroc
+    from training.quality_model import bootstrap_auroc
+
+    threshold = quality_threshold(load_bundle(bundle))
+    recordings = [r for r in scan.recordings if r.audio_path is not None]  # type: ignore[attr-defined]
+    estimates = quality_estimates(bundle, recordings)
+    out: dict[str, object] = {"threshold": threshold}
+    for split in sorted({r.split or "all" for r in recordings}):
+        part = [r for r in recordings if (r.split or "all") == split and r.id in estimates]
+        poor = np.array([r.record_label == "Poor Quality" for r in part])
+        scores = np.array([float(np.mean(estimates[r.id])) for r in part])
+        good = [estimates[r.id] for r in part if r.record_label != "Poor Quality"]
+        good_windows = np.concatenate(good) if good else np.zeros(0)
+        refused = float(np.mean(good_windows >= threshold)) if len(good_windows) else float("nan")
+        line = (
+            f"\n{split}: learned quality estimate of {bundle.name}: good records' windows refused {100 * refused:.1f} %"
+        )
+        figures: dict[str, object] = {"records": len(part), "good_windows_refused": refused}
+        if poor.any() and not poor.all():
+            low, high = bootstrap_auroc(scores, poor)
+            figures.update(record_auroc=auroc(scores, poor), record_auroc_95=[low, high])
+            line += f"; record AUROC {figures['record_auroc']:.3f} (95 % {low:.3f}-{high:.3f}, {int(poor.sum())} poor)"
+        click.echo(line)
+        out[split] = figures
+        if png_out is not None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+            bins = np.linspace(0, 1, 30)
+            ax.hist(scores[~poor], bins=bins, alpha=0.7, density=True, label=f"other records ({int((~poor).sum())})")
+            if poor.any():
+                ax.hist(scores[poor], bins=bins, alpha=0.7, density=True, label=f"Poor Quality ({int(poor.sum())})")
+            ax.axvline(threshold, color="k", linestyle="--", label="window gate threshold")
+            ax.set_xlabel("mean P(poor) of a record's windows")
+            ax.set_title(f"learned quality estimate, {split}")
+            ax.legend()
+            fig.tight_layout()
+            target = png_out.with_name(f"{png_out.stem}-learned-{split}{png_out.suffix or '.png'}")
+            fig.savefig(target)
+            plt.close(fig)
+            click.echo(f"  histogram: {target}")
+    return out
 
 
 def _seed_list(text: str) -> list[int]:
@@ -318,7 +387,9 @@ def model_info(backbone: str, head: str) -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["quality", "link", "frontend", "model", "daemon", "all"]), default="all")
+@click.argument(
+    "what", type=click.Choice(["quality", "link", "frontend", "model", "daemon", "training", "all"]), default="all"
+)
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), help="For model/daemon.")
 @click.option("--threads", type=int, help="N in the 1-vs-N thread comparison (default: all cores).")
 @click.option("--quick", is_flag=True, help="Short runs: proves every figure is produced (CI), not how fast.")
@@ -332,8 +403,8 @@ def bench(what: str, bundle: Path | None, threads: int | None, quick: bool, json
     if bundle is None and what in ("frontend", "model", "daemon", "all"):
         if what != "all":
             raise click.UsageError(f"bench {what} needs --bundle DIR")
-        click.echo("no --bundle: only the quality and link benchmarks run", err=True)
-        what_list = ["quality", "link"]
+        click.echo("no --bundle: only the quality, link and training benchmarks run", err=True)
+        what_list = ["quality", "link", "training"]
     else:
         what_list = [what]
     runs = [run_bench(w, bundle, threads, quick, log=click.echo) for w in what_list]
@@ -519,6 +590,9 @@ def daemon(config_file: Path | None, check: bool, sinks: tuple[str, ...], **flag
 @click.option("--threads", default=1, show_default=True)
 @click.option("--limit", type=int, help="Only the first N recordings.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Folder for the report and confusion PNGs."
+)
 def eval_stream_command(
     bundle: Path,
     data: Path,
@@ -528,13 +602,15 @@ def eval_stream_command(
     threads: int,
     limit: int | None,
     json_out: Path | None,
+    out: Path | None,
 ) -> None:
-    """Replay recordings through the daemon's pipeline; Score on accepted windows, coverage, gate reasons."""
+    """Replay recordings through the daemon's pipeline: window-level Score, coverage, gate reasons, and each
+    recording's verdict scored as SPRSound scores records (Tasks 2-1 and 2-2)."""
     from qlung_edge.daemon import DaemonConfig
     from qlung_edge.evalstream import eval_stream, format_report, write_report
 
     config = DaemonConfig(hop_seconds=hop_seconds, precision=precision, threads=threads)
-    report = eval_stream(bundle, data, None if split == "all" else split, config, limit=limit)
+    report = eval_stream(bundle, data, None if split == "all" else split, config, limit=limit, out_dir=out)
     for line in format_report(report):
         click.echo(line)
     if json_out is not None:

@@ -41,6 +41,9 @@ from qlung_edge.errors import QLungError
 from qlung_edge.events import (
     SCHEMA_VERSION,
     ErrorEvent,
+    ExamEvent,
+    ExamIdentity,
+    GateReason,
     Header,
     Prediction,
     QualityFields,
@@ -48,6 +51,8 @@ from qlung_edge.events import (
     SourceEvent,
     StartEvent,
     StopEvent,
+    VerdictEvent,
+    VerdictEvidence,
     WindowEvent,
     WindowSpan,
     WindowStatus,
@@ -55,9 +60,18 @@ from qlung_edge.events import (
     event_dict,
     validate,
 )
+from qlung_edge.examination import Examination, VerdictRule, check_identifier
 from qlung_edge.sdnotify import Notifier
 from qlung_edge.sinks import Sink, open_sink
-from qlung_edge.streaming import Decision, ExamSmoother, GateConfig, SignalPath, finite_samples
+from qlung_edge.streaming import (
+    Decision,
+    ExamBoundary,
+    ExamConfig,
+    ExamSmoother,
+    GateConfig,
+    SignalPath,
+    finite_samples,
+)
 from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes
 from qlung_edge.tensorrt_runner import ENGINE_TOLERANCE
 
@@ -92,6 +106,7 @@ class DaemonConfig:
     (a file read as fast as possible: nothing is gained by skipping). None: decide from the source."""
     smoothing_windows: int = 8
     gate: GateConfig = field(default_factory=GateConfig)
+    exams: ExamConfig = field(default_factory=ExamConfig)
     emit_gated: bool = True
     http: str | None = None
     """host:port for /health and /metrics; None: off. Bound to 127.0.0.1 unless a host is given."""
@@ -139,6 +154,15 @@ class DaemonConfig:
         return to_dict(self)
 
 
+def quality_threshold(bundle: Bundle) -> float | None:
+    """The learned quality gate's threshold, or None (said once in the log) for a bundle without one."""
+    estimate = bundle.manifest.get("quality_estimate")
+    if not estimate or not any(o.get("name") == "poor" for o in bundle.manifest.get("outputs", [])):
+        log.info("%s has no learned quality estimate: the gate uses the AQS reasons alone", bundle.path)
+        return None
+    return float(estimate["threshold"])
+
+
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
@@ -154,10 +178,12 @@ def utc(seconds: float) -> str:
 
 @dataclass(eq=False)
 class _Pending:
-    decision: Decision
+    decision: Decision | ExamBoundary
+    """A window, or where an examination starts or ends (kept in order with the windows)."""
     ready: float
     """time.monotonic() when the window's last sample was processed."""
-    status: WindowStatus
+    status: WindowStatus | None
+    """None for an examination boundary."""
     samples: np.ndarray | None
     """The audio the model will see; None once it is not needed (gated, dropped)."""
 
@@ -192,10 +218,19 @@ class Daemon:
             config.gate,
             rate=rate,
             count=self.metrics.add,
+            exams=config.exams,
         )
         self.smoother = ExamSmoother(self.bundle.classes, config.smoothing_windows)
+        self.verdict_rule = VerdictRule.from_manifest(self.bundle.manifest)
+        self.quality_threshold = quality_threshold(self.bundle)
+        self.exam: Examination | None = None
+        """The examination in progress, as the inference thread sees it."""
+        self.exam_count = 0
         self.source = source if source is not None else open_source(config.source, **config.source_options)
         self.sinks = sinks if sinks is not None else [open_sink(s) for s in config.sinks]
+        for sink in self.sinks:  # sinks that also take control messages (MQTT's command topic)
+            if hasattr(sink, "on_command"):
+                sink.on_command = self.control
         self.audit = None
         if config.audit_dir is not None:
             self.audit = AuditRecorder(
@@ -224,7 +259,7 @@ class Daemon:
         self.server: StatusServer | None = None
         if config.http:
             host, port = parse_address(config.http)
-            self.server = StatusServer(self.metrics, self.health, host, port)
+            self.server = StatusServer(self.metrics, self.health, host, port, control=self.control)
         self.start_seconds = time.monotonic() - self.started
         self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
 
@@ -262,6 +297,9 @@ class Daemon:
             "seconds_since_audio": round(quiet, 3),
             "backend": self.backend.name,
             "backend_details": self.backend.details,
+            "quality_estimate": "AQS-only gate: the bundle has no quality estimate"
+            if self.quality_threshold is None
+            else f"learned, threshold {self.quality_threshold:.3f}",
             "bundle": str(self.bundle.path),
             "model_id": self.model_id,
             "errors": self._errors[-3:],
@@ -396,12 +434,12 @@ class Daemon:
                     self._epoch = time.time() - block.timestamp - block.duration
                 if self.audit is not None:
                     self.audit.add(block.timestamp, block.sample_rate, finite_samples(block.samples)[0])
-                for decision in self.path.push(block):
-                    self._queue(decision)
+                for item in self.path.push(block):
+                    self._queue(item)
                 for note in self.path.take_notes():
                     self.emit(SourceEvent(note))
-            for decision in self.path.finish():  # the resampler's last few milliseconds
-                self._queue(decision)
+            for item in self.path.finish():  # the resampler's last milliseconds, the end of the examination
+                self._queue(item)
         except Exception as err:
             self._note_error(f"processing: {err}")
             self.emit(ErrorEvent(where="processing", message=str(err)))
@@ -413,7 +451,12 @@ class Daemon:
                 self._processing_done = True
                 self._pending_lock.notify_all()
 
-    def _queue(self, decision: Decision) -> None:
+    def _queue(self, decision: Decision | ExamBoundary) -> None:
+        if isinstance(decision, ExamBoundary):
+            with self._pending_lock:
+                self._pending.append(_Pending(decision, time.monotonic(), None, None))
+                self._pending_lock.notify_all()
+            return
         self.metrics.add("windows")
         if decision.accepted:
             self.metrics.add("windows_accepted")
@@ -459,14 +502,21 @@ class Daemon:
                 if not taken:
                     continue
                 classify = [p for p in taken if p.samples is not None]
-                rows: dict[int, np.ndarray] = {}
+                rows: dict[int, tuple[np.ndarray, float | None]] = {}
                 if classify:
-                    probabilities = self.backend.run(np.stack([p.samples for p in classify]))
-                    rows = {id(p): row for p, row in zip(classify, probabilities)}
+                    out = self.backend.run_all(np.stack([p.samples for p in classify]))
+                    poor = out.get("poor")
+                    rows = {
+                        id(p): (row, None if poor is None else float(poor[i]))
+                        for i, (p, row) in enumerate(zip(classify, out["probabilities"]))
+                    }
                     self.metrics.add("batches")
                     self.metrics.add("inferences", len(classify))
                 for item in taken:
-                    self._report(item, rows.get(id(item)))
+                    if isinstance(item.decision, ExamBoundary):
+                        self._boundary(item.decision)
+                    else:
+                        self._report(item, *rows.get(id(item), (None, None)))
         except Exception as err:
             self._note_error(f"inference: {err}")
             self.emit(ErrorEvent(where="inference", message=str(err)))
@@ -474,11 +524,88 @@ class Daemon:
             with self._pending_lock:
                 self._processing_done = True
 
-    def _report(self, item: _Pending, probabilities: np.ndarray | None) -> None:
+    def _boundary(self, boundary: ExamBoundary) -> None:
+        """An examination starts (its running answer afresh) or ends (its verdict)."""
+        epoch = self._epoch or 0.0
+        if self.exam is not None:
+            exam, self.exam = self.exam, None
+            verdict = exam.verdict(self.verdict_rule, self.bundle.classes)
+            self.metrics.add("verdicts")
+            self.emit(
+                VerdictEvent(
+                    exam_id=exam.id,
+                    model_id=self.model_id,
+                    identity=ExamIdentity(exam.patient, exam.encounter, exam.site),
+                    start=round(exam.started, 3),
+                    end=round(boundary.time, 3),
+                    start_utc=utc(epoch + exam.started),
+                    end_utc=utc(epoch + boundary.time),
+                    ended_by=boundary.reason,
+                    task_2_1=verdict.task_2_1,
+                    task_2_2=verdict.task_2_2,
+                    reason=verdict.reason,
+                    evidence=VerdictEvidence(
+                        verdict.windows_accepted,
+                        verdict.windows_gated,
+                        verdict.gated_by_reason,
+                        verdict.das,
+                        verdict.cas,
+                        verdict.class_fractions,
+                    ),
+                    rule=self.verdict_rule.to_dict(),
+                )
+            )
+        if boundary.start:
+            self.exam_count += 1
+            self.exam = Examination(f"{self.run_id[:8]}-{self.exam_count}", boundary.time, boundary.patient,
+                                    boundary.encounter, boundary.site)  # fmt: skip
+            self.smoother = ExamSmoother(self.bundle.classes, self.config.smoothing_windows)
+            identity = ExamIdentity(boundary.patient, boundary.encounter, boundary.site)
+            self.emit(ExamEvent(self.exam.id, round(boundary.time, 3), utc(epoch + boundary.time), boundary.reason,
+                                identity))  # fmt: skip
+
+    def control(self, action: str, **fields: Any) -> dict[str, Any]:
+        """A control message (HTTP POST /exam/start|stop, the MQTT command topic): start an examination, with
+        optional patient/encounter/site identifiers, or stop the current one. A ValueError says what is wrong."""
+        unknown = sorted(set(fields) - {"patient", "encounter", "site", "exam_id"})
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: patient, encounter, site, exam_id")
+        if action == "start":
+            ids = {k: check_identifier(k, fields.get(k)) for k in ("patient", "encounter", "site")}
+            self.path.request(True, "control message", **ids)
+            return {"ok": True, "action": "start", **{k: v for k, v in ids.items() if v}}
+        if action == "stop":
+            current = self.exam.id if self.exam is not None else None
+            wanted = fields.get("exam_id")
+            if current is None and not self.path.in_exam:
+                raise ValueError("no examination in progress")
+            if wanted is not None and wanted != current:
+                raise ValueError(f"unknown examination {wanted!r}; the current one is {current!r}")
+            self.path.request(False, "control message")
+            return {"ok": True, "action": "stop", "exam_id": current}
+        raise ValueError(f"unknown action {action!r}: start or stop")
+
+    def _report(self, item: _Pending, probabilities: np.ndarray | None, poor: float | None = None) -> None:
+        assert isinstance(item.decision, Decision)
         w = item.decision.window
         q = w.report
         epoch = self._epoch or 0.0
         reasons = item.decision.reasons
+        if probabilities is not None and poor is not None and self.quality_threshold is not None:
+            # The learned quality estimate gates after the model: AQS reasons stay the first explanation.
+            if not np.isfinite(poor):
+                reasons = (GateReason.QUALITY_UNKNOWN.value,)
+            elif poor >= self.quality_threshold:
+                reasons = (GateReason.ESTIMATED_POOR.value,)
+            if reasons:
+                item.status, probabilities = WindowStatus.GATED, None
+                self.metrics.gate(reasons)
+                self.metrics.add("windows_gated_after_model")
+        if self.exam is not None:
+            if item.status is WindowStatus.DROPPED:
+                self.exam.add(("dropped",), None)
+            else:
+                self.exam.add(reasons, probabilities)
         if item.status is WindowStatus.GATED and not self.config.emit_gated:
             return
         prediction = exam = None
@@ -507,7 +634,9 @@ class Daemon:
                 ),
                 latency_ms=round(latency * 1000, 2),
                 reasons=reasons if item.status is WindowStatus.GATED else None,
+                poor=None if poor is None else round(poor, 4),
                 advice=advice_for(reasons) if item.status is WindowStatus.GATED else None,
+                exam_id=None if self.exam is None else self.exam.id,
                 prediction=prediction,
                 exam=exam,
             )
@@ -535,6 +664,8 @@ class Daemon:
         old.close()
         self.path.set_thresholds(bundle.quality_config())
         self.smoother = ExamSmoother(bundle.classes, self.config.smoothing_windows)
+        self.verdict_rule = VerdictRule.from_manifest(bundle.manifest)
+        self.quality_threshold = quality_threshold(bundle)
         self.metrics.add("reloads")
         self.notifier.ready(f"reloaded {bundle.manifest.get('name')}")
         self.emit(

@@ -20,22 +20,11 @@ from tqdm.auto import tqdm
 
 from firmware_bridge.sources import FileSource
 from qlung_edge import CLASS_NAMES
-from qlung_edge.bundle import load_bundle
-from qlung_edge.daemon import DaemonConfig, backend_for
-from qlung_edge.streaming import SignalPath
-
-
-def window_label(cycles: list[Any], start: float, end: float, min_overlap: float = 0.05) -> int | None:
-    """Class index of a window from the annotated events it overlaps by at least `min_overlap` seconds."""
-    labels = {c.label for c in cycles if min(end, c.end) - max(start, c.start) >= min_overlap}
-    if not labels:
-        return None
-    names = {CLASS_NAMES[i] for i in labels}
-    crackle = bool(names & {"crackle", "both"})
-    wheeze = bool(names & {"wheeze", "both"})
-    return CLASS_NAMES.index(
-        "both" if crackle and wheeze else "crackle" if crackle else "wheeze" if wheeze else "normal"
-    )
+from qlung_edge.bundle import BundleError, load_bundle
+from qlung_edge.daemon import DaemonConfig, backend_for, quality_threshold
+from qlung_edge.examination import TASK_2_1, TASK_2_2, Examination, VerdictRule, task_2_1
+from qlung_edge.streaming import Decision, ExamBoundary, SignalPath
+from qlung_edge.windows import window_label
 
 
 def _scores(truth: list[int], predicted: list[int]) -> dict[str, float]:
@@ -55,8 +44,13 @@ def eval_stream(
     config: DaemonConfig | None = None,
     limit: int | None = None,
     progress: bool = True,
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Stream every recording of a split through the signal path and the backend; window-level ICBHI figures,
+    the record-level verdict of each recording (the bundle's rule, as the daemon gives it when a recording's
+    examination ends) scored as SPRSound scores Tasks 2-1 and 2-2, and confusion PNGs in `out_dir`."""
     from training.datasets import scan_folder
+    from training.metrics import plot_confusion_matrix, record_scores
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -69,27 +63,45 @@ def eval_stream(
     backend = backend_for(bundle, config)
     hop = config.hop_seconds or float(bundle.manifest["hop_seconds"])
     thresholds = bundle.quality_config()
+    rule = VerdictRule.from_manifest(bundle.manifest)
+    threshold = quality_threshold(bundle)
+    record_poor: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     counts = {"windows": 0, "classified": 0, "gated": 0, "dropped": 0}
     gated_reasons: dict[str, int] = {}
     poor = {"windows": 0, "gated": 0}
     good = {"windows": 0, "gated": 0}
+    verdicts: list[dict[str, Any]] = []
+    split_recordings = 0
     try:
         for record in tqdm(recordings, desc="eval-stream", unit="rec", disable=not progress):
             path = SignalPath(bundle.window_samples, round(hop * bundle.sample_rate), thresholds, config.gate,
-                              rate=bundle.sample_rate)  # fmt: skip
+                              rate=bundle.sample_rate, exams=config.exams)  # fmt: skip
             source = FileSource(name=f"file:{record.audio_path}", path=Path(str(record.audio_path)))
-            decisions = list(path.feed(source.blocks()))
-            if not decisions:
-                continue
-            probabilities = backend.run(np.stack([d.window.samples for d in decisions]))
+            outputs = list(path.feed(source.blocks()))
+            decisions = [d for d in outputs if isinstance(d, Decision)]
+            split_recordings += sum(isinstance(b, ExamBoundary) and b.start for b in outputs) > 1
+            examination = Examination(record.id, 0.0)
+            out = backend.run_all(np.stack([d.window.samples for d in decisions])) if decisions else {}
+            probabilities = out.get("probabilities", [])
+            estimates = out.get("poor", [None] * len(decisions))
+            if "poor" in out:
+                record_poor[record.id] = float(np.mean(out["poor"]))
             bucket = poor if record.record_label == "Poor Quality" else good
-            for decision, p in zip(decisions, probabilities):
+            for decision, p, estimate in zip(decisions, probabilities, estimates):
+                reasons = decision.reasons
+                if not reasons and threshold is not None and estimate is not None:  # the daemon's learned gate
+                    if not np.isfinite(estimate):
+                        reasons = ("quality_unknown",)
+                    elif estimate >= threshold:
+                        reasons = ("estimated_poor",)
+                accepted_window = not reasons
+                examination.add(reasons, p)
                 counts["windows"] += 1
-                counts["classified" if decision.accepted else "gated"] += 1
+                counts["classified" if accepted_window else "gated"] += 1
                 bucket["windows"] += 1
-                bucket["gated"] += not decision.accepted
-                for reason in decision.reasons:
+                bucket["gated"] += not accepted_window
+                for reason in reasons:
                     gated_reasons[reason] = gated_reasons.get(reason, 0) + 1
                 window = decision.window
                 label = window_label(record.cycles, window.start, window.end)
@@ -101,14 +113,18 @@ def eval_stream(
                         "start": window.start,
                         "truth": label,
                         "predicted": int(np.argmax(p)),
-                        "accepted": decision.accepted,
+                        "accepted": accepted_window,
                         "aqs": window.report.aqs,
+                        "poor": None if estimate is None else float(estimate),
                     }
                 )
+            verdict = examination.verdict(rule, bundle.classes)
+            verdicts.append({"recording": record.id, "truth": record.record_label, "task_2_2": verdict.task_2_2,
+                             "task_2_1": verdict.task_2_1, "reason": verdict.reason})  # fmt: skip
     finally:
         backend.close()
     accepted = [r for r in rows if r["accepted"]]
-    return {
+    report: dict[str, Any] = {
         "bundle": str(bundle_path),
         "data": str(data),
         "split": split,
@@ -125,9 +141,89 @@ def eval_stream(
             "gated_fraction": poor["gated"] / poor["windows"] if poor["windows"] else None,
         },
         "other_records": {**good, "gated_fraction": good["gated"] / good["windows"] if good["windows"] else None},
-        "offline_cycle_level": bundle.manifest.get("metrics", {}).get("test"),
+        "offline_cycle_level": _offline(bundle.manifest),
+        "offline_records": bundle.manifest.get("metrics", {}).get("test_records"),
         "hop_seconds": hop,
+        "window_seconds": bundle.window_samples / bundle.sample_rate,
+        "verdict_rule": rule.to_dict(),
+        "recordings_with_several_examinations": split_recordings,
     }
+    labelled = [v for v in verdicts if v["truth"]]
+    if labelled:
+        truth22 = [v["truth"] for v in labelled]
+        report["records"] = {
+            "task_2_1": record_scores(
+                [task_2_1(t) for t in truth22], [v["task_2_1"] for v in labelled], TASK_2_1
+            ).as_dict(),
+            "task_2_2": record_scores(truth22, [v["task_2_2"] for v in labelled], TASK_2_2).as_dict(),
+        }
+    report["verdicts"] = verdicts
+    report["risk_coverage"] = risk_coverage(rows)
+    labels = {r.id: r.record_label == "Poor Quality" for r in recordings}
+    if record_poor and 0 < sum(labels[k] for k in record_poor) < len(record_poor):
+        from training.metrics import auroc
+        from training.quality_model import bootstrap_auroc
+
+        ids = sorted(record_poor)
+        scores = np.array([record_poor[k] for k in ids])
+        positives = np.array([labels[k] for k in ids])
+        low, high = bootstrap_auroc(scores, positives)
+        report["quality_estimate"] = {"record_auroc": auroc(scores, positives), "record_auroc_95": [low, high],
+                                      "records": len(ids), "poor_records": int(positives.sum()),
+                                      "threshold": threshold}  # fmt: skip
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_risk_coverage(report["risk_coverage"], out_dir / "risk_coverage.png")
+        for task, scores in report.get("records", {}).items():
+            title = f"eval-stream, records, {task.replace('_', ' ')}"
+            png = out_dir / f"records_{task}.png"
+            plot_confusion_matrix(np.array(scores["confusion"]), png, classes=scores["labels"], title=title)
+        write_report(report, out_dir / "eval_stream.json")
+    return report
+
+
+COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def risk_coverage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ICBHI Score of the scored windows kept when the gate keeps only the best share of them by quality: the
+    learned estimate (lowest P(poor) first) where the bundle has one, else AQS (highest first)."""
+    if not rows:
+        return []
+    learned = all(r.get("poor") is not None for r in rows)
+    order = sorted(rows, key=(lambda r: r["poor"]) if learned else (lambda r: -r["aqs"]))
+    out = []
+    for coverage in COVERAGES:
+        kept = order[: max(1, int(round(coverage * len(order))))]
+        scores = _scores([r["truth"] for r in kept], [r["predicted"] for r in kept])
+        out.append({"coverage": coverage, "by": "P(poor)" if learned else "AQS", **scores})
+    return out
+
+
+def plot_risk_coverage(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    ax.plot([100 * r["coverage"] for r in rows], [100 * r["score"] for r in rows], marker="o")
+    ax.set_xlabel(f"coverage (% of windows kept, best by {rows[0]['by']})")
+    ax.set_ylabel("ICBHI Score of kept windows (%)")
+    ax.set_title("risk-coverage of the quality gate")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _offline(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's offline cycle-level test figures: one prediction per annotated event, no gate."""
+    metrics = manifest.get("metrics", {})
+    return metrics.get("test_cycles") or metrics.get("test")
 
 
 def format_report(report: dict[str, Any]) -> list[str]:
@@ -158,9 +254,60 @@ def format_report(report: dict[str, Any]) -> list[str]:
     lines.append(
         f"'Poor Quality' records: {p['gated']}/{p['windows']} windows gated; other records: {o['gated']}/{o['windows']}"
     )
+    records = report.get("records")
+    if records:
+        rule = report["verdict_rule"]
+        lines.append(
+            f"record level (the bundle's verdict rule: {rule['statistic']} evidence, DAS >= {rule['das_threshold']},"
+            f" CAS >= {rule['cas_threshold']}; calibrated on {rule['calibrated_on']}):"
+        )
+        for task, name in (("task_2_1", "Task 2-1"), ("task_2_2", "Task 2-2")):
+            r = records[task]
+            lines.append(
+                f"  {name}  SE {pct(r['sensitivity'])}  SP {pct(r['specificity'])}  AS {pct(r['average'])}"
+                f"  HS {pct(r['harmonic'])}  Score {pct(r['score'])}  ({r['records']} records;"
+                f" SE without Poor Quality {pct(r['sensitivity_without_poor_quality'])})"
+            )
+        estimate = report.get("quality_estimate")
+        if estimate:
+            low, high = estimate["record_auroc_95"]
+            lines.append(
+                f"quality estimate vs 'Poor Quality' records: AUROC {estimate['record_auroc']:.3f}"
+                f" (95 % bootstrap interval {low:.3f}-{high:.3f}; {estimate['poor_records']} of {estimate['records']})"
+            )
+        offline = report.get("offline_records")
+        if offline:
+            lines.append(
+                "  offline (every window, no gate; from the manifest): "
+                + ", ".join(f"{k.replace('_', ' ')} Score {pct(v['score'])}" for k, v in offline.items())
+            )
+    curve = report.get("risk_coverage") or []
+    if curve:
+        lines.append(f"risk-coverage (scored windows kept, best first by {curve[0]['by']}):")
+        lines += [f"  {100 * r['coverage']:5.0f} %  Score {pct(r['score'])}  ({r['windows']} windows)" for r in curve]
     return lines
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=float))
+
+
+def quality_estimates(bundle_path: Path, recordings: list[Any], progress: bool = True) -> dict[str, np.ndarray]:
+    """The bundle's P(poor) for every window the daemon would cut from each recording (AQS gate aside)."""
+    bundle = load_bundle(bundle_path)
+    if quality_threshold(bundle) is None:
+        raise BundleError("has no learned quality estimate (no `poor` output)", path=bundle.path)
+    backend = backend_for(bundle, DaemonConfig())
+    hop = round(float(bundle.manifest["hop_seconds"]) * bundle.sample_rate)
+    out: dict[str, np.ndarray] = {}
+    try:
+        for record in tqdm(recordings, desc="quality estimate", unit="rec", disable=not progress):
+            path = SignalPath(bundle.window_samples, hop, bundle.quality_config(), rate=bundle.sample_rate)
+            source = FileSource(name=f"file:{record.audio_path}", path=Path(str(record.audio_path)))
+            windows = [d.window.samples for d in path.feed(source.blocks()) if isinstance(d, Decision)]
+            if windows:
+                out[record.id] = backend.run_all(np.stack(windows))["poor"]
+    finally:
+        backend.close()
+    return out

@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 from qlung_edge.config import field_types
 
-SCHEMA_VERSION = 2
-"""Version 2 added run_id, model_id and UTC capture times; bump it with every change a consumer could notice."""
+SCHEMA_VERSION = 3
+"""2 added run_id, model_id and UTC capture times; 3 examinations (exam and verdict events, exam_id on windows).
+Bump it with every change a consumer could notice."""
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / f"events.v{SCHEMA_VERSION}.json"
 
 
@@ -42,6 +43,10 @@ class GateReason(str, enum.Enum):
     DROPOUT = "dropout"
     LOW_QUALITY = "low_quality"
     SETTLING = "settling"
+    ESTIMATED_POOR = "estimated_poor"
+    """The bundle's learned quality estimate judges the window poor (P(poor) at or above its threshold)."""
+    QUALITY_UNKNOWN = "quality_unknown"
+    """The learned quality estimate gave no number (NaN)."""
 
 
 ADVICE: dict[str, str] = {
@@ -52,6 +57,8 @@ ADVICE: dict[str, str] = {
     GateReason.DROPOUT.value: "audio dropped out: check the chest piece and cable",
     GateReason.LOW_QUALITY.value: "poor recording quality: reposition the chest piece",
     GateReason.SETTLING.value: "signal recovering: hold the chest piece still",
+    GateReason.ESTIMATED_POOR.value: "sounds like a poor recording: reposition, keep still, quiet the room",
+    GateReason.QUALITY_UNKNOWN.value: "the quality check gave no answer: restart the device if this persists",
 }
 """What the clinician is told to do about each reason (the first reason of a window is shown)."""
 
@@ -132,12 +139,78 @@ class WindowEvent:
     quality: QualityFields
     latency_ms: float
     """From the window's last sample reaching the daemon to this event."""
+    exam_id: str | None = None
+    """The examination the window belongs to (none between examinations)."""
+    poor: float | None = None
+    """The learned quality estimate, P(poor recording), where the bundle has one and the model ran."""
     reasons: tuple[GateReason, ...] | None = None
     """Gated windows: why, most important first."""
     advice: str | None = None
     prediction: Prediction | None = None
     """Classified windows: the model's answer."""
     exam: ExamState | None = None
+
+
+@dataclass(frozen=True)
+class ExamIdentity:
+    """Who and where, as the control message that started the examination named them (all optional)."""
+
+    patient: str | None = None
+    encounter: str | None = None
+    site: str | None = None
+    """Chest site, e.g. 'left-posterior-base' or SPRSound's p1..p4."""
+
+
+@dataclass(frozen=True)
+class ExamEvent:
+    """An examination starts: the examination's running answer (`exam` in window events) starts afresh."""
+
+    type: ClassVar[str] = "exam"
+    exam_id: str
+    start: float
+    """Seconds on the stream timeline."""
+    start_utc: str
+    reason: str
+    """What started it: the first breath sounds, a control message, ..."""
+    identity: ExamIdentity
+
+
+@dataclass(frozen=True)
+class VerdictEvidence:
+    windows_accepted: int
+    windows_gated: int
+    gated_by_reason: dict[str, int]
+    das: float
+    """Pooled crackle (discontinuous adventitious) evidence of the accepted windows."""
+    cas: float
+    """Pooled wheeze (continuous adventitious) evidence."""
+    class_fractions: dict[str, float]
+    """Share of the accepted windows whose most probable class is each class."""
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """An examination ends with SPRSound's record-level answer to both tasks, and the evidence behind it."""
+
+    type: ClassVar[str] = "verdict"
+    exam_id: str
+    model_id: str
+    identity: ExamIdentity
+    start: float
+    end: float
+    start_utc: str
+    end_utc: str
+    ended_by: str
+    """What ended it: the source ended, the chest piece was lifted, a control message, ..."""
+    task_2_1: str
+    """Normal, Adventitious or Poor Quality."""
+    task_2_2: str
+    """Normal, CAS, DAS, CAS & DAS or Poor Quality."""
+    reason: str
+    """Why this answer: which evidence crossed which threshold, or why the audio did not suffice."""
+    evidence: VerdictEvidence
+    rule: dict[str, Any]
+    """The verdict rule of the bundle (pooling, thresholds, where it was calibrated)."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +249,16 @@ class StopEvent:
     errors: list[str] = field(default_factory=list)
 
 
-EVENT_TYPES: tuple[type, ...] = (StartEvent, WindowEvent, SourceEvent, ReloadEvent, ErrorEvent, StopEvent)
+EVENT_TYPES: tuple[type, ...] = (
+    StartEvent,
+    WindowEvent,
+    ExamEvent,
+    VerdictEvent,
+    SourceEvent,
+    ReloadEvent,
+    ErrorEvent,
+    StopEvent,
+)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import numpy as np
 from qlung_edge.batches import in_batches
 
 OUTPUT_NAMES = ("logits", "probabilities", "embedding")
+"""Every bundle model's outputs; a model with a fitted quality estimate adds `poor` (P(poor recording))."""
 
 
 def onnx_session(path: str | Path, threads: int = 1, providers: list[str] | None = None) -> Any:
@@ -32,8 +33,9 @@ def onnx_session(path: str | Path, threads: int = 1, providers: list[str] | None
 def run_onnx(session: Any, windows: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
     """Outputs by name for `windows` [N, samples], run `batch` windows at a time."""
     name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
 
     def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {name: chunk})))
+        return dict(zip(outputs, session.run(outputs, {name: chunk})))
 
     return in_batches(run, windows, batch)

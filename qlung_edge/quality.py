@@ -50,6 +50,15 @@ class QualityConfig:
     beta: float = 0.3
     rms_norm: str = "dbfs"
     """'dbfs': R_norm rises linearly from `rms_floor_dbfs` to `rms_ceil_dbfs`; 'linear': RMS / 10^(ceil/20)."""
+    entropy_band_hz: float = 0.0
+    """0: spectral entropy over the whole 0-8 kHz spectrum (the paper). Above 0: over the band the device
+    records (4000 for an 8 kHz stethoscope, whose upsampled audio leaves the rest empty), normalised by the
+    log of that band's bin count."""
+    entropy_floor: float = 0.0
+    entropy_ceil: float = 1.0
+    """H_norm is the mean normalised entropy mapped linearly from [floor, ceil] to [0, 1] (identity by default);
+    calibrated, floor and ceil are the 1st and 99th percentiles of acceptable training recordings, so that AQS
+    spans its range on real audio instead of saturating."""
     # The level range and the gate thresholds below were chosen on the 780 real SPRSound training
     # recordings only (`qlung-edge quality-scan DATA --calibrate-on train`, training/quality_report.py:
     # 1st-99th percentile of the levels of records not labelled "Poor Quality", and thresholds that refuse
@@ -78,6 +87,18 @@ class QualityConfig:
             raise ValueError("rms_floor_dbfs must be below rms_ceil_dbfs")
         if not 0 < self.hop_length <= self.frame_length <= self.n_fft:
             raise ValueError("need 0 < hop_length <= frame_length <= n_fft")
+        if not 0 <= self.entropy_floor < self.entropy_ceil <= 1:
+            raise ValueError("need 0 <= entropy_floor < entropy_ceil <= 1")
+        if not 0 <= self.entropy_band_hz <= self.sample_rate / 2:
+            raise ValueError(f"entropy_band_hz must lie in [0, {self.sample_rate / 2:g}]")
+
+    @property
+    def entropy_bins(self) -> int:
+        """FFT bins the entropy is taken over (DC up to the band's edge)."""
+        full = self.n_fft // 2 + 1
+        if self.entropy_band_hz <= 0:
+            return full
+        return min(full, int(self.entropy_band_hz * self.n_fft / self.sample_rate) + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +195,7 @@ def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
     padded = np.zeros((count, config.n_fft), np.float32)
     np.multiply(centred, np.hanning(n).astype(np.float32), out=padded[:, :n])
     spectrum = _rfft(padded, axis=1)
+    spectrum = spectrum[:, : config.entropy_bins]
     bins = np.square(spectrum.real, dtype=np.float32) + np.square(spectrum.imag, dtype=np.float32)
     bins += np.float32(1e-20)  # silence becomes a flat spectrum: entropy 1, not 0/0
     total = bins.sum(axis=1)
@@ -220,7 +242,8 @@ def judge(
 ) -> QualityReport:
     """Score and reasons from a window's summary numbers; rescoring under another config needs no audio."""
     r = rms_norm(rms_dbfs, config)
-    score = float(np.clip(1.0 - config.alpha * entropy + config.beta * r, 0.0, 1.0))
+    h = float(np.clip((entropy - config.entropy_floor) / (config.entropy_ceil - config.entropy_floor), 0.0, 1.0))
+    score = float(np.clip(1.0 - config.alpha * h + config.beta * r, 0.0, 1.0))
     flags = {
         "too_quiet": rms_dbfs < config.quiet_dbfs,
         "clipped": clipped_fraction > config.max_clipped_fraction,

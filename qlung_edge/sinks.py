@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -136,6 +137,10 @@ class MqttSink(Sink):
     keepalive: int = 30
     reconnect_seconds: int = 1
     """First wait before reconnecting; doubles up to 10 s while the broker stays away."""
+    commands: bool = False
+    """Also take control messages on `<topic>/command` (JSON: {"action": "start"|"stop", "patient": ...});
+    each gets an answer on `<topic>/command/reply`."""
+    on_command: Callable[..., dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -168,6 +173,7 @@ class MqttSink(Sink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._client = client
         client.connect_async(self.host, self.port, keepalive=self.keepalive)
         client.loop_start()
@@ -180,11 +186,26 @@ class MqttSink(Sink):
             if self._connected.is_set() or self.published:
                 self.reconnects += 1
             self._connected.set()
+            if self.commands:
+                client.subscribe(f"{self.topic}/command", qos=1)
             # paho itself sends again what it had in flight when the link dropped; hand it the rest.
             handed = set(self._in_flight.values())
             for ours, payload in list(self._queue.items()):
                 if ours not in handed:
                     self._publish(ours, payload)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        """A control message: handed to the daemon, the answer (or the problem) published beside it."""
+        try:
+            fields = json.loads(message.payload.decode("utf-8"))
+            if not isinstance(fields, dict) or not isinstance(fields.get("action"), str):
+                raise ValueError('expected a JSON object with "action": "start" or "stop"')
+            if self.on_command is None:
+                raise ValueError("this sink takes no commands")
+            answer = self.on_command(fields.pop("action"), **fields)
+        except (ValueError, UnicodeDecodeError) as err:
+            answer = {"ok": False, "error": str(err)}
+        client.publish(f"{self.topic}/command/reply", json.dumps(answer), qos=1)
 
     def _on_disconnect(self, client: Any, userdata: Any, *args: Any) -> None:
         self._connected.clear()
@@ -243,7 +264,7 @@ class MqttSink(Sink):
 
 def open_sink(spec: str) -> Sink:
     """`jsonl:-` (stdout), `jsonl:PATH[?max_mb=50&backups=5]`,
-    `mqtt://[user:pass@]host[:port]/topic[?tls=1&ca=F&buffer=N&client_id=ID&reconnect=S]`."""
+    `mqtt://[user:pass@]host[:port]/topic[?tls=1&ca=F&buffer=N&client_id=ID&reconnect=S&commands=1]`."""
     if spec in ("-", "jsonl", "jsonl:", "jsonl:-", "stdout"):
         return JsonLinesSink()
     if spec.startswith("jsonl:"):
@@ -267,6 +288,7 @@ def open_sink(spec: str) -> Sink:
             port = url.port or (8883 if tls else 1883)
             buffer = int(query.get("buffer", ["10000"])[0])
             reconnect = int(query.get("reconnect", ["1"])[0])
+            commands = query.get("commands", ["0"])[0] in ("1", "true", "yes")
         except ValueError as err:
             raise SinkError(f"bad option ({err})", path=spec) from None
         return MqttSink(
@@ -280,5 +302,6 @@ def open_sink(spec: str) -> Sink:
             ca_file=query.get("ca", [None])[0],
             buffer=buffer,
             reconnect_seconds=reconnect,
+            commands=commands,
         )
     raise SinkError("expected jsonl:-, jsonl:PATH or mqtt://host[:port]/topic", path=spec)

@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from firmware_bridge.blocks import AudioBlock
 from qlung_edge import MODEL_SAMPLE_RATE
 from qlung_edge.events import ExamState, GateReason
-from qlung_edge.quality import QualityConfig, QualityReport, StreamingQuality, rejudge
+from qlung_edge.quality import FrameFeatures, QualityConfig, QualityReport, StreamingQuality, assess, rejudge
+from qlung_edge.windows import pad_segment
 
 
 class StreamResampler:
@@ -116,6 +117,32 @@ class WindowCutter:
         """Samples seen since the start of the stream."""
         self._next_end = window
         self.index = 0
+        self.frames: list[FrameFeatures] = []
+        """Quality frames completed since the caller last took them (`take_frames`)."""
+
+    def take_frames(self) -> FrameFeatures:
+        frames, self.frames = self.frames, []
+        return FrameFeatures.concatenate(frames)
+
+    def padded(self) -> Window | None:
+        """The audio seen so far as one window, faded and repeated as training pads a cycle: a stream (or
+        recording) shorter than one window is classified, not skipped. None once a window has been cut."""
+        if self.index or self.total == 0:
+            return None
+        audio = self._audio[-self.total :]
+        start = 0.0
+        window = Window(
+            index=self.index,
+            start=start,
+            end=self.total / self.rate,
+            samples=pad_segment(audio, self.window, self.rate),
+            gap_seconds=self._gap_samples() / self.rate,
+            report=self.scorer.window(self.frames_per_window) if self.scorer.frames_seen else assess(
+                pad_segment(audio, self.window, self.rate), self.rate, self.scorer.config
+            ),
+        )  # fmt: skip
+        self.index += 1
+        return window
 
     def mark_gap(self, start: int, end: int) -> None:
         """Samples [start, end) of the stream (at the model's rate) are concealed device silence."""
@@ -141,7 +168,9 @@ class WindowCutter:
         n = len(part)
         if n == 0:
             return
-        self.scorer.push(part)
+        features = self.scorer.push(part)
+        if len(features):
+            self.frames.append(features)
         if n >= self.window:
             self._audio[:] = part[-self.window :]
         else:
@@ -228,6 +257,31 @@ class Decision:
         return not self.reasons
 
 
+@dataclass(frozen=True)
+class ExamBoundary:
+    """An examination starts or ends here, in stream order with the windows around it."""
+
+    start: bool
+    """True: an examination begins; False: the current one ends."""
+    time: float
+    """Seconds on the stream timeline."""
+    reason: str
+    patient: str | None = None
+    encounter: str | None = None
+    site: str | None = None
+
+
+@dataclass(frozen=True)
+class ExamConfig:
+    """When the signal path itself starts and ends examinations."""
+
+    lift_seconds: float = 3.0
+    """Silence (too quiet for the gate, or digital silence, or a device gap) this long means the chest piece
+    was lifted or the link lost: the examination ends; the next sound starts the next one."""
+    automatic: bool = True
+    """False: only control messages (and the end of the source) start and end examinations."""
+
+
 def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
     """The samples with NaN/inf replaced by silence, and how many there were."""
     bad = int(np.count_nonzero(~np.isfinite(samples)))
@@ -240,13 +294,20 @@ def _ignore(name: str, value: float = 1) -> None:
     pass
 
 
-class SignalPath:
-    """Source blocks in, one `Decision` per window out: resample, cut windows every hop, AQS, gate.
+Output = Union[Decision, ExamBoundary]
 
-    `push(block)` returns the decisions the block completed, `finish()` those the resampler's tail completes
-    at the end of the stream. Blocks that carry NaN or inf become concealed gaps (a note says so); blocks the
-    source flags as lost audio are marked as device gaps, so the windows that overlap them are refused.
-    `count(name, value)` is told about samples, gaps and non-finite samples (the daemon's metrics).
+
+class SignalPath:
+    """Source blocks in, one `Decision` per window out: resample, cut windows every hop, AQS, gate — and where
+    examinations start and end (`ExamBoundary`), in stream order with the windows.
+
+    `push(block)` returns what the block completed, `finish()` what the resampler's tail completes at the end
+    of the stream (and the end of the examination; a stream shorter than one window becomes one padded
+    window). Blocks that carry NaN or inf become concealed gaps (a note says so); blocks the source flags as
+    lost audio are marked as device gaps, so the windows that overlap them are refused. An examination starts
+    with the first sound, ends after `ExamConfig.lift_seconds` of silence or lost audio, and starts again with
+    the next sound; `request()` starts or ends one from outside (a control message). `count(name, value)` is
+    told about samples, gaps and non-finite samples (the daemon's metrics).
     """
 
     def __init__(
@@ -258,13 +319,20 @@ class SignalPath:
         *,
         rate: int = MODEL_SAMPLE_RATE,
         count: Callable[..., None] = _ignore,
+        exams: ExamConfig | None = None,
     ) -> None:
         self.resampler = StreamResampler(rate)
         self.cutter = WindowCutter(window_samples, hop_samples, thresholds)
         self.gate = Gate(thresholds, gate or GateConfig())
+        self.exams = exams or ExamConfig()
         self.count = count
         self.notes: list[str] = []
         """Things to tell the user about the stream, oldest first; the caller takes them."""
+        self.in_exam = False
+        self._silent_frames = 0
+        self._stopped = False
+        """An examination was ended by a control message: the next one waits for a lift and a new sound."""
+        self._requests: list[ExamBoundary] = []
 
     @property
     def hop_seconds(self) -> float:
@@ -278,7 +346,11 @@ class SignalPath:
         """A reloaded bundle's thresholds, from the next window on."""
         self.gate.thresholds = thresholds
 
-    def push(self, block: AudioBlock) -> list[Decision]:
+    def request(self, start: bool, reason: str, **identifiers: str | None) -> None:
+        """Start (ending the current one) or end an examination at the next block: a control message."""
+        self._requests.append(ExamBoundary(start, self.cutter.total / self.cutter.rate, reason, **identifiers))
+
+    def push(self, block: AudioBlock) -> list[Output]:
         samples, bad = finite_samples(block.samples)
         gap = block.gap
         self.count("samples", len(samples))
@@ -292,13 +364,26 @@ class SignalPath:
             self.count("source_gap_seconds", block.duration)
             start = self.resampler.position()
             self.cutter.mark_gap(start, start + round(len(samples) * self.resampler.out_rate / block.sample_rate))
-        return self._decide(self.cutter.push(self.resampler.push(samples, block.sample_rate)))
+        requested = self._take_requests()
+        decisions = self._decide(self.cutter.push(self.resampler.push(samples, block.sample_rate)))
+        return requested + self._merge(decisions, self._boundaries(self.cutter.take_frames()))
 
-    def finish(self) -> list[Decision]:
-        """The windows the resampler's last few milliseconds complete."""
-        return self._decide(self.cutter.push(self.resampler.flush()))
+    def finish(self) -> list[Output]:
+        """What the resampler's last few milliseconds complete, a padded window for a stream shorter than one
+        window, and the end of the examination."""
+        requested = self._take_requests()
+        decisions = self._decide(self.cutter.push(self.resampler.flush()))
+        out = requested + self._merge(decisions, self._boundaries(self.cutter.take_frames()))
+        padded = self.cutter.padded()
+        if padded is not None:
+            if not self.in_exam:
+                out.append(self._start(ExamBoundary(True, 0.0, "audio")))
+            out += self._decide([padded])
+        if self.in_exam:
+            out.append(self._end(ExamBoundary(False, self.cutter.total / self.cutter.rate, "the source ended")))
+        return out
 
-    def feed(self, blocks: Iterable[AudioBlock]) -> Iterator[Decision]:
+    def feed(self, blocks: Iterable[AudioBlock]) -> Iterator[Output]:
         """Every decision of a whole stream: each block pushed, then the end of the stream."""
         for block in blocks:
             yield from self.push(block)
@@ -310,6 +395,62 @@ class SignalPath:
 
     def _decide(self, windows: list[Window]) -> list[Decision]:
         return [Decision(w, self.gate.decide(w)) for w in windows]
+
+    def _start(self, boundary: ExamBoundary) -> ExamBoundary:
+        self.in_exam, self._stopped = True, False
+        return boundary
+
+    def _end(self, boundary: ExamBoundary) -> ExamBoundary:
+        self.in_exam = False
+        return boundary
+
+    def _take_requests(self) -> list[Output]:
+        out: list[Output] = []
+        while self._requests:
+            request = self._requests.pop(0)
+            if self.in_exam:
+                out.append(self._end(replace(request, start=False)))
+            if request.start:
+                out.append(self._start(request))
+            else:
+                self._stopped = True
+        return out
+
+    def _boundaries(self, frames: FrameFeatures) -> list[ExamBoundary]:
+        """Starts and ends of examinations among new quality frames: the first sound starts one; silence (too
+        quiet, or digital silence, which is what concealed gaps are) for `lift_seconds` ends it."""
+        if not self.exams.automatic or len(frames) == 0:
+            return []
+        thresholds = self.gate.thresholds
+        hop = thresholds.hop_length / thresholds.sample_rate
+        level = 10.0 * np.log10(frames.power.astype(np.float64) + 1e-20)
+        silent = frames.dead | (level < thresholds.quiet_dbfs)
+        lift = max(1, int(round(self.exams.lift_seconds / hop)))
+        first = self.cutter.scorer.frames_seen - len(frames)
+        out = []
+        for i, quiet in enumerate(silent):
+            if quiet:
+                self._silent_frames += 1
+                if self.in_exam and self._silent_frames == lift:
+                    time = (first + i + 1 - lift) * hop
+                    seconds = self.exams.lift_seconds
+                    out.append(
+                        self._end(ExamBoundary(False, time, f"no breath sounds for {seconds:g} s: lifted or lost"))
+                    )
+                if self._silent_frames >= lift:
+                    self._stopped = False  # after a stop, a lift and a new sound start the next examination
+            else:
+                self._silent_frames = 0
+                if not self.in_exam and not self._stopped:
+                    out.append(self._start(ExamBoundary(True, (first + i) * hop, "breath sounds")))
+        return out
+
+    @staticmethod
+    def _merge(decisions: list[Decision], boundaries: list[ExamBoundary]) -> list[Output]:
+        """Windows (by their end) and boundaries (by their time) in stream order; a boundary goes first on a tie."""
+        timed: list[tuple[float, int, Output]] = [(d.window.end, 1, d) for d in decisions]
+        timed += [(b.time, 0, b) for b in boundaries]
+        return [item for _, _, item in sorted(timed, key=lambda t: (t[0], t[1]))]
 
 
 @dataclass

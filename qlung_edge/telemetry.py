@@ -143,13 +143,44 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class StatusServer:
-    """`GET /health` (JSON; 503 when unhealthy) and `GET /metrics` (Prometheus), in a daemon thread."""
+MAX_BODY = 4096
+"""Largest control message accepted (bytes)."""
 
-    def __init__(self, metrics: Metrics, health: Callable[[], dict[str, Any]], host: str, port: int) -> None:
+
+class StatusServer:
+    """`GET /health` (JSON; 503 when unhealthy), `GET /metrics` (Prometheus) and, with a `control` callback,
+    `POST /exam/start` and `POST /exam/stop` (a JSON object of identifiers), in a daemon thread."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        health: Callable[[], dict[str, Any]],
+        host: str,
+        port: int,
+        control: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                path = self.path.split("?")[0]
+                if owner.control is None or path not in ("/exam/start", "/exam/stop"):
+                    self._reply(404, "text/plain", b"not found: POST /exam/start or /exam/stop\n")
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    if length > MAX_BODY:
+                        raise ValueError(f"body of {length} bytes; at most {MAX_BODY}")
+                    raw = self.rfile.read(length) if length else b"{}"
+                    fields = json.loads(raw.decode("utf-8") or "{}")
+                    if not isinstance(fields, dict):
+                        raise ValueError("the body must be a JSON object")
+                    answer = owner.control(path.rsplit("/", 1)[1], **fields)
+                except (ValueError, UnicodeDecodeError) as err:  # json.JSONDecodeError is a ValueError
+                    self._reply(400, "application/json", json.dumps({"ok": False, "error": str(err)}).encode())
+                    return
+                self._reply(200, "application/json", json.dumps(answer).encode())
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
                     body = owner.metrics.prometheus().encode()
@@ -173,6 +204,7 @@ class StatusServer:
 
         self.metrics = metrics
         self.health = health
+        self.control = control
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)

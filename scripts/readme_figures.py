@@ -60,8 +60,19 @@ def bench_block(benchmarks: str) -> str:
     return "\n".join(lines)
 
 
+def results_block(results: str) -> str:
+    """RESULTS.md's tables and closing line, as they are, below where they come from."""
+    command = re.search(r"- command: `(.+)`", results)
+    body = results.split("\n\n", 3)[-1].strip() if results.count("\n\n") >= 3 else results.strip()
+    source = f"From [RESULTS.md](RESULTS.md) (`{command.group(1)}`):" if command else "From RESULTS.md:"
+    return source + "\n\n" + body
+
+
 def blocks() -> dict[str, str]:
-    return {"bench": bench_block((REPO / "BENCHMARKS.md").read_text())}
+    out = {"bench": bench_block((REPO / "BENCHMARKS.md").read_text())}
+    if (REPO / "RESULTS.md").exists():
+        out["results"] = results_block((REPO / "RESULTS.md").read_text())
+    return out
 
 
 def render(readme: str) -> str:

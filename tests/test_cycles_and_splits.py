@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.cycles import CycleAudioConfig, CycleAudioLoader, apply_edge_fades, repeat_to_length
+from qlung_edge.windows import apply_edge_fades, repeat_to_length
+from training.cycles import CycleAudioConfig, CycleAudioLoader
 from training.icbhi import scan_icbhi
 from training.splits import patient_holdout, patient_kfold
 

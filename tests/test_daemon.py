@@ -30,7 +30,7 @@ from qlung_edge.daemon import Daemon, DaemonConfig, DaemonError, backend_for
 from qlung_edge.events import validate
 from qlung_edge.onnx_sessions import onnx_session
 from qlung_edge.sinks import CollectSink, JsonLinesSink, open_sink
-from qlung_edge.streaming import SignalPath
+from qlung_edge.streaming import Decision, SignalPath
 
 WINDOW, RATE = 128_000, 16_000
 
@@ -108,7 +108,8 @@ def test_the_daemon_says_what_the_signal_path_and_backend_say(bundle: Path, shar
         events, _ = _run(bundle, FileSource(name=f"file:{wav}", path=wav), hop_seconds=1.0)
         windows = _windows(events)
         path = SignalPath(loaded.window_samples, RATE, loaded.quality_config(), config.gate)
-        decisions = list(path.feed(FileSource(name="f", path=wav).blocks()))
+        outputs = list(path.feed(FileSource(name="f", path=wav).blocks()))
+        decisions = [d for d in outputs if isinstance(d, Decision)]
         assert len(windows) == len(decisions) > 0, wav.name
         accepted = [d for d in decisions if d.accepted]
         answers = backend.run(np.stack([d.window.samples for d in accepted])) if accepted else []
@@ -164,9 +165,9 @@ def test_degraded_recordings_are_gated_with_the_right_reason(
 
 
 class SlowBackend(OnnxBackend):
-    def run(self, windows: np.ndarray) -> np.ndarray:
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         time.sleep(0.15)
-        return super().run(windows)
+        return super().run_all(windows)
 
 
 def _long_recording(shared_data: Path, path: Path, seconds: int) -> Path:

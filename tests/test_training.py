@@ -76,7 +76,7 @@ def test_train_checkpoint_resume_eval(tiny: list[str], tmp_path: Path, synth_roo
         assert (run / name).exists(), name
     assert any((run / "tensorboard").iterdir())
     assert straight["selection"].startswith("best epoch on patients held out")
-    assert 0.0 <= straight["test"]["score"] <= 1.0 and straight["train_cycles_per_second"] > 0
+    assert 0.0 <= straight["test"]["score"] <= 1.0 and straight["train_examples_per_second"] > 0
 
     # Interrupted after one epoch, then resumed: the same weights as the uninterrupted run.
     assert train(config, tmp_path / "split", stop_after=1, progress=False) == {"stopped_after_epoch": 1}
@@ -183,3 +183,103 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny: lis
     assert summary["test"]["score"] == pytest.approx(
         json.loads((tmp_path / "one" / "summary.json").read_text())["test"]["score"]
     )
+
+
+# --------------------------------------------------------------------------- training on the daemon's windows
+
+
+def test_window_examples_are_the_daemons_windows_with_cached_front_end(synth_root: Path, tmp_path: Path) -> None:
+    """Windows cut from whole recordings at the deployed hop, labelled by the shared rule; their cached log-mel
+    frames (a slice of the recording's) equal the front end run on the window's samples, and a recording
+    shorter than a window is one padded window."""
+    import numpy as np
+    import soundfile as sf
+
+    from qlung_edge.windows import pad_segment, window_label
+    from training.cycles import CycleAudioLoader
+    from training.dataset import NO_LABEL, Geometry, prepare, recording_windows
+    from training.datasets import scan_folder
+    from training.frontend import KaldiFbank
+
+    scan = scan_folder(synth_root / "sprsound", progress=False)
+    geometry = Geometry("window", 4.0, 1.0)
+    recording = max(scan.recordings, key=lambda r: r.duration or 0)
+    windows = recording_windows(recording, geometry)
+    assert [w.start for w in windows] == [float(i) for i in range(len(windows))]
+    assert all(w.end - w.start == 4.0 for w in windows)
+    for w in windows:
+        expected = window_label(recording.cycles, w.start, w.end)
+        assert w.label == (NO_LABEL if expected is None else expected)
+    prepared = prepare(windows, scan.recordings, tmp_path, geometry=geometry, progress=False)
+    audio = CycleAudioLoader(scan.recordings).recording_audio(recording.id)
+    frontend = KaldiFbank().eval()
+    for i in (0, len(windows) - 1):
+        start = int(windows[i].start * 16000)
+        with torch.no_grad():
+            direct = frontend(torch.from_numpy(np.array(audio[start : start + 64000]))[None])[0].numpy()
+        np.testing.assert_allclose(prepared.inputs[i].astype(np.float32), direct, atol=5e-3)  # float16 storage
+    clip = tmp_path / "short.wav"  # the first 2.5 s of the recording, as its own file
+    sf.write(clip, audio[:40000], 16000, subtype="FLOAT")
+    short = replace(recording, id="short", audio_path=clip, duration=2.5, cycles=[])
+    (only,) = recording_windows(short, geometry)
+    assert (only.start, only.end, only.label) == (0.0, 2.5, NO_LABEL)
+    waves = prepare([only], [short], tmp_path, geometry=geometry, features=False, progress=False)
+    np.testing.assert_allclose(waves.inputs[0], pad_segment(np.asarray(audio[:40000], np.float32), 64000), atol=1e-6)
+
+
+def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synth_root: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from export.onnx_export import export_bundle
+    from qlung_edge.bundle import load_bundle
+    from qlung_edge.examination import VerdictRule
+
+    data = f"data.root={synth_root / 'sprsound'}"
+    windows = ["data.dataset=sprsound", "data.unit=window", "data.window_seconds=4.0", "data.hop_seconds=2.0"]
+    overrides = [data, *windows, f"data.cache_dir={tmp_path / 'cache'}", *TINY]
+    summary = train(load_recipe("demo", overrides), tmp_path / "run", progress=False)
+    assert summary["unit"] == "window" and summary["examples"]["train"] > 0
+    assert 0.0 <= summary["test_cycles"]["score"] <= 1.0, "the same checkpoint scored on annotated events too"
+    for task in ("task_2_1", "task_2_2"):
+        assert 0.0 <= summary["test_records"][task]["score"] <= 1.0
+        assert (tmp_path / "run" / f"records_{task}.png").exists()
+    rule = VerdictRule(**summary["verdict_rule"])
+    assert "validation patients" in rule.calibrated_on
+    payload = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert payload["verdict"] == rule.to_dict() and payload["geometry"]["window_seconds"] == 4.0
+    assert set(payload["metrics"]) >= {"validation", "test", "test_cycles", "test_records"}
+    bundle = tmp_path / "bundle"
+    export_bundle(tmp_path / "run" / "best.pt", bundle, log=lambda line: None)
+    manifest = load_bundle(bundle).manifest
+    assert (manifest["window_seconds"], manifest["window_samples"], manifest["hop_seconds"]) == (4.0, 64000, 2.0)
+    assert VerdictRule.from_manifest(manifest) == rule and manifest["training_unit"] == "window"
+    # The learned quality estimate is fitted on the training recordings and ships as the `poor` output.
+    estimate = summary["quality_estimate"]
+    assert 0.0 <= estimate["figures"]["cv_record_auroc"] <= 1.0 and estimate["figures"]["synthetic_windows"] > 0
+    assert manifest["quality_estimate"]["threshold"] == estimate["threshold"]
+    assert [o["name"] for o in manifest["outputs"]][-1] == "poor"
+    from qlung_edge.backends import open_backend
+
+    backend = open_backend(load_bundle(bundle))
+    out = backend.run_all(np.load(bundle / "check_inputs.npz")["waveform"])
+    assert out["poor"].shape == (len(out["probabilities"]),) and np.all((out["poor"] >= 0) & (out["poor"] <= 1))
+    from click.testing import CliRunner
+
+    from qlung_edge.cli import cli
+
+    png = tmp_path / "q.png"
+    arguments = ["quality-scan", str(synth_root / "sprsound"), "--bundle", str(bundle), "--png", str(png)]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    assert "record AUROC" in result.output and "good records' windows refused" in result.output
+    assert (tmp_path / "q-learned-test.png").exists()
+
+
+def test_a_mixed_recipe_trains_on_cycles_and_windows_and_is_judged_on_windows(synth_root: Path) -> None:
+    base = [f"data.root={synth_root / 'sprsound'}", "data.dataset=sprsound", "data.window_seconds=4.0"]
+    mixed = load_splits(load_recipe("demo", [*base, "data.unit=mixed"]), progress=False)
+    cycles = load_splits(load_recipe("demo", [*base, "data.unit=cycle"]), progress=False)
+    windows = load_splits(load_recipe("demo", [*base, "data.unit=window"]), progress=False)
+    assert [g.unit for g, _ in mixed.train_parts] == ["cycle", "window"]
+    assert len(mixed.train) == len(cycles.train) + len(windows.train)
+    assert mixed.validation == windows.validation and mixed.test == windows.test

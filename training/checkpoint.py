@@ -30,7 +30,7 @@ def build_model(config: RunConfig, *, training: bool = True) -> QLungModel:
         cfg.backbone,
         head=config.loss.head,
         scale=config.loss.s_a,
-        edge=EdgeCNNConfig(dropout=cfg.dropout),
+        edge=EdgeCNNConfig(**{"dropout": cfg.dropout, **cfg.edge}),
         ast=ASTConfig(**cfg.ast) if cfg.ast else None,
         spec_augment=SpecAugment(config.train.freq_mask, config.train.time_mask) if training else None,
     )
@@ -89,6 +89,8 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
     if tuple(payload["classes"]) != CLASS_NAMES:
         raise QLungError(f"trained for classes {payload['classes']}, this toolkit uses {list(CLASS_NAMES)}", path=path)
     model = build_model(config, training=False)
+    if any(k.startswith("quality_head.") for k in payload["weights"]):
+        model.attach_quality_head()
     try:
         model.load_state_dict(payload["weights"])
     except RuntimeError as err:

@@ -35,6 +35,18 @@ class DataConfig:
     cache_dir: str = ".cache/qlung"
     event_mapping: dict[str, Any] = field(default_factory=dict)
     """SPRSound event types to class indices (or null), on top of the default mapping."""
+    unit: str = "cycle"
+    """'cycle': each annotated cycle/event padded to `window_seconds` (the ICBHI protocol of the paper);
+    'window': the daemon's windows, cut from whole recordings every `hop_seconds` and labelled by the events
+    they overlap (qlung_edge.windows) — what the device sees; 'mixed': trained on both, chosen and tested on
+    windows."""
+    window_seconds: float = 8.0
+    """The model's input length: the bundle records it and the daemon cuts windows of it."""
+    hop_seconds: float = 1.0
+    """Between windows, in training (unit=window) and in the daemon (the bundle records it)."""
+    quality_estimate: bool = True
+    """Where records carry "Poor Quality" labels (SPRSound), fit the learned quality estimate on the model's
+    embedding after training (training.quality_model) and ship it as the bundle's `poor` output."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,8 @@ class ModelConfig:
     """Local AST/DeiT checkpoint for the ast backbone; nothing is downloaded."""
     ast: dict[str, Any] = field(default_factory=dict)
     """ASTConfig overrides (embed_dim, depth, heads) for smaller transformers."""
+    edge: dict[str, Any] = field(default_factory=dict)
+    """EdgeCNNConfig overrides (stem_channels, stem_kernel, stem_stride, embed_dim)."""
     dropout: float = 0.1
 
 
@@ -70,6 +84,9 @@ class TrainConfig:
     """Torch CPU threads; 0 leaves torch's default."""
     max_steps: int = 0
     """Stop after this many optimiser steps in total (0: no limit); for smoke tests."""
+    cache_features: bool = True
+    """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
+    epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 from qlung_edge import MODEL_SAMPLE_RATE, WINDOW_SECONDS
 from qlung_edge.audio import read_audio, resample
 from qlung_edge.errors import DataError
+from qlung_edge.windows import pad_segment
 from training.records import Cycle, Recording
 
 
@@ -28,33 +29,10 @@ from training.records import Cycle, Recording
 class CycleAudioConfig:
     sample_rate: int = MODEL_SAMPLE_RATE
     seconds: float = WINDOW_SECONDS
-    fade_seconds: float = 1.0 / 16.0
-    """Linear fade at each edge of a cycle, so repeat-padding does not add clicks."""
 
     @property
     def length(self) -> int:
         return int(round(self.sample_rate * self.seconds))
-
-
-def apply_edge_fades(samples: np.ndarray, fade_length: int) -> np.ndarray:
-    """Linear fade-in and fade-out, each at most half the signal long."""
-    out = np.array(samples, dtype=np.float32, copy=True)
-    n = min(fade_length, len(out) // 2)
-    if n > 0:
-        ramp = np.linspace(0.0, 1.0, n, endpoint=False, dtype=np.float32)
-        out[:n] *= ramp
-        out[len(out) - n :] *= ramp[::-1]
-    return out
-
-
-def repeat_to_length(samples: np.ndarray, length: int) -> np.ndarray:
-    """Cut to `length` or repeat the signal end to end until it is that long."""
-    if len(samples) == 0:
-        raise ValueError("cannot pad an empty signal")
-    if len(samples) >= length:
-        return np.ascontiguousarray(samples[:length])
-    reps = -(-length // len(samples))
-    return np.tile(samples, reps)[:length]
 
 
 class CycleAudioLoader:
@@ -131,6 +109,4 @@ class CycleAudioLoader:
 
     def __call__(self, cycle: Cycle) -> np.ndarray:
         """Fixed-length float32 input for one cycle."""
-        cfg = self.config
-        faded = apply_edge_fades(self.cycle_segment(cycle), int(round(cfg.fade_seconds * cfg.sample_rate)))
-        return repeat_to_length(faded, cfg.length)
+        return pad_segment(self.cycle_segment(cycle), self.config.length, self.config.sample_rate)

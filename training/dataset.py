@@ -1,7 +1,11 @@
-"""Cycles as training examples: fixed-length waveform, label and AQS, prepared once and cached on disk.
+"""Training examples — annotated cycles or the daemon's windows — prepared once and cached on disk.
 
-Decoding, resampling and scoring quality happen once per cycle; the arrays are memory-mapped afterwards,
-so later epochs, seeds and runs with the same data read them straight from the cache.
+An example is a labelled span of a recording (`records.Cycle`): a respiratory cycle or event, padded to the
+model's input length as the field does, or a window cut from the whole recording exactly where the daemon
+cuts it (`qlung_edge.windows`). Decoding, resampling, AQS and — with `features=True` — the log-mel front end
+are computed once per example and memory-mapped afterwards: the front end is deterministic and most of the
+model's FLOPs, so training runs SpecAugment and the network on cached float16 log-mel frames. A window's
+frames are a slice of its recording's frames, so each second of a recording goes through the front end once.
 """
 
 from __future__ import annotations
@@ -9,34 +13,87 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qlung_edge.quality import QualityConfig, QualityInputError, assess
+from qlung_edge import FRAME_HOP, MODEL_SAMPLE_RATE, frames_in
+from qlung_edge.quality import QualityConfig, QualityInputError, assess, frame_features, summarize
+from qlung_edge.windows import FADE_SECONDS, pad_segment, window_label, window_starts
 from training.cycles import CycleAudioConfig, CycleAudioLoader
+from training.frontend import KaldiFbank
 from training.records import Cycle, Recording
+
+UNITS = ("cycle", "window", "mixed")
+"""What a training example is: an annotated cycle padded to length, a window of the daemon's, or (mixed) both:
+cycles teach what each sound is, windows what the device sees; validation and test use windows."""
+NO_LABEL = -1
+"""Label of a window that overlaps no annotated event: not trained on, but part of its recording's verdict."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What one model input is: its unit, its length, and (windows) the hop between them."""
+
+    unit: str = "cycle"
+    seconds: float = 8.0
+    hop_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        if (
+            round(self.hop_seconds * MODEL_SAMPLE_RATE) % FRAME_HOP
+            or round(self.seconds * MODEL_SAMPLE_RATE) % FRAME_HOP
+        ):
+            raise ValueError("window and hop must be positive whole multiples of 10 ms")
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.seconds * MODEL_SAMPLE_RATE))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_seconds * MODEL_SAMPLE_RATE))
 
 
 @dataclass
-class PreparedCycles:
-    cycles: list[Cycle]
-    waveforms: np.ndarray
-    """[N, samples] float32, usually a read-only memory map."""
+class Prepared:
+    examples: list[Cycle]
+    inputs: np.ndarray
+    """[N, frames, mels] float16 log-mel (features) or [N, samples] float32 waveforms; usually a memory map."""
     labels: np.ndarray
     aqs: np.ndarray
+    features: bool
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
 
-def _cache_key(
-    cycles: Sequence[Cycle], recordings: dict[str, Recording], audio: CycleAudioConfig, quality: QualityConfig
-) -> str:
+def recording_windows(recording: Recording, geometry: Geometry, samples: int | None = None) -> list[Cycle]:
+    """The daemon's windows of one recording as labelled spans (`NO_LABEL` where no event is overlapped)."""
+    if samples is None:
+        samples = int(round((recording.duration or 0.0) * MODEL_SAMPLE_RATE))
+    out = []
+    for start in window_starts(samples, geometry.samples, geometry.hop_samples):
+        begin = start / MODEL_SAMPLE_RATE
+        end = min(start + geometry.samples, samples) / MODEL_SAMPLE_RATE
+        label = window_label(recording.cycles, begin, end)
+        out.append(recording.cycle(begin, end, NO_LABEL if label is None else label, f"{recording.id}@{begin:g}s"))
+    return out
+
+
+def _cache_key(examples: Sequence[Cycle], recordings: dict[str, Recording], geometry: Geometry,
+               quality: QualityConfig, features: bool) -> str:  # fmt: skip
     digest = hashlib.sha1()
-    digest.update(json.dumps([audio.sample_rate, audio.seconds, audio.fade_seconds, quality.to_dict(), "v1"]).encode())
-    for c in cycles:
+    config = [MODEL_SAMPLE_RATE, geometry.unit, geometry.seconds, FADE_SECONDS, features, quality.to_dict(), "v2"]
+    digest.update(json.dumps(config).encode())
+    for c in examples:
         path = recordings[c.recording].audio_path
         stat = path.stat() if path is not None else None
         digest.update(
@@ -45,56 +102,114 @@ def _cache_key(
     return digest.hexdigest()[:20]
 
 
-def prepare_cycles(
-    cycles: Sequence[Cycle],
+class _FrontEnd:
+    """The model's log-mel front end, run once per recording or cycle, in float32, stored as float16."""
+
+    def __init__(self) -> None:
+        self.module = KaldiFbank().eval()
+
+    @torch.no_grad()
+    def __call__(self, waves: np.ndarray) -> np.ndarray:
+        return self.module(torch.from_numpy(np.array(waves, dtype=np.float32))).numpy()
+
+
+def prepare(
+    examples: Sequence[Cycle],
     recordings: Sequence[Recording],
     cache_dir: str | Path,
     quality: QualityConfig | None = None,
-    audio: CycleAudioConfig | None = None,
+    geometry: Geometry | None = None,
+    *,
+    features: bool = True,
     progress: bool = True,
-    desc: str = "prepare cycles",
-) -> PreparedCycles:
-    """Waveforms, labels and AQS of `cycles`, from the cache when an identical set was prepared before."""
+    desc: str = "prepare",
+) -> Prepared:
+    """Inputs, labels and AQS of `examples`, from the cache when an identical set was prepared before."""
     quality = quality or QualityConfig()
-    audio = audio or CycleAudioConfig()
+    geometry = geometry or Geometry()
     by_id = {r.id: r for r in recordings}
     cache_dir = Path(cache_dir)
-    key = _cache_key(cycles, by_id, audio, quality)
-    wave_path, meta_path = cache_dir / f"cycles-{key}.npy", cache_dir / f"cycles-{key}.json"
-    labels = np.array([c.label for c in cycles], dtype=np.int64)
-    if wave_path.exists() and meta_path.exists():
+    key = _cache_key(examples, by_id, geometry, quality, features)
+    input_path, meta_path = cache_dir / f"{geometry.unit}s-{key}.npy", cache_dir / f"{geometry.unit}s-{key}.json"
+    labels = np.array([c.label for c in examples], dtype=np.int64)
+    if input_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        return PreparedCycles(
-            list(cycles), np.load(wave_path, mmap_mode="r"), labels, np.array(meta["aqs"], np.float32)
-        )
+        inputs = np.load(input_path, mmap_mode="r")
+        return Prepared(list(examples), inputs, labels, np.array(meta["aqs"], np.float32), features)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    audio = CycleAudioConfig(seconds=geometry.seconds)
     loader = CycleAudioLoader(recordings, audio, cache_dir=cache_dir / "audio")
-    tmp = wave_path.with_suffix(f".{os.getpid()}.tmp")
-    waves = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(cycles), audio.length))
-    scores = np.zeros(len(cycles), np.float32)
-    for i, cycle in enumerate(tqdm(cycles, desc=desc, unit="cycle", disable=not progress)):
-        waves[i] = loader(cycle)
-        segment = loader.cycle_segment(cycle)
-        try:
-            scores[i] = assess(segment, audio.sample_rate, quality).aqs
-        except QualityInputError:  # a cycle shorter than one 25 ms frame: score its padded form
-            scores[i] = assess(waves[i], audio.sample_rate, quality).aqs
-    waves.flush()
-    del waves
-    tmp.replace(wave_path)
-    meta_path.write_text(json.dumps({"aqs": scores.tolist(), "cycles": len(cycles)}))
-    return PreparedCycles(list(cycles), np.load(wave_path, mmap_mode="r"), labels, scores)
+    frontend = _FrontEnd() if features else None
+    shape = (len(examples), frames_in(geometry.samples), 128) if features else (len(examples), geometry.samples)
+    tmp = input_path.with_suffix(f".{os.getpid()}.tmp")
+    inputs = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16 if features else np.float32, shape=shape)
+    scores = np.zeros(len(examples), np.float32)
+    if geometry.unit == "mixed":
+        raise ValueError("prepare cycles and windows of a mixed recipe separately")
+    if geometry.unit == "cycle":
+        _prepare_cycles(examples, loader, frontend, quality, inputs, scores, progress, desc)
+    else:
+        _prepare_windows(examples, loader, frontend, quality, geometry, inputs, scores, progress, desc)
+    inputs.flush()
+    del inputs
+    tmp.replace(input_path)
+    meta_path.write_text(json.dumps({"aqs": scores.tolist(), "examples": len(examples)}))
+    return Prepared(list(examples), np.load(input_path, mmap_mode="r"), labels, scores, features)
 
 
-class CycleDataset(torch.utils.data.Dataset):
-    """(waveform, label, aqs, index) per cycle."""
+def _prepare_cycles(examples: Sequence[Cycle], loader: CycleAudioLoader, frontend: _FrontEnd | None,
+                    quality: QualityConfig, inputs: np.ndarray, scores: np.ndarray, progress: bool,
+                    desc: str) -> None:  # fmt: skip
+    batch = 32
+    for first in tqdm(range(0, len(examples), batch), desc=desc, unit=f"{batch} cycles", disable=not progress):
+        chunk = examples[first : first + batch]
+        waves = np.stack([loader(c) for c in chunk])
+        inputs[first : first + len(chunk)] = waves if frontend is None else frontend(waves)
+        for i, (cycle, wave) in enumerate(zip(chunk, waves)):
+            try:
+                scores[first + i] = assess(loader.cycle_segment(cycle), MODEL_SAMPLE_RATE, quality).aqs
+            except QualityInputError:  # a cycle shorter than one 25 ms frame: score its padded form
+                scores[first + i] = assess(wave, MODEL_SAMPLE_RATE, quality).aqs
 
-    def __init__(self, prepared: PreparedCycles) -> None:
+
+def _prepare_windows(examples: Sequence[Cycle], loader: CycleAudioLoader, frontend: _FrontEnd | None,
+                     quality: QualityConfig, geometry: Geometry, inputs: np.ndarray, scores: np.ndarray,
+                     progress: bool, desc: str) -> None:  # fmt: skip
+    """Each recording decoded, scored frame by frame and (features) run through the front end once; its windows
+    are slices of that."""
+    by_recording: dict[str, list[int]] = defaultdict(list)
+    for i, example in enumerate(examples):
+        by_recording[example.recording].append(i)
+    frames = frames_in(geometry.samples)
+    for recording, indices in tqdm(by_recording.items(), desc=desc, unit="rec", disable=not progress):
+        audio = np.asarray(loader.recording_audio(recording), dtype=np.float32)
+        if len(audio) < geometry.samples:
+            audio = pad_segment(audio, geometry.samples)
+        quality_frames = frame_features(audio, quality)
+        recording_frames = frontend(audio[None])[0] if frontend is not None else None
+        for i in indices:
+            start = min(int(round(examples[i].start * MODEL_SAMPLE_RATE)), len(audio) - geometry.samples)
+            first = start // FRAME_HOP
+            if recording_frames is not None:
+                inputs[i] = recording_frames[first : first + frames]
+            else:
+                inputs[i] = audio[start : start + geometry.samples]
+            window_frames = replace(quality_frames, **{
+                f: getattr(quality_frames, f)[first : first + frames] for f in ("entropy", "power", "clipped", "dead")
+            })  # fmt: skip
+            scores[i] = summarize(window_frames, quality).aqs
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    """(input, label, aqs, index) per example: float32 log-mel [frames, mels] or waveform [samples]."""
+
+    def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
 
     def __len__(self) -> int:
-        return len(self.prepared.cycles)
+        return len(self.prepared)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, int]:
         p = self.prepared
-        return torch.from_numpy(np.array(p.waveforms[index])), int(p.labels[index]), float(p.aqs[index]), index
+        x = torch.from_numpy(np.array(p.inputs[index], dtype=np.float32))
+        return x, int(p.labels[index]), float(p.aqs[index]), index

@@ -16,7 +16,7 @@ import numpy as np
 
 from qlung_edge.errors import QLungError
 from training.checkpoint import load_model
-from training.dataset import CycleDataset, prepare_cycles
+from training.dataset import ExampleDataset, Geometry, prepare
 from training.engine import cycle_metrics, predict, resolve_device
 from training.metrics import confusion_matrix, format_scores, icbhi_scores, plot_confusion_matrix
 
@@ -92,10 +92,11 @@ def evaluate_checkpoint(
         raise QLungError(
             f"{data}: no usable cycles in split {split!r} (splits here: {', '.join(scan.splits()) or 'none'})"
         )
-    prepared = prepare_cycles(
-        cycles, scan.recordings, cache_dir, config.quality, progress=progress, desc=f"prepare {split}"
+    geometry = Geometry("cycle", config.data.window_seconds, config.data.hop_seconds)
+    prepared = prepare(
+        cycles, scan.recordings, cache_dir, config.quality, geometry, progress=progress, desc=f"prepare {split}"
     )
-    probabilities = predict(model, CycleDataset(prepared), torch_device, 32)
+    probabilities = predict(model, ExampleDataset(prepared), torch_device, 32)
     metrics = cycle_metrics(cycles, probabilities)
     labels, predictions = prepared.labels, probabilities.argmax(axis=1)
     thresholds = thresholds or [0.0, *np.round(np.quantile(prepared.aqs, [0.1, 0.2, 0.3, 0.5]), 3).tolist()]

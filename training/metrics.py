@@ -122,3 +122,66 @@ def plot_confusion_matrix(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------- SPRSound, record level
+
+
+@dataclass(frozen=True)
+class RecordScores:
+    """SPRSound's record-level figures for one task, in [0, 1]."""
+
+    sensitivity: float
+    specificity: float
+    average: float
+    harmonic: float
+    score: float
+    sensitivity_without_poor_quality: float
+    """SE over the adventitious records only: some challenge entries scored it so (see `record_scores`)."""
+    records: int
+    confusion: list[list[int]]
+    labels: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def record_scores(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> RecordScores:
+    """SPRSound's record-level scoring (Tasks 2-1 and 2-2), as the challenge defines it.
+
+    SE = records of every non-normal class predicted as exactly that class / all non-normal records, SP = normal
+    records predicted normal / all normal records, AS = (SE + SP) / 2, HS = 2·SE·SP / (SE + SP),
+    Score = (AS + HS) / 2 — Zhang et al., "SPRSound: Open-Source SJTU Paediatric Respiratory Sound Database",
+    IEEE TBioCAS 16(5), 2022, and the IEEE BioCAS 2022 Grand Challenge on Respiratory Sound Classification.
+    The official scorer is not public; "Poor Quality" records count among the non-normal ones here, and the
+    SE without them (as two published challenge entries computed it) is reported beside it.
+    """
+    truth, predicted = list(truth), list(predicted)
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} records but {len(predicted)} predictions")
+    unknown = sorted(set(truth + predicted) - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among {list(labels)}")
+    normal = labels[0]
+    right = [t == p for t, p in zip(truth, predicted)]
+    sp = _ratio(sum(r for r, t in zip(right, truth) if t == normal), sum(t == normal for t in truth))
+    se = _ratio(sum(r for r, t in zip(right, truth) if t != normal), sum(t != normal for t in truth))
+    adventitious = [t not in (normal, "Poor Quality") for t in truth]
+    se_adv = _ratio(sum(r for r, a in zip(right, adventitious) if a), sum(adventitious))
+    average = (se + sp) / 2
+    harmonic = 2 * se * sp / (se + sp) if se + sp > 0 else 0.0
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), np.int64)
+    for t, p in zip(truth, predicted):
+        confusion[index[t], index[p]] += 1
+    return RecordScores(se, sp, average, harmonic, (average + harmonic) / 2, se_adv, len(truth),
+                        confusion.tolist(), tuple(labels))  # fmt: skip
+
+
+def format_record_scores(name: str, scores: RecordScores | dict[str, object]) -> str:
+    s = scores.as_dict() if isinstance(scores, RecordScores) else scores
+    return (
+        f"{name}: SE {100 * float(s['sensitivity']):.2f}  SP {100 * float(s['specificity']):.2f}  "  # type: ignore[arg-type]
+        f"AS {100 * float(s['average']):.2f}  HS {100 * float(s['harmonic']):.2f}  Score {100 * float(s['score']):.2f}"  # type: ignore[arg-type]
+        f"  ({s['records']} records)"
+    )

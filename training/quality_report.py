@@ -114,6 +114,28 @@ def calibrate(
     )
 
 
+def calibrate_aqs(
+    recordings: list[Recording], base: QualityConfig | None = None, false_gate: float = 0.01, progress: bool = True
+) -> tuple[QualityConfig, list[RecordingQuality]]:
+    """The calibrated AQS of `recordings` (a training split): entropy over the band the devices record
+    (Nyquist of the lowest source rate), mapped through the 1st-99th percentiles of acceptable records'
+    entropies, the level mapping and gate thresholds as `calibrate` chooses them. The formula and its alpha,
+    beta stay the paper's; only their inputs are normalised. Returns the config and the rows scored under it."""
+    base = base or QualityConfig()
+    rates = [r.sample_rate for r in recordings if r.sample_rate]
+    band = min(base.sample_rate / 2, min(rates) / 2) if rates else 0.0
+    banded = dataclasses.replace(base, entropy_band_hz=float(band))
+    rows = score_recordings(recordings, banded, progress=progress)
+    good = np.array([r.report.entropy for r in rows if not r.poor])
+    if len(good) < 10:
+        raise ValueError(f"need at least 10 acceptable recordings to calibrate, got {len(good)}")
+    floor, ceil = (float(np.round(v, 4)) for v in np.percentile(good, [1, 99]))
+    config = dataclasses.replace(
+        calibrate(rows, banded, false_gate), entropy_floor=floor, entropy_ceil=max(ceil, floor + 1e-3)
+    )
+    return config, rescore(rows, config)
+
+
 def plot_distribution(rows: list[RecordingQuality], path: str | Path, title: str = "") -> Path:
     """Histogram of AQS, records labelled "Poor Quality" apart from the rest."""
     import matplotlib

@@ -410,10 +410,14 @@ def _rms(x: np.ndarray) -> float:
 
 def environment_noise(spec: RecordingSpec, clean: np.ndarray) -> np.ndarray:
     """Everything the room and the hand add, at `BASE_RATE`: ambient noise, friction, hum."""
-    rng = np.random.default_rng(spec.seed + 1)
+    return added_noise(clean, BASE_RATE, spec.degradations, np.random.default_rng(spec.seed + 1))
+
+
+def added_noise(clean: np.ndarray, rate: int, degradations: list[Degradation], rng: np.random.Generator) -> np.ndarray:
+    """Ambient noise, friction and hum of `degradations`, scaled to `clean`, at `rate`."""
     n = len(clean)
     total = np.zeros(n)
-    for d in spec.degradations:
+    for d in degradations:
         p = d.params
         if d.kind == "noise":
             noise = _pink(rng, n) if p["color"] == "pink" else rng.standard_normal(n)
@@ -421,11 +425,11 @@ def environment_noise(spec: RecordingSpec, clean: np.ndarray) -> np.ndarray:
         elif d.kind == "friction":
             level = _rms(clean) * 10 ** (float(p["level_db"]) / 20)  # type: ignore[arg-type]
             for s, e in p["bursts"]:  # type: ignore[union-attr]
-                i0, i1 = int(s * BASE_RATE), min(int(e * BASE_RATE), n)
+                i0, i1 = int(s * rate), min(int(e * rate), n)
                 burst = np.diff(rng.standard_normal(i1 - i0 + 1))  # rubbing: tilted to high frequencies
                 total[i0:i1] += level * burst / _rms(burst) * np.hanning(i1 - i0)
         elif d.kind == "hum":
-            t = np.arange(n) / BASE_RATE
+            t = np.arange(n) / rate
             f = float(p["mains_hz"])  # type: ignore[arg-type]
             hum = np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 3 * f * t) + 0.25 * np.sin(2 * np.pi * 5 * f * t)
             total += hum * (_rms(clean) / _rms(hum)) * 10 ** (float(p["level_db"]) / 20)  # type: ignore[arg-type]
@@ -442,7 +446,13 @@ def render(spec: RecordingSpec) -> np.ndarray:
     signal *= 10 ** ((NOMINAL_RMS_DBFS + device.gain_db) / 20) / _rms(heard)
     rng = np.random.default_rng(spec.seed + 2)
     signal += rng.standard_normal(len(signal)) * 10 ** (device.noise_floor_dbfs / 20)
-    by_kind = {d.kind: d.params for d in spec.degradations}
+    return device_faults(signal, device.sample_rate, spec.degradations)
+
+
+def device_faults(signal: np.ndarray, rate: int, degradations: list[Degradation]) -> np.ndarray:
+    """What the device itself does wrong in `degradations`: too little gain, clipping, dropouts."""
+    signal = np.asarray(signal, dtype=np.float64).copy()
+    by_kind = {d.kind: d.params for d in degradations}
     if "low_gain" in by_kind:
         signal *= 10 ** (float(by_kind["low_gain"]["gain_db"]) / 20)  # type: ignore[arg-type]
     if "clipping" in by_kind:
@@ -450,8 +460,27 @@ def render(spec: RecordingSpec) -> np.ndarray:
         signal = np.clip(signal / level, -1.0, 1.0)
     if "dropout" in by_kind:
         for s, e in by_kind["dropout"]["intervals"]:  # type: ignore[union-attr]
-            signal[int(s * device.sample_rate) : int(e * device.sample_rate)] = 0.0
+            signal[int(s * rate) : int(e * rate)] = 0.0
     return np.clip(signal, -1.0, 1.0).astype(np.float32)
+
+
+DEGRADATION_KINDS = ("noise", "friction", "clipping", "low_gain", "hum", "dropout")
+
+
+def degrade(
+    samples: np.ndarray, rate: int, rng: np.random.Generator, poor: bool = True
+) -> tuple[np.ndarray, Degradation]:
+    """A real recording made worse by one degradation drawn as `synth` draws them; with `poor`, drawn until it
+    is severe enough that the SPRSound layout would label the record "Poor Quality" (`is_poor_quality`)."""
+    duration = len(samples) / rate
+    while True:
+        kind = str(rng.choice(DEGRADATION_KINDS))
+        degradation = _draw_degradation(rng, kind, duration)
+        if not poor or is_poor_quality([degradation]):
+            break
+    clean = np.asarray(samples, dtype=np.float64)
+    noisy = clean + added_noise(clean, rate, [degradation], rng)
+    return device_faults(noisy, rate, [degradation]), degradation
 
 
 # --------------------------------------------------------------------------- writing layouts

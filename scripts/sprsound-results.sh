@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The clinical figures of RESULTS.md, from scratch: train QLung and cross-entropy on the real SPRSound training
+# recordings (3 seeds each), export each seed's bundle, stream the inter-patient test set through it, write
+# RESULTS.md. About 1.5 hours on a 2-core CPU. Usage: bash scripts/sprsound-results.sh [DATA] [SEEDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-../shared/data/sprsound}
+seeds=${2:-0,1,2}
+q=.venv/bin/qlung-edge
+for recipe in qlung-edge-sprsound-windows ce-edge-sprsound-windows; do
+  $q train --config "$recipe" "data.root=$data" --seeds "$seeds" --out "runs/$recipe"
+  for seed in ${seeds//,/ }; do
+    run="runs/$recipe/seed$seed"
+    $q export "$run/best.pt" --out "bundles/$recipe-seed$seed" --force --check-audio "$data/test_wav"
+    $q eval-stream "bundles/$recipe-seed$seed" --data "$data" --out "$run/eval-stream"
+  done
+done
+.venv/bin/python scripts/results.py --group "QLung=runs/qlung-edge-sprsound-windows" \
+    --group "cross-entropy=runs/ce-edge-sprsound-windows" --out RESULTS.md
+.venv/bin/python scripts/readme_figures.py

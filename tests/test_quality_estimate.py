@@ -1,0 +1,125 @@
+"""The learned quality estimate: its logistic fit, its bootstrap interval, synthetic degradations of real audio,
+the calibrated AQS, and the daemon's gate on P(poor) (NaN included) and without an estimate."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from firmware_bridge.sources import FileSource
+from qlung_edge.backends import OnnxBackend
+from qlung_edge.bench import breath_like
+from qlung_edge.daemon import Daemon, DaemonConfig
+from qlung_edge.events import validate
+from qlung_edge.quality import QualityConfig, assess
+from qlung_edge.sinks import CollectSink
+from training.metrics import auroc
+from training.quality_model import bootstrap_auroc, fit_logistic, probability, record_scores
+from training.synth import degrade, is_poor_quality
+
+
+def test_logistic_fit_matches_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)) * [1, 3, 0.5, 2, 1] + [0, 5, 0, -2, 1]
+    y = (x @ [1.0, -0.5, 2.0, 0.0, 0.3] + rng.normal(0, 1, 400) > -2).astype(float)
+    weight, bias = fit_logistic(x, y, l2=1e-6, iterations=100)
+    reference = LogisticRegression(C=1e6, class_weight="balanced", max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(weight, reference.coef_[0], rtol=2e-3, atol=2e-3)
+    assert bias == pytest.approx(reference.intercept_[0], abs=5e-3)
+    np.testing.assert_allclose(probability(x, weight, bias), reference.predict_proba(x)[:, 1], atol=1e-3)
+
+
+def test_record_scores_and_the_bootstrap_interval() -> None:
+    per_record = record_scores(["a", "a", "b", "c", "c"], np.array([0.2, 0.4, 0.9, 0.1, 0.1]))
+    assert per_record == pytest.approx({"a": 0.3, "b": 0.9, "c": 0.1})
+    rng = np.random.default_rng(1)
+    positives = rng.random(200) < 0.2
+    scores = positives * 0.6 + rng.random(200) * 0.8
+    low, high = bootstrap_auroc(scores, positives)
+    assert low < auroc(scores, positives) < high and high - low < 0.25
+
+
+def test_degradations_of_real_audio_are_severe_and_seen_by_aqs(shared_data: Path) -> None:
+    rng = np.random.default_rng(3)
+    clean = breath_like(4.0)
+    kinds = set()
+    for _ in range(30):
+        worse, degradation = degrade(clean, 16000, rng)
+        kinds.add(degradation.kind)
+        assert is_poor_quality([degradation]) and worse.shape == clean.shape and np.isfinite(worse).all()
+        assert np.abs(worse).max() <= 1.0
+    assert len(kinds) >= 4
+    clipped = None
+    while clipped is None:
+        worse, degradation = degrade(clean, 16000, rng)
+        clipped = worse if degradation.kind == "clipping" else None
+    assert "clipped" in assess(clipped, 16000).reasons
+
+
+def test_the_calibrated_aqs_spans_its_range_on_band_limited_audio() -> None:
+    """An 8 kHz stethoscope upsampled leaves 4-8 kHz empty, which pulls the full-band entropy down for every
+    recording alike; over the device's band, mapped through training percentiles, breath and noise separate."""
+    from qlung_edge.audio import resample
+
+    breath = resample(breath_like(8.0, 8000, seed=2), 8000, 16000)
+    noisy = resample((0.05 * np.random.default_rng(0).standard_normal(64000)).astype(np.float32), 8000, 16000)
+    paper = QualityConfig()
+    band = dataclasses.replace(paper, entropy_band_hz=4000.0)
+    assert band.entropy_bins == 129
+    e_breath, e_noise = assess(breath, config=band).entropy, assess(noisy, config=band).entropy
+    assert assess(breath, config=paper).entropy < e_breath < e_noise
+    calibrated = dataclasses.replace(band, entropy_floor=e_breath - 0.05, entropy_ceil=e_noise)
+    assert assess(noisy, config=calibrated).aqs < assess(breath, config=calibrated).aqs
+    assert assess(noisy, config=calibrated).aqs < assess(noisy, config=paper).aqs - 0.1, "the score uses its range"
+    with pytest.raises(ValueError, match="entropy_floor"):
+        dataclasses.replace(paper, entropy_floor=0.6, entropy_ceil=0.5)
+
+
+class Estimating(OnnxBackend):
+    """The bundle's model with a `poor` output set by the test: a stand-in for a fitted quality head."""
+
+    values: ClassVar[list[float]] = []
+
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        out = super().run_all(windows)
+        out["poor"] = np.array([self.values.pop(0) if self.values else 0.0 for _ in windows], np.float32)
+        return out
+
+
+def test_the_daemon_gates_on_the_learned_estimate_and_on_nan(bundle: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "breath.wav"
+    sf.write(wav, breath_like(14.0), 16000)
+    sink = CollectSink()
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], hop_seconds=1.0)
+
+    def factory(b: Any, c: Any) -> OnnxBackend:
+        Estimating.values = [0.1, 0.9, float("nan"), 0.2]
+        return Estimating("onnx-fp32", b, 1)
+
+    daemon = Daemon(config, source=FileSource(name="f", path=wav), sinks=[sink], backend_factory=factory)
+    daemon.quality_threshold = 0.5
+    assert daemon.run() == 0
+    windows = [e for e in sink.events if e["type"] == "window"]
+    for event in sink.events:
+        validate(event)
+    first = windows[:4]
+    assert [w["status"] for w in first] == ["classified", "gated", "gated", "classified"]
+    assert first[1]["reasons"] == ["estimated_poor"] and first[1]["poor"] == pytest.approx(0.9)
+    assert first[2]["reasons"] == ["quality_unknown"] and "prediction" not in first[2]
+    verdict = next(e for e in sink.events if e["type"] == "verdict")
+    assert verdict["evidence"]["gated_by_reason"] == {"estimated_poor": 1, "quality_unknown": 1}
+
+
+def test_a_bundle_without_an_estimate_runs_on_the_aqs_gate_and_says_so(bundle: Path, tmp_path: Path) -> None:
+    wav = tmp_path / "breath.wav"
+    sf.write(wav, breath_like(9.0), 16000)
+    daemon = Daemon(DaemonConfig(bundle=bundle, source=f"file:{wav}", sinks=[]), sinks=[CollectSink()])
+    assert daemon.quality_threshold is None
+    assert daemon.health()["quality_estimate"].startswith("AQS-only gate")

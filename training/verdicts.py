@@ -1,0 +1,130 @@
+"""Record-level verdicts for training: every window of each recording, the rule calibrated on validation
+patients, and SPRSound's Task 2-1 / 2-2 figures of a rule on a set of recordings.
+
+The rule itself (`qlung_edge.examination`) is device code: the daemon applies it when an examination ends.
+Here it is fitted, by a grid search over pooling statistic and thresholds that maximises the mean of the
+Task 2-1 and Task 2-2 Scores on the validation patients' recordings, and never looks at the test set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from qlung_edge import CLASS_NAMES
+from qlung_edge.examination import (
+    STATISTICS,
+    TASK_2_1,
+    TASK_2_2,
+    VerdictRule,
+    decide,
+    pool,
+    task_2_1,
+    window_evidence,
+)
+from training.dataset import Geometry, Prepared, recording_windows
+from training.metrics import RecordScores, record_scores
+from training.records import Cycle, Recording
+
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def all_windows(recordings: Sequence[Recording], geometry: Geometry) -> list[Cycle]:
+    """Every window of every recording (labelled or not): what the daemon would classify."""
+    return [w for r in recordings if r.audio_path is not None for w in recording_windows(r, geometry)]
+
+
+def by_recording(prepared: Prepared, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    """Window probabilities grouped by recording, in window order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, example in enumerate(prepared.examples):
+        groups[example.recording].append(i)
+    return {rec: probabilities[rows] for rec, rows in groups.items()}
+
+
+def gate(windows: dict[str, np.ndarray], poor: dict[str, np.ndarray] | None, threshold: float | None
+         ) -> tuple[dict[str, np.ndarray], dict[str, Counter[str]]]:  # fmt: skip
+    """Each recording's windows the learned quality gate accepts, and how many it refused (offline: the AQS
+    reasons are not applied; with no quality estimate every window is accepted)."""
+    if poor is None or threshold is None:
+        return windows, {rec: Counter() for rec in windows}
+    accepted, refused = {}, {}
+    for rec, probs in windows.items():
+        keep = poor[rec] < threshold
+        accepted[rec] = probs[keep]
+        refused[rec] = Counter({"estimated_poor": int((~keep).sum())})
+    return accepted, refused
+
+
+def verdicts(rule: VerdictRule, accepted: dict[str, np.ndarray], refused: dict[str, Counter[str]]) -> dict[str, str]:
+    """Task 2-2 label per recording."""
+    return {rec: decide(rule, probs, refused.get(rec), CLASS_NAMES).task_2_2 for rec, probs in accepted.items()}
+
+
+def score(
+    rule: VerdictRule,
+    windows: dict[str, np.ndarray],
+    truth: dict[str, str],
+    poor: dict[str, np.ndarray] | None = None,
+    threshold: float | None = None,
+) -> dict[str, RecordScores]:
+    """Task 2-1 and Task 2-2 figures of `rule` on the recordings that have a record label."""
+    accepted, refused = gate(windows, poor, threshold)
+    labelled = [rec for rec in windows if truth.get(rec)]
+    predicted = verdicts(rule, {rec: accepted[rec] for rec in labelled}, refused)
+    t22 = [truth[rec] for rec in labelled]
+    p22 = [predicted[rec] for rec in labelled]
+    return {
+        "task_2_1": record_scores([task_2_1(t) for t in t22], [task_2_1(p) for p in p22], TASK_2_1),
+        "task_2_2": record_scores(t22, p22, TASK_2_2),
+    }
+
+
+def calibrate(
+    windows: dict[str, np.ndarray],
+    truth: dict[str, str],
+    where: str,
+    poor: dict[str, np.ndarray] | None = None,
+    threshold: float | None = None,
+) -> tuple[VerdictRule, dict[str, Any]]:
+    """The pooling statistic, DAS/CAS thresholds and (with a quality estimate) the least share of accepted
+    windows that maximise the mean Task 2-1 and 2-2 Score on these (validation) recordings; ties go to the
+    more conservative (higher) thresholds."""
+    labelled = [rec for rec in windows if truth.get(rec)]
+    if not labelled:
+        raise ValueError("no recordings with record labels to calibrate the verdict on")
+    accepted, refused = gate(windows, poor, threshold)
+    t22 = np.array([truth[rec] for rec in labelled])
+    t21 = np.array([task_2_1(t) for t in t22])
+    n_accepted = np.array([len(accepted[rec]) for rec in labelled])
+    n_total = n_accepted + np.array([sum(refused[rec].values()) for rec in labelled])
+    fractions = (0.0, 0.25, 0.5, 0.75) if poor is not None else (0.0,)
+    best: tuple[Any, ...] | None = None
+    for statistic in STATISTICS:
+        evidence = [
+            (pool(d, statistic), pool(c, statistic))
+            for d, c in (window_evidence(accepted[rec], CLASS_NAMES) for rec in labelled)
+        ]
+        das = np.array([e[0] for e in evidence])
+        cas = np.array([e[1] for e in evidence])
+        for fraction in fractions:
+            unusable = (n_accepted < 1) | (n_accepted < fraction * n_total)
+            for d in THRESHOLDS:
+                for c in THRESHOLDS:
+                    has_d, has_c = das >= d, cas >= c
+                    p22 = np.where(has_d & has_c, "CAS & DAS", np.where(has_d, "DAS", np.where(has_c, "CAS", "Normal")))
+                    p22 = np.where(unusable, "Poor Quality", p22)
+                    p21 = np.where(unusable, "Poor Quality", np.where(has_d | has_c, "Adventitious", "Normal"))
+                    s21 = record_scores(t21, p21, TASK_2_1).score
+                    s22 = record_scores(t22, p22, TASK_2_2).score
+                    key = ((s21 + s22) / 2, s21, d + c, statistic, d, c, fraction)
+                    if best is None or key[:3] > best[:3]:
+                        best = key
+    assert best is not None
+    rule = VerdictRule(statistic=best[3], das_threshold=float(best[4]), cas_threshold=float(best[5]),
+                       min_accepted_fraction=float(best[6]), calibrated_on=where)  # fmt: skip
+    figures = {name: s.as_dict() for name, s in score(rule, windows, truth, poor, threshold).items()}
+    return rule, figures
