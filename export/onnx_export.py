@@ -24,9 +24,19 @@ from export.ops import MAX_OPSET, audit_file
 from qlung_edge import CLASS_NAMES, MODEL_SAMPLE_RATE, WINDOW_SAMPLES, __version__
 from qlung_edge.audio import read_audio, resample
 from qlung_edge.batches import in_batches
-from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MODEL_FILE, staged_folder, write_manifest
+from qlung_edge.bundle import (
+    CHECK_FILE,
+    FRONTEND_FILE,
+    INT8_FILE,
+    MODEL_FILE,
+    NETWORK_FILE,
+    NETWORK_INT8_FILE,
+    staged_folder,
+    write_manifest,
+)
 from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
+from qlung_edge.frontend import OnnxFrontEnd
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
 
 INPUT_NAME = "waveform"
@@ -77,14 +87,11 @@ def _to_opset(model: Any, opset: int) -> Any:
     return model
 
 
-def export_onnx(
-    model: torch.nn.Module, path: Path, options: ExportOptions = ExportOptions(), samples: int = WINDOW_SAMPLES
-) -> None:
-    """torch.export-based ONNX export with a dynamic batch, converted to the opset the Jetson reads."""
+def export_graph(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+            dynamic: dict[int, Any], path: Path, opset: int) -> None:  # fmt: skip
+    """torch.export-based ONNX export, converted to the opset the Jetson reads, checked, saved."""
     import onnx
 
-    example = torch.zeros(2, samples)
-    batch = torch.export.Dim("batch", min=1, max=options.max_batch)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # quiet its "torchvision is not installed" notes, for this call only
@@ -93,21 +100,30 @@ def export_onnx(
             warnings.simplefilter("ignore")
             raw = Path(tmp) / "raw.onnx"
             torch.onnx.export(
-                _Outputs(model.eval()),
+                module.eval(),
                 (example,),
                 str(raw),
                 dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=list(model.output_names),
-                dynamic_shapes={"waveform": {0: batch}},
+                input_names=[input_name],
+                output_names=output_names,
+                dynamic_shapes={input_name: dynamic},
                 optimize=True,  # constant folding and graph simplification (onnxscript's optimizer)
                 external_data=False,
                 verbose=False,
             )
-            converted = _to_opset(onnx.load(str(raw)), options.opset)
+            converted = _to_opset(onnx.load(str(raw)), opset)
     finally:
         exporter_log.setLevel(level)
     onnx.save(converted, str(path))
+
+
+def export_onnx(
+    model: torch.nn.Module, path: Path, options: ExportOptions = ExportOptions(), samples: int = WINDOW_SAMPLES
+) -> None:
+    """The whole model, waveform [batch, samples] in, with a dynamic batch."""
+    batch = torch.export.Dim("batch", min=1, max=options.max_batch)
+    export_graph(_Outputs(model), torch.zeros(2, samples), INPUT_NAME, list(model.output_names), {0: batch}, path,
+            options.opset)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- check windows
@@ -236,6 +252,9 @@ def export_bundle(
                 f"{checkpoint}: ONNX Runtime differs from torch (max |dp| {worst:.2e} > {options.tolerance:g}"
                 f" or argmax changed on {batched['argmax_disagreements']} windows); bundle not written"
             )
+        from export.pieces import export_pieces
+
+        incremental = export_pieces(model, stage, windows, reference, options, log)
         keep = _check_subset(len(windows), options.synthetic_check_windows)
         kept = {name: values[keep] for name, values in reference.items()}
         np.savez(stage / CHECK_FILE, waveform=windows[keep], names=np.array(names)[keep], **kept)
@@ -271,20 +290,28 @@ def export_bundle(
             "selection": payload.get("selection"),
             "verdict": payload.get("verdict", VerdictRule().to_dict()),
             "quality_estimate": payload.get("quality_estimate"),
+            "incremental": incremental,
             "versions": _versions(),
         }
         if int8:
             from export.quantize import quantize_bundle_model
 
+            front = OnnxFrontEnd(stage / FRONTEND_FILE)
             manifest["int8"] = quantize_bundle_model(
-                onnx_path, stage / INT8_FILE, calibration, seconds=seconds, log=log
-            )
+                onnx_path, stage / INT8_FILE, calibration, seconds=seconds, log=log,
+                network=(stage / NETWORK_FILE, stage / NETWORK_INT8_FILE, front),
+            )  # fmt: skip
             int8_audit = audit_file(stage / INT8_FILE)
             log(f"  INT8 op audit: {int8_audit.summary()}")
             if not int8_audit.ok:
                 problems = "; ".join(int8_audit.problems)
                 raise ExportError(f"the INT8 model would not run under TensorRT: {problems}", path=checkpoint)
             manifest["int8"]["op_audit"] = int8_audit.to_dict()
+            network_audit = audit_file(stage / NETWORK_INT8_FILE)
+            if not network_audit.ok:
+                problems = "; ".join(network_audit.problems)
+                raise ExportError(f"the INT8 network would not run under TensorRT: {problems}", path=checkpoint)
+            manifest["int8"]["network_op_audit"] = network_audit.to_dict()
         written = write_manifest(stage, manifest)
         log(f"  bundle written in {time.perf_counter() - t:.1f} s")
     sizes = ", ".join(f"{name} {record['bytes'] / 1e6:.2f} MB" for name, record in written["files"].items())

@@ -7,10 +7,12 @@ are symmetric (zero point 0), which is what TensorRT's explicit-quantization pat
 
 from __future__ import annotations
 
+import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,10 @@ class _Windows:
         self.index = 0
 
 
-def quantize_int8(fp32: str | Path, out: str | Path, calibration_windows: np.ndarray) -> dict[str, Any]:
+def quantize_int8(
+    fp32: str | Path, out: str | Path, calibration_windows: np.ndarray, nodes: list[str] | None = None
+) -> dict[str, Any]:
+    """QDQ INT8 of every convolution outside the front end, or only of `nodes`."""
     import onnx
     from onnxruntime import quantization as q
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -58,6 +63,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration_windows: np.nda
             activation_type=q.QuantType.QInt8,
             weight_type=q.QuantType.QInt8,
             nodes_to_exclude=excluded,
+            nodes_to_quantize=nodes,
             calibrate_method=q.CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
@@ -98,9 +104,12 @@ def quantize_bundle_model(
     calibration_cycles: int = 64,
     held_out_cycles: int = 300,
     seconds: float = 8.0,
+    network: tuple[Path, Path, Callable[[np.ndarray], np.ndarray]] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Quantize, then compare FP32 and INT8 on held-out cycles: Score and 1-thread latency."""
+    """Quantize, then compare FP32 and INT8 on held-out cycles: Score and 1-thread latency. With `network`
+    (network.onnx, where network.int8.onnx goes, the front end), also quantize the network piece for TensorRT
+    and decide from per-layer timings whether INT8 pays on this CPU."""
     from training.cycles import CycleAudioConfig, CycleAudioLoader
     from training.datasets import scan_folder
     from training.metrics import confusion_matrix, icbhi_scores
@@ -134,6 +143,12 @@ def quantize_bundle_model(
     fp, q = result["fp32"], result["int8"]
     result["speedup"] = fp["latency_ms_1_thread"] / q["latency_ms_1_thread"]
     result["score_drop_points"] = 100 * (fp["score"] - q["score"])
+    if network is not None:
+        source, target, frontend = network
+        features = np.stack([frontend(w) for w in calibration])
+        quantize_int8(source, target, features)
+        log(f"  INT8: {target.name} (every convolution, for TensorRT); timing each convolution alone on this CPU")
+        result["cpu"] = cpu_decision(layer_gains(source, features[:8]), source, features, log)
     log(
         f"  INT8 vs FP32 on {len(held_out)} held-out cycles: Score {100 * q['score']:.2f} vs {100 * fp['score']:.2f}"
         f" (drop {result['score_drop_points']:.2f} points); 1-thread latency {q['latency_ms_1_thread']:.1f} ms"
@@ -141,3 +156,140 @@ def quantize_bundle_model(
         f" vs {fp['bytes'] / 1e6:.2f} MB"
     )
     return result
+
+
+# --------------------------------------------------------------------------- which layers gain from INT8
+
+
+@dataclass(frozen=True)
+class LayerGain:
+    """One convolution alone, FP32 vs quantized (QDQ, which ONNX Runtime runs as QLinearConv), one thread."""
+
+    node: str
+    kind: str
+    """pointwise (1x1), depthwise (one filter per channel) or conv."""
+    weight_shape: tuple[int, ...]
+    fp32_us: float
+    int8_us: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_us / self.int8_us
+
+
+def _kind(weight_shape: tuple[int, ...], group: int) -> str:
+    if group > 1 and group == weight_shape[0] and weight_shape[1] == 1:
+        return "depthwise"
+    return "pointwise" if tuple(weight_shape[2:]) == (1, 1) else "conv"
+
+
+def _median_us(session: Any, feed: dict[str, np.ndarray], repeats: int) -> float:
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e6)
+    return statistics.median(times)
+
+
+def layer_gains(fp32: str | Path, calibration: np.ndarray, repeats: int = 200) -> list[LayerGain]:
+    """Time every convolution of `fp32` (a network without front end) alone, FP32 and quantized as the bundle
+    quantizes it (per-channel symmetric weights, symmetric activations), on its real input activations."""
+    import onnx
+    from onnx import helper, utils
+    from onnxruntime import quantization as q
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    q.CalibrationDataReader.register(_Windows)
+    gains = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        prepared = folder / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        model = onnx.load(str(prepared))
+        weights = {w.name: tuple(w.dims) for w in model.graph.initializer}
+        convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in weights]
+        typed = {v.name: v for v in model.graph.value_info}
+        probe = onnx.load(str(prepared))
+        for node in convs:  # expose each convolution's input, to calibrate and time it on real activations
+            if node.input[0] in typed:
+                probe.graph.output.append(typed[node.input[0]])
+            elif node.input[0] not in {i.name for i in probe.graph.input}:
+                raise ValueError(f"no shape for {node.input[0]} (the input of {node.name})")
+        probe_path = folder / "probe.onnx"
+        onnx.save(probe, str(probe_path))
+        session = onnx_session(probe_path)
+        input_name = model.graph.input[0].name
+        names = [o.name for o in session.get_outputs()]
+        rows = [dict(zip(names, session.run(names, {input_name: x[None]}))) for x in calibration.astype(np.float32)]
+        rows = [{**row, input_name: x[None]} for row, x in zip(rows, calibration.astype(np.float32))]
+        for node in convs:
+            alone = folder / f"{node.name}.onnx"
+            utils.extract_model(str(prepared), str(alone), [node.input[0]], [node.output[0]])
+            activations = np.concatenate([row[node.input[0]] for row in rows])
+            quantized = folder / f"{node.name}.int8.onnx"
+            q.quantize_static(
+                str(alone),
+                str(quantized),
+                _Windows(node.input[0], activations),  # type: ignore[arg-type]
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=["Conv"],
+                per_channel=True,
+                activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
+            feed = {node.input[0]: activations[:1]}
+            group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+            shape = weights[node.input[1]]
+            gains.append(
+                LayerGain(
+                    node=node.name,
+                    kind=_kind(shape, int(group)),
+                    weight_shape=shape,
+                    fp32_us=_median_us(onnx_session(alone), feed, repeats),
+                    int8_us=_median_us(onnx_session(quantized), feed, repeats),
+                )
+            )
+    return gains
+
+
+def cpu_decision(gains: list[LayerGain], network: Path, features: np.ndarray,
+                 log: Callable[[str], None] = print, threshold: float = 1.5) -> dict[str, Any]:  # fmt: skip
+    """INT8 on this CPU only where it pays: the convolutions that run >= `threshold`x faster quantized (alone);
+    quantizing just those must then speed the whole network up by `threshold`x, or FP32 stays the default."""
+    chosen = [g.node for g in gains if g.speedup >= threshold]
+    record: dict[str, Any] = {
+        "layers": [{**asdict(g), "speedup": g.speedup} for g in gains],
+        "threshold": threshold,
+        "gaining_layers": chosen,
+    }
+    speedup = 1.0
+    if chosen:
+        with tempfile.TemporaryDirectory() as tmp:
+            partial = Path(tmp) / "partial.onnx"
+            quantize_int8(network, partial, features, nodes=chosen)
+            window = features[:1].astype(np.float32)
+            speedup = median_latency_ms(onnx_session(network), window[0]) / median_latency_ms(
+                onnx_session(partial), window[0]
+            )
+    record["network_speedup_with_gaining_layers"] = speedup
+    kinds = sorted({g.kind for g in gains})
+    by_kind = ", ".join(
+        f"{kind} {statistics.median(g.speedup for g in gains if g.kind == kind):.2f}x" for kind in kinds
+    )
+    if chosen and speedup >= threshold:
+        record["default"] = "int8"
+        record["reason"] = f"{len(chosen)} of {len(gains)} convolutions gain >= {threshold:g}x; network {speedup:.2f}x"
+    else:
+        record["default"] = "fp32"
+        record["reason"] = (
+            f"INT8 does not pay on this CPU ({platform.machine()}, ONNX Runtime): {len(chosen)} of {len(gains)}"
+            f" convolutions run >= {threshold:g}x faster quantized (median by kind: {by_kind})"
+            + (f"; quantizing only those speeds the network {speedup:.2f}x" if chosen else "")
+            + ". FP32 is the CPU default; the INT8 models are for TensorRT."
+        )
+    log(f"  INT8 on this CPU: {record['reason']}")
+    return record

@@ -28,11 +28,14 @@ from qlung_edge.bundle import (
     ENGINE_FILE,
     INT8_FILE,
     MODEL_FILE,
+    NETWORK_FILE,
+    NETWORK_INT8_FILE,
     Bundle,
     load_bundle,
     staged_folder,
     write_manifest,
 )
+from qlung_edge.frontend import incremental_record, open_frontend
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
 from qlung_edge.tensorrt_runner import (
     ENGINE_TOLERANCE,
@@ -77,8 +80,30 @@ class BatchProfile:
         if not 1 <= self.minimum <= self.optimum <= self.maximum:
             raise ValueError(f"need 1 <= min <= opt <= max, got {self.minimum}/{self.optimum}/{self.maximum}")
 
-    def shapes(self, samples: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        return (self.minimum, samples), (self.optimum, samples), (self.maximum, samples)
+    def shapes(self, *dims: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Min/opt/max input shapes: the batch, then the input's fixed dimensions."""
+        return (self.minimum, *dims), (self.optimum, *dims), (self.maximum, *dims)
+
+
+@dataclass(frozen=True)
+class EngineSource:
+    """What an engine is built from: the network alone on log-mel frames when the bundle has it (the front
+    end then runs on the CPU, each frame once, as the incremental daemon needs), else the whole model."""
+
+    file: str
+    input: str
+    """`logmel` or `waveform`."""
+    dims: tuple[int, ...]
+    """The input's dimensions after the batch."""
+
+
+def engine_source(bundle: Bundle, precision: str) -> EngineSource:
+    record = incremental_record(bundle)
+    if record is not None:
+        name = NETWORK_INT8_FILE if precision == "int8" else NETWORK_FILE
+        if bundle.has(name):
+            return EngineSource(name, "logmel", (int(record["frames_per_window"]), int(record["mels"])))
+    return EngineSource(INT8_FILE if precision == "int8" else MODEL_FILE, "waveform", (bundle.window_samples,))
 
 
 def upstream_layers(network: Any, tensor: str) -> list[int]:
@@ -134,9 +159,12 @@ def load_timing_cache(config: Any, path: Path, log: Callable[[str], None]) -> An
     return cache
 
 
-def engine_record(*, facts: DeviceFacts, precision: str, profile: BatchProfile, plan: Path) -> dict[str, Any]:
+def engine_record(*, facts: DeviceFacts, precision: str, profile: BatchProfile, plan: Path,
+                  source: EngineSource | None = None) -> dict[str, Any]:  # fmt: skip
     return {
         "file": plan.name,
+        "source": None if source is None else source.file,
+        "input": "waveform" if source is None else source.input,
         "tensorrt": facts.tensorrt,
         "gpu": facts.gpu,
         "compute_capability": facts.compute_capability,
@@ -173,7 +201,8 @@ def build_engine(
     cuda, trt = import_tensorrt()
     if precision not in PRECISIONS:
         raise EngineError(f"precision must be fp16, int8 or fp32, got {precision!r}")
-    onnx_path = bundle.file(INT8_FILE if precision == "int8" else MODEL_FILE)
+    source = engine_source(bundle, precision)
+    onnx_path = bundle.file(source.file)
     cuda.init()
     device = cuda.Device(0)
     context = device.make_context()
@@ -193,21 +222,22 @@ def build_engine(
             config.set_flag(trt.BuilderFlag.FP16)
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
-        pinned = upstream_layers(network, float32_tensor(onnx_path))
+        pinned = upstream_layers(network, float32_tensor(onnx_path)) if source.input == "waveform" else []
         for index in pinned:
             layer = network.get_layer(index)
             layer.precision = trt.float32
             for k in range(layer.num_outputs):
                 layer.set_output_type(k, trt.float32)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         optimisation = builder.create_optimization_profile()
-        optimisation.set_shape(network.get_input(0).name, *profile.shapes(bundle.window_samples))
+        optimisation.set_shape(network.get_input(0).name, *profile.shapes(*source.dims))
         config.add_optimization_profile(optimisation)
         cache_path = folder / timing_cache_name(facts)
         load_timing_cache(config, cache_path, log)
         log(
-            f"building a {precision} engine with TensorRT {trt.__version__} on {facts.gpu} ({facts.sm_count} SMs):"
-            f" {len(pinned)} of {network.num_layers} layers (the front end) kept float32"
+            f"building a {precision} engine of {source.file} with TensorRT {trt.__version__} on {facts.gpu}"
+            f" ({facts.sm_count} SMs): {len(pinned)} of {network.num_layers} layers (the front end) kept float32"
         )
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
@@ -217,7 +247,7 @@ def build_engine(
         plan = folder / ENGINE_FILE
         plan.write_bytes(bytes(serialized))
         cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-        return engine_record(facts=facts, precision=precision, profile=profile, plan=plan)
+        return engine_record(facts=facts, precision=precision, profile=profile, plan=plan, source=source)
     finally:
         context.pop()
 
@@ -227,7 +257,13 @@ def check_engine(bundle: Bundle, log: Callable[[str], None] = print) -> dict[str
     the probabilities differ by more than the engine's precision allows."""
     checks = np.load(bundle.file(CHECK_FILE))
     windows = checks["waveform"]
-    reference = run_onnx(onnx_session(bundle.file(MODEL_FILE)), windows, batch=1)
+    record = bundle.manifest["engine"]
+    if record.get("input") == "logmel":  # the network alone: both run on the bundle's front-end frames
+        frontend = open_frontend(bundle)
+        windows = np.stack([frontend(w) for w in windows])
+        reference = run_onnx(onnx_session(bundle.file(NETWORK_FILE)), windows, batch=1)
+    else:
+        reference = run_onnx(onnx_session(bundle.file(MODEL_FILE)), windows, batch=1)
     runner = EngineRunner(bundle)
     try:
         outputs = in_batches(runner.run, windows, runner.maximum)
@@ -235,7 +271,6 @@ def check_engine(bundle: Bundle, log: Callable[[str], None] = print) -> dict[str
         runner.close()
     result = {name: float(np.abs(outputs[name] - reference[name]).max()) for name in reference}
     differences = ", ".join(f"max |d{k}| {v:.2e}" for k, v in result.items())
-    record = bundle.manifest["engine"]
     tolerance = float(record.get("tolerance", ENGINE_TOLERANCE[record["precision"]]))
     log(f"engine vs ONNX Runtime on {len(windows)} check windows: {differences} (tolerance {tolerance:g})")
     if not result["probabilities"] <= tolerance:

@@ -8,11 +8,14 @@ The port is reached through a symlink that survives unplugging, like /dev/serial
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import random
 import select
 import struct
 import tempfile
+import termios
 import threading
 import time
 import tty
@@ -144,14 +147,28 @@ class DeviceSimulator:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain_seconds: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._master >= 0:
+            self._drain(drain_seconds)
             self._pull_plug()
             self.counters.unplugs -= 1
         self.path.unlink(missing_ok=True)
+
+    def _drain(self, seconds: float) -> None:
+        """Wait (bounded) until the host has read what was sent: closing a pty discards its unread input."""
+        deadline = time.monotonic() + seconds
+        unread = array.array("i", [0])
+        while time.monotonic() < deadline:
+            try:
+                fcntl.ioctl(self._slave, termios.FIONREAD, unread, True)
+            except OSError:
+                return
+            if unread[0] == 0:
+                return
+            time.sleep(0.01)
 
     def unplug(self, seconds: float) -> None:
         """Pull the cable now and plug it back after `seconds` (device time keeps running)."""
@@ -212,8 +229,11 @@ class DeviceSimulator:
                 self._stop.wait(max(0.0, due + jitter - time.monotonic()))
             if self._master < 0:
                 self.counters.lost_unplugged += 1
-                continue
-            self._send_impaired(frame)
+            else:
+                self._send_impaired(frame)
+            if position >= total and not self.loop:  # done now: a STOP from the host may come before the next turn
+                self._flush_held()
+                self._done.set()
 
     def _send_impaired(self, frame: bytes) -> None:
         imp = self.impairments

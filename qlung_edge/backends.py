@@ -1,8 +1,12 @@
-"""Inference backends behind one call: windows [N, samples] at 16 kHz in, class probabilities out.
+"""Inference backends behind one call: model inputs in, class probabilities out.
 
 `open_backend` picks from what the bundle holds and the machine has: a TensorRT engine on a Jetson, else ONNX
 Runtime (CUDA provider when present, else CPU), FP32 or the bundle's INT8 model. Torch is a development
 option only (it needs the training checkpoint and is never imported on the device path otherwise).
+
+A backend runs either the whole model (windows [N, samples] at 16 kHz in) or, on the incremental path, the
+network alone on log-mel frames [N, frames, mels] that the stream computed once each (`frontend` is then the
+bundle's front-end graph). `input_of` gives a window's input either way; `run_all` also takes whole windows.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from qlung_edge.batches import in_batches
-from qlung_edge.bundle import ENGINE_FILE, INT8_FILE, MODEL_FILE, Bundle, BundleError
+from qlung_edge.bundle import ENGINE_FILE, INT8_FILE, MODEL_FILE, NETWORK_FILE, Bundle, BundleError
 from qlung_edge.errors import QLungError
+from qlung_edge.frontend import AnyFrontEnd, incremental_record, open_frontend
 from qlung_edge.onnx_sessions import onnx_session
+from qlung_edge.streaming import Window
 from qlung_edge.tensorrt_runner import EngineRunner
 
 BACKENDS = ("auto", "onnx", "tensorrt", "torch")
@@ -37,13 +43,27 @@ class Backend:
     bundle: Bundle
     max_batch: int = 16
     details: dict[str, Any] = field(default_factory=dict)
+    frontend: AnyFrontEnd | None = None
+    """Set when the backend runs the network alone: the front end that makes its input from audio."""
 
-    def run(self, windows: np.ndarray) -> np.ndarray:
+    def input_of(self, window: Window) -> np.ndarray:
+        """What `run_all` takes for this window: its frames (computed once, or now) or its samples."""
+        if self.frontend is None:
+            return window.samples
+        return window.features if window.features is not None else self.frontend(window.samples)
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities [N, classes]."""
-        return self.run_all(windows)["probabilities"]
+        return self.run_all(inputs)["probabilities"]
 
-    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
-        """`probabilities` [N, classes] and, when the bundle's model has a quality estimate, `poor` [N]."""
+    def run_all(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """`probabilities` [N, classes] and, when the bundle's model has a quality estimate, `poor` [N], for
+        windows [N, samples] or, on the incremental path, their frames [N, frames, mels] (`input_of`)."""
+        if self.frontend is not None and inputs.ndim == 2:  # whole windows: their frames first
+            inputs = np.stack([self.frontend(w) for w in inputs])
+        return self._run(inputs)
+
+    def _run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -62,13 +82,13 @@ class OnnxBackend(Backend):
         self._outputs = {o.name for o in self._session.get_outputs()}
         self.details = {"file": self.model_file, "providers": self._session.get_providers(), "threads": self.threads}
 
-    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         wanted = [n for n in ("probabilities", "poor") if n in self._outputs]
 
         def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
             return dict(zip(wanted, self._session.run(wanted, {self._input: chunk})))
 
-        return in_batches(run, windows, self.max_batch)
+        return in_batches(run, inputs, self.max_batch)
 
 
 @dataclass
@@ -76,22 +96,25 @@ class TensorRTBackend(Backend):
     start_timeout: float = 60.0
 
     def __post_init__(self) -> None:
+        record = self.bundle.manifest["engine"]
+        if record.get("input") == "logmel" and self.frontend is None:  # built from network.onnx
+            self.frontend = open_frontend(self.bundle)
         self._runner = EngineRunner(self.bundle, start_timeout=self.start_timeout)
         self.max_batch = self._runner.maximum
-        record = self.bundle.manifest["engine"]
         self.details = {
             "file": ENGINE_FILE,
+            "input": record.get("input", "waveform"),
             "precision": record.get("precision"),
             "tolerance": record.get("tolerance"),
             "gpu": record.get("gpu"),
         }
 
-    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
             out = self._runner.run(chunk)
             return {k: out[k] for k in ("probabilities", "poor") if k in out}
 
-        return in_batches(run, windows, self.max_batch)
+        return in_batches(run, inputs, self.max_batch)
 
     def close(self) -> None:
         self._runner.close()
@@ -117,13 +140,13 @@ class TorchBackend(Backend):
         self._model, _, _ = load_model(path)
         self.details = {"file": str(path), "threads": self.threads}
 
-    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         def run(chunk: np.ndarray) -> dict[str, np.ndarray]:
             with self._torch.inference_mode():
                 out = self._model(self._torch.from_numpy(chunk))
             return {k: out[k].float().numpy() for k in ("probabilities", "poor") if k in out}
 
-        return in_batches(run, windows, self.max_batch)
+        return in_batches(run, inputs, self.max_batch)
 
 
 def open_backend(
@@ -133,10 +156,16 @@ def open_backend(
     threads: int = 1,
     max_batch: int = 16,
     checkpoint: Path | None = None,
+    incremental: bool | None = None,
+    frontend: str | None = None,
 ) -> Backend:
     """The backend to run `bundle` with. `auto` runs the bundle's TensorRT engine when there is one and it
     starts here, else ONNX Runtime: the reason for falling back is logged and kept in `details["fallback"]`
-    (the daemon's /health and start event show it). An explicit `tensorrt` fails instead."""
+    (the daemon's /health and start event show it). An explicit `tensorrt` fails instead.
+
+    `incremental` (ONNX Runtime FP32): run network.onnx on frames the stream computes once each, with the
+    bundle's front end (`frontend` names a variant, None the one the export measured faster); None: whenever
+    the bundle has the pieces. INT8 and torch run the whole model."""
     if kind not in BACKENDS:
         raise BackendError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     if precision not in PRECISIONS:
@@ -152,7 +181,14 @@ def open_backend(
             log.warning("%s; running ONNX Runtime instead", fallback)
     if kind == "torch":
         return TorchBackend("torch", bundle, max_batch, checkpoint=checkpoint, threads=threads)
-    model_file = INT8_FILE if precision == "int8" else MODEL_FILE
+    has_pieces = incremental_record(bundle) is not None
+    if incremental and precision != "fp32":
+        raise BackendError(f"the incremental path runs FP32 (network.onnx), not {precision}")
+    if incremental and not has_pieces:
+        raise BundleError("has no front-end and network graphs for the incremental path (re-export it)",
+                          path=bundle.path)  # fmt: skip
+    split = has_pieces and precision == "fp32" and incremental is not False
+    model_file = NETWORK_FILE if split else INT8_FILE if precision == "int8" else MODEL_FILE
     if not bundle.has(model_file):
         raise BundleError("not in this bundle (export it with --int8)", path=bundle.path / model_file)
     import onnxruntime as ort
@@ -161,8 +197,17 @@ def open_backend(
     if "CUDAExecutionProvider" in ort.get_available_providers() and precision == "fp32":
         providers.insert(0, "CUDAExecutionProvider")
     backend = OnnxBackend(
-        f"onnx-{precision}", bundle, max_batch, threads=threads, model_file=model_file, providers=providers
+        f"onnx-{precision}",
+        bundle,
+        max_batch,
+        frontend=open_frontend(bundle, frontend) if split else None,
+        threads=threads,
+        model_file=model_file,
+        providers=providers,
     )
+    if split:
+        assert backend.frontend is not None
+        backend.details["frontend"] = backend.frontend.variant
     if fallback:
         backend.details["fallback"] = fallback
     return backend

@@ -540,6 +540,14 @@ def capture(source: str, seconds: float, out: Path | None, rate: int | None, sam
 @click.option("--backend", type=click.Choice(["auto", "onnx", "tensorrt", "torch"]))
 @click.option("--precision", type=click.Choice(["fp32", "int8"]))
 @click.option("--threads", type=int, help="Inference threads (ONNX Runtime intra-op).")
+@click.option(
+    "--incremental/--whole-window",
+    default=None,
+    help="Compute each log-mel frame once and run the network alone (default when the bundle has the pieces).",
+)
+@click.option(
+    "--frontend", type=click.Choice(["dft", "fft", "pocketfft"]), help="Incremental front end (default: the fastest)."
+)
 @click.option("--max-pending", type=int, help="Accepted windows waiting for inference before the oldest is dropped.")
 @click.option("--http", help="[HOST:]PORT for /health and /metrics (host defaults to 127.0.0.1).")
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path), help="Save clips of abnormal findings.")

@@ -35,7 +35,7 @@ import numpy as np
 from firmware_bridge.sources import open_source
 from qlung_edge.audit import AuditRecorder
 from qlung_edge.backends import Backend, open_backend
-from qlung_edge.bundle import CHECK_FILE, Bundle, load_bundle
+from qlung_edge.bundle import CHECK_FILE, FRONTEND_FFT_FILE, Bundle, load_bundle
 from qlung_edge.config import from_dict, to_dict
 from qlung_edge.errors import QLungError
 from qlung_edge.events import (
@@ -61,6 +61,13 @@ from qlung_edge.events import (
     validate,
 )
 from qlung_edge.examination import Examination, VerdictRule, check_identifier
+from qlung_edge.frontend import (
+    DFT_AGREEMENT,
+    FRAME_TOLERANCE,
+    FRONTEND_VARIANTS,
+    OnnxFrontEnd,
+    block_by_block_difference,
+)
 from qlung_edge.sdnotify import Notifier
 from qlung_edge.sinks import Sink, open_sink
 from qlung_edge.streaming import (
@@ -70,6 +77,7 @@ from qlung_edge.streaming import (
     ExamSmoother,
     GateConfig,
     SignalPath,
+    Window,
     finite_samples,
 )
 from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes
@@ -99,6 +107,11 @@ class DaemonConfig:
     max_batch: int = 8
     checkpoint: Path | None = None
     """The torch backend only (development)."""
+    incremental: bool | None = None
+    """Compute each log-mel frame once as audio arrives and run the network alone on a window's frames.
+    None: whenever the bundle has the pieces and the backend can (FP32); False: the whole model per window."""
+    frontend: str | None = None
+    """The incremental path's front end, dft, fft or pocketfft; None: the one the export measured fastest."""
     max_pending: int = 8
     """Accepted windows that may wait for inference before the oldest is dropped."""
     drop_when_behind: bool | None = None
@@ -146,6 +159,8 @@ class DaemonConfig:
             raise DaemonError("no source: give --source mic:|serial:PORT|file:PATH|stdin: or `source = ...`")
         if self.hop_seconds is not None and self.hop_seconds <= 0:
             raise DaemonError(f"hop_seconds must be positive, got {self.hop_seconds}")
+        if self.frontend not in (None, *FRONTEND_VARIANTS):
+            raise DaemonError(f"frontend must be one of {', '.join(FRONTEND_VARIANTS)}, got {self.frontend!r}")
         for name in ("threads", "max_batch", "max_pending", "smoothing_windows", "block_queue"):
             if getattr(self, name) < 1:
                 raise DaemonError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -181,11 +196,12 @@ class _Pending:
     decision: Decision | ExamBoundary
     """A window, or where an examination starts or ends (kept in order with the windows)."""
     ready: float
-    """time.monotonic() when the window's last sample was processed."""
+    """time.monotonic() when processing of the block holding the window's last sample began."""
     status: WindowStatus | None
     """None for an examination boundary."""
-    samples: np.ndarray | None
-    """The audio the model will see; None once it is not needed (gated, dropped)."""
+    window: Window | None
+    """The window the model will see (its samples, and its frames on the incremental path); None once it is
+    not needed (gated, dropped)."""
 
 
 class Daemon:
@@ -219,6 +235,7 @@ class Daemon:
             rate=rate,
             count=self.metrics.add,
             exams=config.exams,
+            frontend=self.backend.frontend,
         )
         self.smoother = ExamSmoother(self.bundle.classes, config.smoothing_windows)
         self.verdict_rule = VerdictRule.from_manifest(self.bundle.manifest)
@@ -434,12 +451,14 @@ class Daemon:
                     self._epoch = time.time() - block.timestamp - block.duration
                 if self.audit is not None:
                     self.audit.add(block.timestamp, block.sample_rate, finite_samples(block.samples)[0])
-                for item in self.path.push(block):
-                    self._queue(item)
+                taken = time.monotonic()  # latency counts from here: the signal path's work (resampling, the
+                for item in self.path.push(block):  # AQS, incremental frames) is part of it
+                    self._queue(item, taken)
                 for note in self.path.take_notes():
                     self.emit(SourceEvent(note))
+            taken = time.monotonic()
             for item in self.path.finish():  # the resampler's last milliseconds, the end of the examination
-                self._queue(item)
+                self._queue(item, taken)
         except Exception as err:
             self._note_error(f"processing: {err}")
             self.emit(ErrorEvent(where="processing", message=str(err)))
@@ -451,19 +470,19 @@ class Daemon:
                 self._processing_done = True
                 self._pending_lock.notify_all()
 
-    def _queue(self, decision: Decision | ExamBoundary) -> None:
+    def _queue(self, decision: Decision | ExamBoundary, taken: float) -> None:
         if isinstance(decision, ExamBoundary):
             with self._pending_lock:
-                self._pending.append(_Pending(decision, time.monotonic(), None, None))
+                self._pending.append(_Pending(decision, taken, None, None))
                 self._pending_lock.notify_all()
             return
         self.metrics.add("windows")
         if decision.accepted:
             self.metrics.add("windows_accepted")
-            item = _Pending(decision, time.monotonic(), WindowStatus.CLASSIFIED, decision.window.samples)
+            item = _Pending(decision, taken, WindowStatus.CLASSIFIED, decision.window)
         else:
             self.metrics.gate(decision.reasons)
-            item = _Pending(decision, time.monotonic(), WindowStatus.GATED, None)
+            item = _Pending(decision, taken, WindowStatus.GATED, None)
         with self._pending_lock:
             if not self._drop_when_behind:
                 while (
@@ -474,7 +493,7 @@ class Daemon:
             self._pending.append(item)
             waiting = [p for p in self._pending if p.status is WindowStatus.CLASSIFIED]
             for old in waiting[: max(0, len(waiting) - self.config.max_pending)]:
-                old.status, old.samples = WindowStatus.DROPPED, None
+                old.status, old.window = WindowStatus.DROPPED, None
                 self.metrics.add("windows_dropped")
             self._pending_lock.notify_all()
 
@@ -501,10 +520,10 @@ class Daemon:
                     self._do_reload()
                 if not taken:
                     continue
-                classify = [p for p in taken if p.samples is not None]
+                classify = [p for p in taken if p.window is not None]
                 rows: dict[int, tuple[np.ndarray, float | None]] = {}
                 if classify:
-                    out = self.backend.run_all(np.stack([p.samples for p in classify]))
+                    out = self.backend.run_all(np.stack([self.backend.input_of(p.window) for p in classify]))
                     poor = out.get("poor")
                     rows = {
                         id(p): (row, None if poor is None else float(poor[i]))
@@ -654,6 +673,12 @@ class Daemon:
         assert self.config.bundle is not None
         try:
             bundle = load_bundle(self.config.bundle)
+            if (bundle.window_samples, bundle.sample_rate) != (self.bundle.window_samples, self.bundle.sample_rate):
+                raise DaemonError(
+                    f"its windows are {bundle.window_samples} samples at {bundle.sample_rate} Hz, the running"
+                    f" stream's {self.bundle.window_samples} at {self.bundle.sample_rate} Hz: restart to change them",
+                    path=bundle.path,
+                )
             backend = self._backend_factory(bundle, self.config)
         except Exception as err:
             self._note_error(f"reload: {err}")
@@ -662,6 +687,7 @@ class Daemon:
             return
         old, self.backend, self.bundle = self.backend, backend, bundle
         old.close()
+        self.path.set_frontend(backend.frontend)
         self.path.set_thresholds(bundle.quality_config())
         self.smoother = ExamSmoother(bundle.classes, self.config.smoothing_windows)
         self.verdict_rule = VerdictRule.from_manifest(bundle.manifest)
@@ -687,6 +713,8 @@ def backend_for(bundle: Bundle, config: DaemonConfig) -> Backend:
         threads=config.threads,
         max_batch=config.max_batch,
         checkpoint=config.checkpoint,
+        incremental=config.incremental,
+        frontend=config.frontend,
     )
 
 
@@ -710,14 +738,33 @@ def check_setup(config: DaemonConfig) -> list[str]:
     )
     backend = backend_for(bundle, config)
     checks = np.load(bundle.file(CHECK_FILE))
-    got = backend.run(checks["waveform"])
+    got = backend.run(checks["waveform"])  # through the front-end graph first on the incremental path
     worst = float(np.abs(got - checks["probabilities"]).max())
     backend.close()
     tolerance = check_tolerance(backend, config.precision)
     if not worst <= tolerance:
         problem = f"backend {backend.name} differs from the export by {worst:.2e} (tolerance {tolerance:g})"
         raise DaemonError(problem, path=bundle.path)
-    lines.append(f"backend {backend.name}: {len(got)} check windows, max |dp| {worst:.2e} vs export (<= {tolerance:g})")
+    how = ""
+    if backend.frontend is not None:
+        variant = backend.frontend.variant
+        exact = OnnxFrontEnd(bundle.file(FRONTEND_FFT_FILE), variant="fft")
+        agreement = max(float(np.abs(backend.frontend(w) - exact(w)).max()) for w in checks["waveform"])
+        allowed = DFT_AGREEMENT if variant == "dft" else FRAME_TOLERANCE
+        if not agreement <= allowed:
+            raise DaemonError(f"the {variant} front end differs from the bundle's FFT graph by {agreement:.1e} on"
+                              f" this machine (tolerance {allowed:g})", path=bundle.path)  # fmt: skip
+        drift = block_by_block_difference(backend.frontend, checks["waveform"])
+        if not drift <= FRAME_TOLERANCE:
+            raise DaemonError(
+                f"the {backend.frontend.variant} front end computes frames block by block {drift:.1e} away from"
+                f" whole-window frames on this machine (tolerance {FRAME_TOLERANCE:g}): run --whole-window",
+                path=backend.frontend.path,
+            )
+        how = f", network on {backend.frontend.variant} front-end frames (block by block |d| {drift:.1e})"
+    lines.append(
+        f"backend {backend.name}{how}: {len(got)} check windows, max |dp| {worst:.2e} vs export (<= {tolerance:g})"
+    )
     if "fallback" in backend.details:
         lines.append(f"note: {backend.details['fallback']}")
     source = open_source(config.source, **config.source_options)

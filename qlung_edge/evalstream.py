@@ -76,13 +76,13 @@ def eval_stream(
     try:
         for record in tqdm(recordings, desc="eval-stream", unit="rec", disable=not progress):
             path = SignalPath(bundle.window_samples, round(hop * bundle.sample_rate), thresholds, config.gate,
-                              rate=bundle.sample_rate, exams=config.exams)  # fmt: skip
+                              rate=bundle.sample_rate, exams=config.exams, frontend=backend.frontend)  # fmt: skip
             source = FileSource(name=f"file:{record.audio_path}", path=Path(str(record.audio_path)))
             outputs = list(path.feed(source.blocks()))
             decisions = [d for d in outputs if isinstance(d, Decision)]
             split_recordings += sum(isinstance(b, ExamBoundary) and b.start for b in outputs) > 1
             examination = Examination(record.id, 0.0)
-            out = backend.run_all(np.stack([d.window.samples for d in decisions])) if decisions else {}
+            out = backend.run_all(np.stack([backend.input_of(d.window) for d in decisions])) if decisions else {}
             probabilities = out.get("probabilities", [])
             estimates = out.get("poor", [None] * len(decisions))
             if "poor" in out:
@@ -303,9 +303,10 @@ def quality_estimates(bundle_path: Path, recordings: list[Any], progress: bool =
     out: dict[str, np.ndarray] = {}
     try:
         for record in tqdm(recordings, desc="quality estimate", unit="rec", disable=not progress):
-            path = SignalPath(bundle.window_samples, hop, bundle.quality_config(), rate=bundle.sample_rate)
+            path = SignalPath(bundle.window_samples, hop, bundle.quality_config(), rate=bundle.sample_rate,
+                              frontend=backend.frontend)  # fmt: skip
             source = FileSource(name=f"file:{record.audio_path}", path=Path(str(record.audio_path)))
-            windows = [d.window.samples for d in path.feed(source.blocks()) if isinstance(d, Decision)]
+            windows = [backend.input_of(d.window) for d in path.feed(source.blocks()) if isinstance(d, Decision)]
             if windows:
                 out[record.id] = backend.run_all(np.stack(windows))["poor"]
     finally:

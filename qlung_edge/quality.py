@@ -14,6 +14,7 @@ blocks (`StreamingQuality`), so both give the same numbers; the device computes 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,13 @@ def _per_frame_counts(flags: np.ndarray, count: int, n: int, hop: int) -> np.nda
     return cumulative[starts + n] - cumulative[starts]
 
 
+@lru_cache(maxsize=4)
+def _hann(n: int) -> np.ndarray:
+    window = np.hanning(n).astype(np.float32)
+    window.flags.writeable = False
+    return window
+
+
 def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
     """Features of every whole frame of a float32 signal (frames start at multiples of the hop)."""
     n, hop = config.frame_length, config.hop_length
@@ -193,7 +201,7 @@ def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
     centred = frames - frames.mean(axis=1, keepdims=True, dtype=np.float32)
     power = np.einsum("ij,ij->i", centred, centred) / np.float32(n)
     padded = np.zeros((count, config.n_fft), np.float32)
-    np.multiply(centred, np.hanning(n).astype(np.float32), out=padded[:, :n])
+    np.multiply(centred, _hann(n), out=padded[:, :n])
     spectrum = _rfft(padded, axis=1)
     spectrum = spectrum[:, : config.entropy_bins]
     bins = np.square(spectrum.real, dtype=np.float32) + np.square(spectrum.imag, dtype=np.float32)

@@ -16,7 +16,7 @@ from typing import Any, Union
 import numpy as np
 
 from firmware_bridge.blocks import AudioBlock
-from qlung_edge import MODEL_SAMPLE_RATE
+from qlung_edge import FRAME_HOP, FRAME_LENGTH, MODEL_SAMPLE_RATE, frames_in
 from qlung_edge.events import ExamState, GateReason
 from qlung_edge.quality import FrameFeatures, QualityConfig, QualityReport, StreamingQuality, assess, rejudge
 from qlung_edge.windows import pad_segment
@@ -91,6 +91,73 @@ class Window:
     """Concealed silence inside the window (the device lost frames)."""
     report: QualityReport
     """The window's AQS and quality figures."""
+    features: np.ndarray | None = None
+    """The window's log-mel frames [frames, mels], when the path computes them as audio arrives."""
+
+
+FrontEnd = Callable[[np.ndarray], np.ndarray]
+"""Audio [samples] at the model's rate to its log-mel frames [frames, mels] (25 ms frames every 10 ms)."""
+
+
+class FrameRing:
+    """The stream's log-mel frames, each computed once, when the next window needs it.
+
+    A window's frames are the ones that start inside it (windows start at multiples of the 10 ms hop), which
+    is exactly what the front end computes on the window alone: the network then runs on frames taken from
+    here instead of the front end running again over every window's samples each hop. Audio is held until a
+    window is asked for, so the front end runs once per hop on the hop's new samples, not once per block.
+    """
+
+    def __init__(self, frontend: FrontEnd, capacity: int, frame_length: int = FRAME_LENGTH,
+                 hop: int = FRAME_HOP, start_frame: int = 0) -> None:  # fmt: skip
+        self.frontend = frontend
+        self.frame_length, self.hop, self.capacity = frame_length, hop, capacity
+        self._frames: np.ndarray | None = None
+        self._tail = np.zeros(0, np.float32)
+        """Samples from the start of the next frame on, not yet a whole frame."""
+        self._pending: list[np.ndarray] = []
+        self._pending_samples = 0
+        self._count = start_frame
+        """Frames computed since the start of the stream (frame k starts at sample k * hop)."""
+
+    def push(self, samples: np.ndarray) -> None:
+        self._pending.append(np.array(samples, np.float32))  # a copy: callers reuse their buffers
+        self._pending_samples += len(samples)
+        if self._pending_samples >= self.capacity * self.hop:  # never hold more audio than the ring has frames
+            self._compute()
+
+    @property
+    def count(self) -> int:
+        """Frames of the stream so far (computing any whose audio has arrived)."""
+        self._compute()
+        return self._count
+
+    def _compute(self) -> None:
+        if not self._pending:
+            return
+        buffer = np.concatenate([self._tail, *self._pending])
+        self._pending, self._pending_samples = [], 0
+        new = 0 if len(buffer) < self.frame_length else 1 + (len(buffer) - self.frame_length) // self.hop
+        skip = max(0, new - self.capacity)  # more than the ring holds: the older frames would be overwritten
+        if new > skip:
+            frames = self.frontend(buffer[skip * self.hop : (new - 1) * self.hop + self.frame_length])
+            if self._frames is None:
+                self._frames = np.zeros((self.capacity, frames.shape[1]), np.float32)
+            self._frames[(self._count + skip + np.arange(len(frames))) % self.capacity] = frames
+        self._count += new
+        self._tail = np.array(buffer[new * self.hop :], dtype=np.float32)
+
+    def window(self, first: int, count: int) -> np.ndarray:
+        """Frames first .. first + count - 1 of the stream (they must still be in the ring)."""
+        self._compute()
+        if self._frames is None or first < self._count - self.capacity or first + count > self._count:
+            raise ValueError(f"frames {first}..{first + count - 1} are not in the ring (it holds up to {self._count})")
+        return self._frames[(first + np.arange(count)) % self.capacity].copy()
+
+
+QUALITY_CHUNK = 16000
+"""Samples (1 s at 16 kHz) the quality scorer waits for between windows: an examination's start or end is
+seen at most this late."""
 
 
 class WindowCutter:
@@ -100,7 +167,7 @@ class WindowCutter:
     the frames that lie inside it, which is exactly what scoring the window on its own gives.
     """
 
-    def __init__(self, window: int, hop: int, quality: QualityConfig) -> None:
+    def __init__(self, window: int, hop: int, quality: QualityConfig, frontend: FrontEnd | None = None) -> None:
         if not 0 < hop <= window:
             raise ValueError(f"need 0 < hop ({hop}) <= window ({window})")
         if window % quality.hop_length or hop % quality.hop_length:
@@ -119,8 +186,40 @@ class WindowCutter:
         self.index = 0
         self.frames: list[FrameFeatures] = []
         """Quality frames completed since the caller last took them (`take_frames`)."""
+        self._unscored: list[np.ndarray] = []
+        """Audio not yet through the quality scorer: it runs on QUALITY_CHUNK samples or a window's end at once,
+        not on every block (a sound card's 10 ms blocks would cost numpy's per-call overhead 100 times a second)."""
+        self._unscored_samples = 0
+        self.frontend: FrontEnd | None = None
+        self.ring: FrameRing | None = None
+        self.set_frontend(frontend)
+
+    def set_frontend(self, frontend: FrontEnd | None) -> None:
+        """Compute the model's frames as audio arrives with `frontend` (None: don't). A new front end (a
+        reloaded bundle) recomputes the frames of the audio already buffered, so the next window is exact."""
+        self.frontend, self.ring = frontend, None
+        if frontend is None:
+            return
+        if self.window % FRAME_HOP or self.hop % FRAME_HOP:
+            raise ValueError(f"window and hop must be multiples of the front end's hop ({FRAME_HOP} samples)")
+        held = min(self.total, self.window)
+        first = -(-(self.total - held) // FRAME_HOP)  # the first frame that starts inside the buffered audio
+        self.ring = FrameRing(frontend, frames_in(self.window) + self.hop // FRAME_HOP + 1, start_frame=first)
+        if held:
+            self.ring.push(self._audio[len(self._audio) - (self.total - first * FRAME_HOP) :])
+
+    def score_pending(self) -> None:
+        """Run the quality scorer over the audio it has not seen yet."""
+        if not self._unscored:
+            return
+        block = np.concatenate(self._unscored) if len(self._unscored) > 1 else self._unscored[0]
+        self._unscored, self._unscored_samples = [], 0
+        features = self.scorer.push(block)
+        if len(features):
+            self.frames.append(features)
 
     def take_frames(self) -> FrameFeatures:
+        """The quality frames scored since the last call (audio waiting for a whole chunk is not scored yet)."""
         frames, self.frames = self.frames, []
         return FrameFeatures.concatenate(frames)
 
@@ -129,17 +228,19 @@ class WindowCutter:
         recording) shorter than one window is classified, not skipped. None once a window has been cut."""
         if self.index or self.total == 0:
             return None
+        self.score_pending()
         audio = self._audio[-self.total :]
-        start = 0.0
+        padded = pad_segment(audio, self.window, self.rate)
         window = Window(
             index=self.index,
-            start=start,
+            start=0.0,
             end=self.total / self.rate,
-            samples=pad_segment(audio, self.window, self.rate),
+            samples=padded,
             gap_seconds=self._gap_samples() / self.rate,
             report=self.scorer.window(self.frames_per_window) if self.scorer.frames_seen else assess(
-                pad_segment(audio, self.window, self.rate), self.rate, self.scorer.config
+                padded, self.rate, self.scorer.config
             ),
+            features=None if self.frontend is None else self.frontend(padded),
         )  # fmt: skip
         self.index += 1
         return window
@@ -168,9 +269,12 @@ class WindowCutter:
         n = len(part)
         if n == 0:
             return
-        features = self.scorer.push(part)
-        if len(features):
-            self.frames.append(features)
+        self._unscored.append(np.array(part, np.float32))
+        self._unscored_samples += n
+        if self._unscored_samples >= QUALITY_CHUNK:
+            self.score_pending()
+        if self.ring is not None:
+            self.ring.push(part)
         if n >= self.window:
             self._audio[:] = part[-self.window :]
         else:
@@ -184,6 +288,7 @@ class WindowCutter:
         return sum(max(0, min(b, self.total) - max(a, begin)) for a, b in self._gaps)
 
     def _cut(self) -> Window:
+        self.score_pending()
         end = self.total / self.rate
         window = Window(
             index=self.index,
@@ -192,7 +297,10 @@ class WindowCutter:
             samples=self._audio.copy(),
             gap_seconds=self._gap_samples() / self.rate,
             report=self.scorer.window(self.frames_per_window),
-        )
+            features=None if self.ring is None else self.ring.window(
+                (self.total - self.window) // FRAME_HOP, frames_in(self.window)
+            ),
+        )  # fmt: skip
         self.index += 1
         return window
 
@@ -320,9 +428,10 @@ class SignalPath:
         rate: int = MODEL_SAMPLE_RATE,
         count: Callable[..., None] = _ignore,
         exams: ExamConfig | None = None,
+        frontend: FrontEnd | None = None,
     ) -> None:
         self.resampler = StreamResampler(rate)
-        self.cutter = WindowCutter(window_samples, hop_samples, thresholds)
+        self.cutter = WindowCutter(window_samples, hop_samples, thresholds, frontend)
         self.gate = Gate(thresholds, gate or GateConfig())
         self.exams = exams or ExamConfig()
         self.count = count
@@ -341,6 +450,10 @@ class SignalPath:
     @property
     def window_seconds(self) -> float:
         return self.cutter.window / self.cutter.rate
+
+    def set_frontend(self, frontend: FrontEnd | None) -> None:
+        """Compute log-mel frames as audio arrives with `frontend` (a reloaded bundle's); None: stop."""
+        self.cutter.set_frontend(frontend)
 
     def set_thresholds(self, thresholds: QualityConfig) -> None:
         """A reloaded bundle's thresholds, from the next window on."""
@@ -373,6 +486,7 @@ class SignalPath:
         window, and the end of the examination."""
         requested = self._take_requests()
         decisions = self._decide(self.cutter.push(self.resampler.flush()))
+        self.cutter.score_pending()
         out = requested + self._merge(decisions, self._boundaries(self.cutter.take_frames()))
         padded = self.cutter.padded()
         if padded is not None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+HOPS = (2, 1, 0.5, 0.25)
 EXPECTED = [
     "AQS streaming, 1 s blocks",
     "AQS per 1 s hop: streaming vs recomputing 8 s",
@@ -27,14 +28,23 @@ EXPECTED = [
     "GFLOPs per 8 s window (front end included)",
     "ORT FP32 achieved, 1 thread",
     "ORT FP32 vs torch eager, 1 window",
-    "FP32: CPU at 1 s hop",
-    "FP32: window-to-event latency p99",
-    "FP32: peak RSS",
-    "FP32: start (spawn to first event)",
-    "INT8: CPU at 1 s hop",
-    "INT8: window-to-event latency p99",
-    "FP32: CPU at 0.5 s hop",
-    "FP32: CPU at 2 s hop",
+    "INT8 per layer: convolutions >= 1.5x faster",
+    *(f"front end {variant}, 1 s of new audio" for variant in ("dft", "fft", "pocketfft")),
+    *(
+        f"{path}: CPU per audio s at {hop} s hop"
+        for path in ("full window", "incremental")
+        for hop in (2, 1, 0.5, 0.25)
+    ),
+    "incremental vs full window, CPU at 1 s hop",
+    "incremental at 0.25 s hop vs full window at 1 s hop",
+    "full window: window-to-event latency p99, 1 s hop",
+    "incremental: window-to-event latency p99, 1 s hop",
+    "incremental vs full window, p99 latency",
+    "default path: peak RSS",
+    "default path: start (spawn to first event)",
+    "FLOPs an audio second needs at 1 s hop",
+    "FLOPs the full-window path executes per audio s",
+    "INT8 (whole model): CPU per audio s at 1 s hop",
     "overload: audio samples lost",
 ]
 

@@ -18,14 +18,26 @@ from onnx import TensorProto, helper
 from export import onnx_export
 from export.onnx_export import ExportError, export_bundle
 from export.ops import audit_model
-from qlung_edge.bundle import CHECK_FILE, INT8_FILE, MANIFEST, MODEL_FILE, BundleError, load_bundle
+from qlung_edge.bundle import (
+    CHECK_FILE,
+    FRONTEND_FFT_FILE,
+    FRONTEND_FILE,
+    INT8_FILE,
+    MANIFEST,
+    MODEL_FILE,
+    NETWORK_FILE,
+    NETWORK_INT8_FILE,
+    BundleError,
+    load_bundle,
+)
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
 
 
 def test_bundle_has_everything_the_device_needs(bundle: Path) -> None:
     loaded = load_bundle(bundle)
     m = loaded.manifest
-    assert set(m["files"]) == {MODEL_FILE, INT8_FILE, CHECK_FILE}
+    pieces = {FRONTEND_FILE, FRONTEND_FFT_FILE, NETWORK_FILE, NETWORK_INT8_FILE}
+    assert set(m["files"]) == {MODEL_FILE, INT8_FILE, CHECK_FILE, *pieces}
     assert m["classes"] == ["normal", "crackle", "wheeze", "both"] and m["sample_rate"] == 16000
     assert m["window_samples"] == 128000 and m["opset"] == 17
     assert [o["name"] for o in m["outputs"]] == ["logits", "probabilities", "embedding"]

@@ -24,8 +24,10 @@ from export.onnx_export import ExportOptions, _to_opset, export_onnx
 from export.ops import as_tensorrt8_reads_it, audit_model
 from export.tensorrt import (
     BatchProfile,
+    EngineSource,
     check_engine,
     engine_record,
+    engine_source,
     load_timing_cache,
     network_flags,
     staged_update,
@@ -34,8 +36,18 @@ from export.tensorrt import (
     version_tuple,
 )
 from qlung_edge.backends import open_backend
-from qlung_edge.bundle import CHECK_FILE, ENGINE_FILE, INT8_FILE, MODEL_FILE, BundleError, load_bundle
+from qlung_edge.bundle import (
+    CHECK_FILE,
+    ENGINE_FILE,
+    INT8_FILE,
+    MODEL_FILE,
+    NETWORK_FILE,
+    NETWORK_INT8_FILE,
+    BundleError,
+    load_bundle,
+)
 from qlung_edge.daemon import Daemon, DaemonConfig, DaemonError, check_setup
+from qlung_edge.frontend import open_frontend
 from qlung_edge.sinks import CollectSink
 from qlung_edge.tensorrt_runner import DeviceFacts, EngineError, EngineRunner, engine_refusal
 from training.models import ASTConfig, QLungModel
@@ -44,7 +56,7 @@ from training.models import ASTConfig, QLungModel
 
 
 def test_both_bundle_models_parse_on_every_jetpack_line(bundle: Path) -> None:
-    for name in (MODEL_FILE, INT8_FILE):
+    for name in (MODEL_FILE, INT8_FILE, NETWORK_FILE, NETWORK_INT8_FILE):
         audit = audit_model(onnx.load(str(bundle / name)))
         assert set(audit.by_target) == {"8.5", "8.6", "10.3"}
         assert audit.ok, audit.problems
@@ -52,13 +64,18 @@ def test_both_bundle_models_parse_on_every_jetpack_line(bundle: Path) -> None:
     assert manifest["op_audit"]["ok"] and manifest["int8"]["op_audit"]["ok"]
 
 
-@pytest.mark.parametrize("name", [MODEL_FILE, INT8_FILE])
+@pytest.mark.parametrize("name", [MODEL_FILE, INT8_FILE, NETWORK_FILE, NETWORK_INT8_FILE])
 def test_tensorrt_8_reads_the_bundle_as_onnx_runtime_does(bundle: Path, name: str) -> None:
     """Rewritten the way the 8.5/8.6 importers read it, each model computes exactly what it computed."""
     model = onnx.load(str(bundle / name))
     windows = np.load(bundle / CHECK_FILE)["waveform"]
-    ours = ort.InferenceSession(model.SerializeToString()).run(None, {"waveform": windows})
-    theirs = ort.InferenceSession(as_tensorrt8_reads_it(model).SerializeToString()).run(None, {"waveform": windows})
+    if name.startswith("network"):  # the pieces the engine is built from take the front end's frames
+        frontend = open_frontend(load_bundle(bundle))
+        feed = {"logmel": np.stack([frontend(w) for w in windows])}
+    else:
+        feed = {"waveform": windows}
+    ours = ort.InferenceSession(model.SerializeToString()).run(None, feed)
+    theirs = ort.InferenceSession(as_tensorrt8_reads_it(model).SerializeToString()).run(None, feed)
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(a, b)
 
@@ -236,8 +253,25 @@ def test_network_flags_follow_the_tensorrt_version() -> None:
     with pytest.raises(EngineError):
         network_flags("8.6.1", None)
     assert BatchProfile(1, 2, 8).shapes(128000) == ((1, 128000), (2, 128000), (8, 128000))
+    assert BatchProfile(1, 1, 4).shapes(398, 128) == ((1, 398, 128), (1, 398, 128), (4, 398, 128))
     with pytest.raises(ValueError):
         BatchProfile(2, 1, 8)
+
+
+def test_engines_are_built_from_the_network_piece_when_the_bundle_has_it(bundle: Path, tmp_path: Path) -> None:
+    """The front end then runs on the CPU (each frame once) and the engine takes a window's frames."""
+    loaded = load_bundle(bundle)
+    frames = loaded.manifest["incremental"]["frames_per_window"]
+    assert engine_source(loaded, "fp16") == EngineSource(NETWORK_FILE, "logmel", (frames, 128))
+    assert engine_source(loaded, "int8") == EngineSource(NETWORK_INT8_FILE, "logmel", (frames, 128))
+    record = engine_record(facts=FACTS, precision="fp16", profile=BatchProfile(), plan=tmp_path / ENGINE_FILE,
+                           source=engine_source(loaded, "fp16"))  # fmt: skip
+    assert (record["source"], record["input"]) == (NETWORK_FILE, "logmel")
+    old = {**loaded.manifest}
+    old.pop("incremental")
+    whole = type(loaded)(loaded.path, old)
+    assert engine_source(whole, "fp16") == EngineSource(MODEL_FILE, "waveform", (loaded.window_samples,))
+    assert engine_source(whole, "int8").file == INT8_FILE
 
 
 class FakeTensor:
@@ -677,3 +711,51 @@ def test_real_engine_build_check_and_reload(bundle: Path, tmp_path: Path, precis
         backend.close()
     with pytest.raises(BundleError):
         EngineRunner(load_bundle(bundle))
+
+
+def test_a_network_engine_is_checked_on_the_front_end_frames(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine built from network.onnx takes frames: `--check` feeds it the bundle front end's frames and
+    holds it to ONNX Runtime's network on the same frames; the daemon's backend computes them itself."""
+    loaded = load_bundle(bundle)
+    network = ort.InferenceSession(str(bundle / NETWORK_FILE))
+    seen: list[tuple[int, ...]] = []
+
+    class NetworkEngine:
+        error = 0.0
+        maximum = 4
+
+        def __init__(self, b: Any, start_timeout: float = 60.0) -> None:
+            pass
+
+        def run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+            seen.append(frames.shape)
+            names = [o.name for o in network.get_outputs()]
+            out = dict(zip(names, network.run(names, {"logmel": frames})))
+            return {k: v + self.error for k, v in out.items()}
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr("export.tensorrt.EngineRunner", NetworkEngine)
+    monkeypatch.setattr("qlung_edge.backends.EngineRunner", NetworkEngine)
+    folder = tmp_path / "b"
+    shutil.copytree(bundle, folder)
+
+    def change(b: Any, stage: Path) -> dict[str, Any]:
+        (stage / ENGINE_FILE).write_bytes(b"not a real plan")
+        return {"engine": engine_record(facts=FACTS, precision="fp16", profile=BatchProfile(1, 1, 4),
+                                        plan=stage / ENGINE_FILE, source=engine_source(b, "fp16"))}  # fmt: skip
+
+    staged_update(folder, change)
+    check_engine(load_bundle(folder), log=lambda line: None)
+    frames = loaded.manifest["incremental"]["frames_per_window"]
+    assert seen and all(shape[1:] == (frames, 128) for shape in seen)
+    backend = open_backend(load_bundle(folder), "tensorrt")
+    assert backend.frontend is not None and backend.details["input"] == "logmel"
+    windows = np.load(bundle / CHECK_FILE)["waveform"]
+    np.testing.assert_allclose(backend.run(windows), np.load(bundle / CHECK_FILE)["probabilities"], atol=1e-4)
+    NetworkEngine.error = 0.05
+    with pytest.raises(EngineError, match="not installed"):
+        check_engine(load_bundle(folder), log=lambda line: None)

@@ -166,15 +166,16 @@ def test_serial_source_through_an_impaired_link_with_unplug(shared_data: Path) -
         assert missing[0] == len(audio) - missing.size and missing.size <= 4 * 256
     received = ~gap & ~np.isnan(audio)
     np.testing.assert_array_equal(audio[received], reference[received])
-    assert stats["disconnects"] >= 1 and stats["connects"] >= 2 and sim.unplugs == 1
+    seen = f"receiver {stats}, device {sim.as_dict()}"
+    assert stats["disconnects"] >= 1 and stats["connects"] >= 2 and sim.unplugs == 1, seen
     # Every frame the device produced is accounted for: delivered once, or concealed.
     frames = 256
     delivered = -(-received.sum() // frames)
     lost_before_first = offset // frames
     assert stats["audio_frames"] - stats["duplicates"] + stats["lost_frames"] + lost_before_first >= sim.frames - 4
     assert delivered <= sim.frames
-    assert stats["decoder_crc_errors"] >= 1
-    assert stats["duplicates"] >= 1 and stats["gaps"] >= 1
+    assert stats["decoder_crc_errors"] >= 1, seen
+    assert stats["duplicates"] >= 1 and stats["gaps"] >= 1, seen
     assert source.device_info is not None and source.device_info.sample_rate == 4000
 
 
