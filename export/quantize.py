@@ -7,11 +7,13 @@ are symmetric (zero point 0), which is what TensorRT's explicit-quantization pat
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,24 @@ import numpy as np
 
 from export.ops import front_end_nodes
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
+
+
+class _AlreadyPrepared(logging.Filter):
+    """ONNX Runtime's quantizer asks on the root logger, once per call, for pre-processing even of models that
+    `quant_pre_process` prepared: hundreds of identical lines in an export's log, nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    root, hush = logging.getLogger(), _AlreadyPrepared()
+    root.addFilter(hush)
+    try:
+        yield
+    finally:
+        root.removeFilter(hush)
 
 
 class _Windows:
@@ -53,20 +73,21 @@ def quantize_int8(
         model = onnx.load(str(prepared))
         excluded = front_end_nodes(model)
         reader = _Windows(model.graph.input[0].name, calibration_windows.astype(np.float32))
-        q.quantize_static(
-            str(prepared),
-            str(out),
-            reader,  # type: ignore[arg-type]
-            quant_format=q.QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
-            per_channel=True,
-            activation_type=q.QuantType.QInt8,
-            weight_type=q.QuantType.QInt8,
-            nodes_to_exclude=excluded,
-            nodes_to_quantize=nodes,
-            calibrate_method=q.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
+        with _quiet_quantizer():
+            q.quantize_static(
+                str(prepared),
+                str(out),
+                reader,  # type: ignore[arg-type]
+                quant_format=q.QuantFormat.QDQ,
+                op_types_to_quantize=["Conv"],
+                per_channel=True,
+                activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                nodes_to_quantize=nodes,
+                calibrate_method=q.CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            )
     count = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear")
     return {
         "excluded_front_end_nodes": len(excluded),
@@ -229,18 +250,19 @@ def layer_gains(fp32: str | Path, calibration: np.ndarray, repeats: int = 200) -
             utils.extract_model(str(prepared), str(alone), [node.input[0]], [node.output[0]])
             activations = np.concatenate([row[node.input[0]] for row in rows])
             quantized = folder / f"{node.name}.int8.onnx"
-            q.quantize_static(
-                str(alone),
-                str(quantized),
-                _Windows(node.input[0], activations),  # type: ignore[arg-type]
-                quant_format=q.QuantFormat.QDQ,
-                op_types_to_quantize=["Conv"],
-                per_channel=True,
-                activation_type=q.QuantType.QInt8,
-                weight_type=q.QuantType.QInt8,
-                calibrate_method=q.CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )
+            with _quiet_quantizer():
+                q.quantize_static(
+                    str(alone),
+                    str(quantized),
+                    _Windows(node.input[0], activations),  # type: ignore[arg-type]
+                    quant_format=q.QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv"],
+                    per_channel=True,
+                    activation_type=q.QuantType.QInt8,
+                    weight_type=q.QuantType.QInt8,
+                    calibrate_method=q.CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                )
             feed = {node.input[0]: activations[:1]}
             group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
             shape = weights[node.input[1]]

@@ -36,3 +36,12 @@ def frames_in(samples: int) -> int:
 
 FRAMES_PER_WINDOW = frames_in(WINDOW_SAMPLES)
 """798 log-mel (and quality) frames per 8 s window."""
+
+
+def __getattr__(name: str) -> object:
+    """`from qlung_edge import Classifier` without loading ONNX Runtime for those who only need the constants."""
+    if name in ("Classifier", "Classification", "ClassifierStream"):
+        from qlung_edge import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module 'qlung_edge' has no attribute {name!r}")

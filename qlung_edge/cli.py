@@ -18,6 +18,7 @@ import click
 
 from qlung_edge import WINDOW_SAMPLES, __version__
 from qlung_edge.errors import QLungError
+from qlung_edge.logs import LEVELS, configure_logging
 
 TORCH_PYTHON = (3, 9)
 """Training, evaluation and ONNX export run torch, which needs this Python; the device side runs on 3.8."""
@@ -35,8 +36,11 @@ def needs_torch(command: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110, "terminal_width": 110})
 @click.version_option(__version__, prog_name="qlung-edge")
-def cli() -> None:
+@click.option("--log-level", type=click.Choice(LEVELS), default="warning", show_default=True, help="Log on stderr.")
+@click.option("--log-json", is_flag=True, help="Log one JSON object a line (for journald or a log collector).")
+def cli(log_level: str, log_json: bool) -> None:
     """QLung respiratory-sound classification from the training box to the stethoscope."""
+    configure_logging(log_level, log_json)
 
 
 @cli.command()
@@ -194,8 +198,8 @@ def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[s
     import numpy as np
 
     from qlung_edge.bundle import load_bundle
-    from qlung_edge.daemon import quality_threshold
     from qlung_edge.evalstream import quality_estimates
+    from qlung_edge.reporter import quality_threshold
     from training.metrics import auroc
     from training.quality_model import bootstrap_auroc
 
@@ -284,6 +288,70 @@ def train(
     click.echo(f"\n{config.name}: selected epoch {summary['best_epoch']} ({summary['selection']})")
     click.echo(f"  test {format_scores(test)}")
     click.echo(f"  run folder {out}")
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+
+
+def _audio_files(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given; folders searched (recursively) for audio files, an error for a folder with none."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            if not found:
+                raise QLungError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder", path=path)
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Model bundle (default: the one shipped with qlung-edge).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file: verdict, quality, window events.")
+@click.option("--windows", "show_windows", is_flag=True, help="Also print every window.")
+@click.option("--hop", type=float, help="Seconds between windows (default: the bundle's).")
+def predict(files: tuple[Path, ...], bundle: Path | None, as_json: bool, show_windows: bool,
+            hop: float | None) -> int:  # fmt: skip
+    """Classify recordings (files or folders): one verdict per examination, the quality, the windows.
+
+    The daemon's pipeline, read from files: the same windows, gate and verdict the bedside daemon gives."""
+    from qlung_edge.classifier import Classifier
+
+    paths = _audio_files(files)
+    failed = 0
+    with Classifier.from_bundle(bundle, hop_seconds=hop) as classifier:
+        for path in paths:
+            try:
+                result = classifier.predict(path)
+            except QLungError as err:
+                click.echo(f"error: {err}", err=True)
+                failed += 1
+                continue
+            if as_json:
+                click.echo(json.dumps(result.to_dict(run_id=classifier.run_id)))
+                continue
+            q = result.quality
+            verdicts = ", ".join(f"{v.task_2_2} ({v.task_2_1})" for v in result.verdicts) or "no verdict"
+            gated = ", ".join(f"{k} {n}" for k, n in sorted(q.gated_by_reason.items()))
+            line = f"{path}: {verdicts}; {result.seconds:.1f} s, {q.windows} windows, {q.accepted} classified"
+            line += f", gated: {gated}" if gated else ""
+            click.echo(line + (f", mean AQS {q.mean_aqs:.2f}" if q.mean_aqs is not None else ""))
+            for verdict in result.verdicts:
+                click.echo(f"  {verdict.start:.1f}-{verdict.end:.1f} s: {verdict.reason}")
+            for note in result.notes:
+                click.echo(f"  note: {note}")
+            if show_windows:
+                for w in result.windows:
+                    what = w.prediction.label if w.prediction else f"gated: {', '.join(w.reasons or ())}"
+                    click.echo(f"  window {w.window.start:6.1f}-{w.window.end:6.1f} s  AQS {w.quality.aqs:.2f}  {what}")
+    if failed:
+        click.echo(f"{failed} of {len(paths)} files could not be classified", err=True)
+        return 2
+    return 0
 
 
 @cli.command("eval")
@@ -533,7 +601,7 @@ def capture(source: str, seconds: float, out: Path | None, rate: int | None, sam
 @click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), help="Model bundle folder.")
 @click.option("--source", help="mic:[DEVICE] | serial:PORT | file:PATH | stdin:")
 @click.option(
-    "--sink", "sinks", multiple=True, help="jsonl:- | jsonl:PATH | mqtt://[user:pw@]host[:port]/topic (repeat)."
+    "--sink", "sinks", multiple=True, help="jsonl:- | jsonl:PATH | mqtt://[user:pw@]host[:port]/prefix (repeat)."
 )
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML file; flags win.")
 @click.option("--hop", "hop_seconds", type=float, help="Seconds between windows (default: the bundle's).")

@@ -25,14 +25,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from firmware_bridge.sources import open_source
+from qlung_edge import __version__
 from qlung_edge.audit import AuditRecorder
 from qlung_edge.backends import Backend, open_backend
 from qlung_edge.bundle import CHECK_FILE, FRONTEND_FFT_FILE, Bundle, load_bundle
@@ -41,26 +41,17 @@ from qlung_edge.errors import QLungError
 from qlung_edge.events import (
     SCHEMA_VERSION,
     ErrorEvent,
-    ExamEvent,
-    ExamIdentity,
-    GateReason,
     Header,
-    Prediction,
-    QualityFields,
     ReloadEvent,
     SourceEvent,
     StartEvent,
     StopEvent,
     VerdictEvent,
-    VerdictEvidence,
-    WindowEvent,
-    WindowSpan,
     WindowStatus,
-    advice_for,
     event_dict,
     validate,
 )
-from qlung_edge.examination import Examination, VerdictRule, check_identifier
+from qlung_edge.examination import check_identifier
 from qlung_edge.frontend import (
     DFT_AGREEMENT,
     FRAME_TOLERANCE,
@@ -68,19 +59,20 @@ from qlung_edge.frontend import (
     OnnxFrontEnd,
     block_by_block_difference,
 )
+from qlung_edge.live import LiveFeed, envelope
+from qlung_edge.reporter import EventReporter, utc
 from qlung_edge.sdnotify import Notifier
 from qlung_edge.sinks import Sink, open_sink
 from qlung_edge.streaming import (
     Decision,
     ExamBoundary,
     ExamConfig,
-    ExamSmoother,
     GateConfig,
     SignalPath,
     Window,
     finite_samples,
 )
-from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes
+from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes, prometheus_registry
 from qlung_edge.tensorrt_runner import ENGINE_TOLERANCE
 
 log = logging.getLogger("qlung_edge.daemon")
@@ -169,26 +161,12 @@ class DaemonConfig:
         return to_dict(self)
 
 
-def quality_threshold(bundle: Bundle) -> float | None:
-    """The learned quality gate's threshold, or None (said once in the log) for a bundle without one."""
-    estimate = bundle.manifest.get("quality_estimate")
-    if not estimate or not any(o.get("name") == "poor" for o in bundle.manifest.get("outputs", [])):
-        log.info("%s has no learned quality estimate: the gate uses the AQS reasons alone", bundle.path)
-        return None
-    return float(estimate["threshold"])
-
-
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
         return host or "127.0.0.1", int(port)
     except ValueError:
         raise DaemonError(f"http address {text!r}: expected [HOST:]PORT") from None
-
-
-def utc(seconds: float) -> str:
-    """An ISO-8601 UTC time stamp, milliseconds."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(eq=False)
@@ -237,12 +215,10 @@ class Daemon:
             exams=config.exams,
             frontend=self.backend.frontend,
         )
-        self.smoother = ExamSmoother(self.bundle.classes, config.smoothing_windows)
-        self.verdict_rule = VerdictRule.from_manifest(self.bundle.manifest)
-        self.quality_threshold = quality_threshold(self.bundle)
-        self.exam: Examination | None = None
-        """The examination in progress, as the inference thread sees it."""
-        self.exam_count = 0
+        self.reporter = EventReporter(
+            self.bundle, self.run_id, smoothing_windows=config.smoothing_windows, emit_gated=config.emit_gated
+        )
+        """Window events, the examination in progress (as the inference thread sees it) and its verdict."""
         self.source = source if source is not None else open_source(config.source, **config.source_options)
         self.sinks = sinks if sinks is not None else [open_sink(s) for s in config.sinks]
         for sink in self.sinks:  # sinks that also take control messages (MQTT's command topic)
@@ -268,15 +244,19 @@ class Daemon:
         self._validate = os.environ.get("QLUNG_VALIDATE_EVENTS") == "1"
         """Check every event against the shipped JSON Schema (the test suite turns this on; needs jsonschema)."""
         self._last_block = time.monotonic()
-        self._epoch: float | None = None
-        """Wall-clock time (UTC seconds) of the stream's first sample: stream time + epoch = capture time."""
+        self._epoch_set = False
         self._threads: list[threading.Thread] = []
         self.notifier = Notifier()
         """systemd's READY/WATCHDOG/RELOADING/STOPPING (Type=notify); silent outside systemd."""
         self.server: StatusServer | None = None
+        self.live: LiveFeed | None = None
+        """The bedside page's feed (with --http): every event, and the audio envelope while a page watches."""
         if config.http:
             host, port = parse_address(config.http)
-            self.server = StatusServer(self.metrics, self.health, host, port, control=self.control)
+            registry = prometheus_registry(self.metrics, lambda: [s.health() for s in self.sinks], self._build_info)
+            self.live = LiveFeed()
+            self.server = StatusServer(self.metrics, self.health, host, port, control=self.control,
+                                       registry=registry, live=self.live)  # fmt: skip
         self.start_seconds = time.monotonic() - self.started
         self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
 
@@ -286,7 +266,20 @@ class Daemon:
 
     @property
     def model_id(self) -> str:
-        return str(self.bundle.manifest.get("manifest_sha256"))
+        return self.reporter.model_id
+
+    def _build_info(self) -> dict[str, str]:
+        return {
+            "version": __version__,
+            "model": str(self.bundle.manifest.get("name")),
+            "model_id": self.model_id,
+            "backend": self.backend.name,
+            "run_id": self.run_id,
+        }
+
+    @property
+    def quality_threshold(self) -> float | None:
+        return self.reporter.threshold
 
     # ----------------------------------------------------------------- control
 
@@ -306,9 +299,13 @@ class Daemon:
     def health(self) -> dict[str, Any]:
         alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
         quiet = time.monotonic() - self._last_block
+        sinks = [sink.health() for sink in self.sinks]
         status = "ok" if alive and quiet < 10 else "unhealthy"
+        if status == "ok" and any(s.degraded for s in sinks):
+            status = "degraded"  # classifying, but events are waiting or were lost
         return {
             "status": status,
+            "sinks": [asdict(s) for s in sinks],
             "run_id": self.run_id,
             "source": self.source.name,
             "seconds_since_audio": round(quiet, 3),
@@ -346,6 +343,8 @@ class Daemon:
                     self._invalid_events += 1
                     self._note_error(f"event {header.seq} does not fit the schema: {str(err)[:300]}")
             self._seq += 1
+            if self.live is not None:
+                self.live.publish(event.type, body)
             for sink in self.sinks:
                 try:
                     sink.send(body)
@@ -447,10 +446,13 @@ class Daemon:
         try:
             while (block := self._next_block()) is not None:
                 self._last_block = time.monotonic()
-                if self._epoch is None:
-                    self._epoch = time.time() - block.timestamp - block.duration
+                if not self._epoch_set:  # stream time + epoch = capture time (UTC)
+                    self.reporter.epoch, self._epoch_set = time.time() - block.timestamp - block.duration, True
                 if self.audit is not None:
                     self.audit.add(block.timestamp, block.sample_rate, finite_samples(block.samples)[0])
+                if self.live is not None and self.live.watching:
+                    shape = envelope(finite_samples(block.samples)[0], block.sample_rate)
+                    self.live.publish("signal", {"time": round(block.timestamp, 3), "envelope": shape}, keep=False)
                 taken = time.monotonic()  # latency counts from here: the signal path's work (resampling, the
                 for item in self.path.push(block):  # AQS, incremental frames) is part of it
                     self._queue(item, taken)
@@ -545,43 +547,10 @@ class Daemon:
 
     def _boundary(self, boundary: ExamBoundary) -> None:
         """An examination starts (its running answer afresh) or ends (its verdict)."""
-        epoch = self._epoch or 0.0
-        if self.exam is not None:
-            exam, self.exam = self.exam, None
-            verdict = exam.verdict(self.verdict_rule, self.bundle.classes)
-            self.metrics.add("verdicts")
-            self.emit(
-                VerdictEvent(
-                    exam_id=exam.id,
-                    model_id=self.model_id,
-                    identity=ExamIdentity(exam.patient, exam.encounter, exam.site),
-                    start=round(exam.started, 3),
-                    end=round(boundary.time, 3),
-                    start_utc=utc(epoch + exam.started),
-                    end_utc=utc(epoch + boundary.time),
-                    ended_by=boundary.reason,
-                    task_2_1=verdict.task_2_1,
-                    task_2_2=verdict.task_2_2,
-                    reason=verdict.reason,
-                    evidence=VerdictEvidence(
-                        verdict.windows_accepted,
-                        verdict.windows_gated,
-                        verdict.gated_by_reason,
-                        verdict.das,
-                        verdict.cas,
-                        verdict.class_fractions,
-                    ),
-                    rule=self.verdict_rule.to_dict(),
-                )
-            )
-        if boundary.start:
-            self.exam_count += 1
-            self.exam = Examination(f"{self.run_id[:8]}-{self.exam_count}", boundary.time, boundary.patient,
-                                    boundary.encounter, boundary.site)  # fmt: skip
-            self.smoother = ExamSmoother(self.bundle.classes, self.config.smoothing_windows)
-            identity = ExamIdentity(boundary.patient, boundary.encounter, boundary.site)
-            self.emit(ExamEvent(self.exam.id, round(boundary.time, 3), utc(epoch + boundary.time), boundary.reason,
-                                identity))  # fmt: skip
+        for event in self.reporter.boundary(boundary):
+            if isinstance(event, VerdictEvent):
+                self.metrics.add("verdicts")
+            self.emit(event)
 
     def control(self, action: str, **fields: Any) -> dict[str, Any]:
         """A control message (HTTP POST /exam/start|stop, the MQTT command topic): start an examination, with
@@ -594,7 +563,7 @@ class Daemon:
             self.path.request(True, "control message", **ids)
             return {"ok": True, "action": "start", **{k: v for k, v in ids.items() if v}}
         if action == "stop":
-            current = self.exam.id if self.exam is not None else None
+            current = self.reporter.exam.id if self.reporter.exam is not None else None
             wanted = fields.get("exam_id")
             if current is None and not self.path.in_exam:
                 raise ValueError("no examination in progress")
@@ -605,62 +574,16 @@ class Daemon:
         raise ValueError(f"unknown action {action!r}: start or stop")
 
     def _report(self, item: _Pending, probabilities: np.ndarray | None, poor: float | None = None) -> None:
-        assert isinstance(item.decision, Decision)
-        w = item.decision.window
-        q = w.report
-        epoch = self._epoch or 0.0
-        reasons = item.decision.reasons
-        if probabilities is not None and poor is not None and self.quality_threshold is not None:
-            # The learned quality estimate gates after the model: AQS reasons stay the first explanation.
-            if not np.isfinite(poor):
-                reasons = (GateReason.QUALITY_UNKNOWN.value,)
-            elif poor >= self.quality_threshold:
-                reasons = (GateReason.ESTIMATED_POOR.value,)
-            if reasons:
-                item.status, probabilities = WindowStatus.GATED, None
-                self.metrics.gate(reasons)
-                self.metrics.add("windows_gated_after_model")
-        if self.exam is not None:
-            if item.status is WindowStatus.DROPPED:
-                self.exam.add(("dropped",), None)
-            else:
-                self.exam.add(reasons, probabilities)
-        if item.status is WindowStatus.GATED and not self.config.emit_gated:
-            return
-        prediction = exam = None
-        if probabilities is not None:
-            classes = self.bundle.classes
-            prediction = Prediction(
-                label=classes[int(np.argmax(probabilities))],
-                probabilities={c: round(float(p), 5) for c, p in zip(classes, probabilities)},
-            )
-            exam = self.smoother.add(probabilities)
+        assert isinstance(item.decision, Decision) and item.status is not None
         latency = time.monotonic() - item.ready
-        event = self.emit(
-            WindowEvent(
-                model_id=self.model_id,
-                window=WindowSpan(
-                    w.index, round(w.start, 4), round(w.end, 4), utc(epoch + w.start), utc(epoch + w.end)
-                ),
-                status=item.status,
-                quality=QualityFields(
-                    aqs=round(q.aqs, 4),
-                    rms_dbfs=round(q.rms_dbfs, 2),
-                    entropy=round(q.live_entropy, 4),
-                    clipped_fraction=round(q.clipped_fraction, 5),
-                    dropout_seconds=round(q.dropout_seconds, 3),
-                    gap_seconds=round(w.gap_seconds, 3),
-                ),
-                latency_ms=round(latency * 1000, 2),
-                reasons=reasons if item.status is WindowStatus.GATED else None,
-                poor=None if poor is None else round(poor, 4),
-                advice=advice_for(reasons) if item.status is WindowStatus.GATED else None,
-                exam_id=None if self.exam is None else self.exam.id,
-                prediction=prediction,
-                exam=exam,
-            )
-        )
-        if item.status is WindowStatus.CLASSIFIED:
+        outcome = self.reporter.window(item.decision, item.status, probabilities, poor, latency * 1000)
+        if outcome.gated_after_model:
+            self.metrics.gate(outcome.reasons)
+            self.metrics.add("windows_gated_after_model")
+        if outcome.event is None:
+            return
+        event = self.emit(outcome.event)
+        if outcome.status is WindowStatus.CLASSIFIED:
             self.metrics.latency(latency)
             if self.audit is not None:
                 try:
@@ -689,9 +612,7 @@ class Daemon:
         old.close()
         self.path.set_frontend(backend.frontend)
         self.path.set_thresholds(bundle.quality_config())
-        self.smoother = ExamSmoother(bundle.classes, self.config.smoothing_windows)
-        self.verdict_rule = VerdictRule.from_manifest(bundle.manifest)
-        self.quality_threshold = quality_threshold(bundle)
+        self.reporter.use(bundle)
         self.metrics.add("reloads")
         self.notifier.ready(f"reloaded {bundle.manifest.get('name')}")
         self.emit(

@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 from firmware_bridge.sources import FileSource
 from qlung_edge import CLASS_NAMES
 from qlung_edge.bundle import BundleError, load_bundle
-from qlung_edge.daemon import DaemonConfig, backend_for, quality_threshold
-from qlung_edge.examination import TASK_2_1, TASK_2_2, Examination, VerdictRule, task_2_1
+from qlung_edge.daemon import DaemonConfig, backend_for
+from qlung_edge.events import VerdictEvent, WindowStatus
+from qlung_edge.examination import TASK_2_1, TASK_2_2, task_2_1
+from qlung_edge.reporter import EventReporter, quality_threshold
 from qlung_edge.streaming import Decision, ExamBoundary, SignalPath
 from qlung_edge.windows import window_label
 
@@ -63,8 +65,9 @@ def eval_stream(
     backend = backend_for(bundle, config)
     hop = config.hop_seconds or float(bundle.manifest["hop_seconds"])
     thresholds = bundle.quality_config()
-    rule = VerdictRule.from_manifest(bundle.manifest)
-    threshold = quality_threshold(bundle)
+    reporter = EventReporter(bundle, "eval-stream")
+    """The daemon's own rules for the learned gate, the examination and its verdict; one per recording here."""
+    threshold = reporter.threshold
     record_poor: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
     counts = {"windows": 0, "classified": 0, "gated": 0, "dropped": 0}
@@ -81,7 +84,7 @@ def eval_stream(
             outputs = list(path.feed(source.blocks()))
             decisions = [d for d in outputs if isinstance(d, Decision)]
             split_recordings += sum(isinstance(b, ExamBoundary) and b.start for b in outputs) > 1
-            examination = Examination(record.id, 0.0)
+            reporter.boundary(ExamBoundary(True, 0.0, "the recording"))
             out = backend.run_all(np.stack([backend.input_of(d.window) for d in decisions])) if decisions else {}
             probabilities = out.get("probabilities", [])
             estimates = out.get("poor", [None] * len(decisions))
@@ -89,14 +92,10 @@ def eval_stream(
                 record_poor[record.id] = float(np.mean(out["poor"]))
             bucket = poor if record.record_label == "Poor Quality" else good
             for decision, p, estimate in zip(decisions, probabilities, estimates):
-                reasons = decision.reasons
-                if not reasons and threshold is not None and estimate is not None:  # the daemon's learned gate
-                    if not np.isfinite(estimate):
-                        reasons = ("quality_unknown",)
-                    elif estimate >= threshold:
-                        reasons = ("estimated_poor",)
-                accepted_window = not reasons
-                examination.add(reasons, p)
+                status = WindowStatus.CLASSIFIED if decision.accepted else WindowStatus.GATED
+                outcome = reporter.window(decision, status, p if decision.accepted else None, estimate)
+                reasons = outcome.reasons
+                accepted_window = outcome.status is WindowStatus.CLASSIFIED
                 counts["windows"] += 1
                 counts["classified" if accepted_window else "gated"] += 1
                 bucket["windows"] += 1
@@ -118,7 +117,9 @@ def eval_stream(
                         "poor": None if estimate is None else float(estimate),
                     }
                 )
-            verdict = examination.verdict(rule, bundle.classes)
+            end = max((d.window.end for d in decisions), default=0.0)
+            verdict = reporter.boundary(ExamBoundary(False, end, "the recording ended"))[0]
+            assert isinstance(verdict, VerdictEvent)
             verdicts.append({"recording": record.id, "truth": record.record_label, "task_2_2": verdict.task_2_2,
                              "task_2_1": verdict.task_2_1, "reason": verdict.reason})  # fmt: skip
     finally:
@@ -145,7 +146,7 @@ def eval_stream(
         "offline_records": bundle.manifest.get("metrics", {}).get("test_records"),
         "hop_seconds": hop,
         "window_seconds": bundle.window_samples / bundle.sample_rate,
-        "verdict_rule": rule.to_dict(),
+        "verdict_rule": reporter.rule.to_dict(),
         "recordings_with_several_examinations": split_recordings,
     }
     labelled = [v for v in verdicts if v["truth"]]

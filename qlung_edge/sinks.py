@@ -2,11 +2,13 @@
 
 Every sink takes the same event dicts (schema in `qlung_edge/events.py`). A sink must never block the
 inference thread for long: MQTT keeps its own bounded buffer of events the broker has not acknowledged and
-sends them again after a reconnect.
+sends them again after a reconnect. Each sink reports its health (`SinkHealth`): the daemon's /health says
+"degraded" while one is disconnected or has dropped events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -25,6 +27,22 @@ class SinkError(QLungError):
     """A sink that cannot be opened or configured, named by its spec."""
 
 
+@dataclass(frozen=True)
+class SinkHealth:
+    name: str
+    connected: bool
+    """Events can leave now (the file is open, the broker is connected)."""
+    buffered: int
+    """Events waiting to be delivered."""
+    dropped: int
+    """Events lost for good (buffer overflow, write failure)."""
+    last_error: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return not self.connected or self.dropped > 0
+
+
 class Sink:
     name: str = "sink"
 
@@ -40,6 +58,9 @@ class Sink:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+    def health(self) -> SinkHealth:
+        return SinkHealth(self.name, connected=True, buffered=0, dropped=0)
 
 
 @dataclass
@@ -116,18 +137,25 @@ class JsonLinesSink(Sink):
     def stats(self) -> dict[str, int]:
         return {"lines": self.lines}
 
+    def health(self) -> SinkHealth:
+        return SinkHealth(self.name, connected=self._file is not None or self.path is None, buffered=0, dropped=0)
+
 
 @dataclass
 class MqttSink(Sink):
-    """Events published with QoS 1; the broker's PUBACK removes an event from the buffer of unsent ones.
+    """Events published with QoS 1 on one topic per event type, `<topic>/<type>` (`qlung/window`,
+    `qlung/verdict`, ...); the broker's PUBACK removes an event from the buffer of unsent ones.
 
     While the broker is away events wait in a buffer of at most `buffer` (the oldest are dropped and
-    counted beyond that); on reconnect they are published again in order.
+    counted beyond that); on reconnect they are published again in order. `<topic>/status` holds a retained
+    `{"state": "online"|"offline", ...}`: online on every connect, offline on a clean stop, and offline from
+    the broker itself (the last will) when the daemon vanishes without one.
     """
 
     host: str = "127.0.0.1"
     port: int = 1883
-    topic: str = "qlung/events"
+    topic: str = "qlung"
+    """Prefix of every topic this sink publishes on or listens to."""
     client_id: str = ""
     username: str | None = None
     password: str | None = None
@@ -141,6 +169,8 @@ class MqttSink(Sink):
     """Also take control messages on `<topic>/command` (JSON: {"action": "start"|"stop", "patient": ...});
     each gets an answer on `<topic>/command/reply`."""
     on_command: Callable[..., dict[str, Any]] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    """Extra fields of the retained status message (a site or device name, say)."""
 
     def __post_init__(self) -> None:
         try:
@@ -148,11 +178,13 @@ class MqttSink(Sink):
         except ImportError as err:
             raise SinkError("paho-mqtt is not installed; pip install qlung-edge[mqtt]", path="mqtt") from err
         self.name = f"mqtt://{self.host}:{self.port}/{self.topic}"
+        self.topic = self.topic.rstrip("/")
+        self.last_error: str | None = None
         self._mqtt = mqtt
         self._lock = threading.Lock()
         self._next_id = 0
-        self._queue: OrderedDict[int, str] = OrderedDict()
-        """Events not yet acknowledged, by our own id, in order."""
+        self._queue: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        """Events (type, JSON) not yet acknowledged, by our own id, in order."""
         self._in_flight: dict[int, int] = {}
         """paho message id -> our id, for the current connection."""
         self._connected = threading.Event()
@@ -174,18 +206,29 @@ class MqttSink(Sink):
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.will_set(self.status_topic, self._status("offline", "connection lost"), qos=1, retain=True)
         self._client = client
         client.connect_async(self.host, self.port, keepalive=self.keepalive)
         client.loop_start()
 
+    @property
+    def status_topic(self) -> str:
+        return f"{self.topic}/status"
+
+    def _status(self, state: str, why: str | None = None) -> str:
+        fields = {"state": state, **self.status, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return json.dumps({**fields, "reason": why} if why else fields)
+
     # paho calls these from its network thread; the signatures cover callback API 1 and 2.
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if getattr(reason, "is_failure", False) or (isinstance(reason, int) and reason != 0):
+            self.last_error = f"connect refused: {reason}"
             return
         with self._lock:
             if self._connected.is_set() or self.published:
                 self.reconnects += 1
             self._connected.set()
+            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
             if self.commands:
                 client.subscribe(f"{self.topic}/command", qos=1)
             # paho itself sends again what it had in flight when the link dropped; hand it the rest.
@@ -208,6 +251,8 @@ class MqttSink(Sink):
         client.publish(f"{self.topic}/command/reply", json.dumps(answer), qos=1)
 
     def _on_disconnect(self, client: Any, userdata: Any, *args: Any) -> None:
+        if self._connected.is_set():
+            self.last_error = f"disconnected from {self.host}:{self.port}"
         self._connected.clear()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
@@ -216,14 +261,14 @@ class MqttSink(Sink):
             if ours is not None and self._queue.pop(ours, None) is not None:
                 self.acknowledged += 1
 
-    def _publish(self, ours: int, payload: str) -> None:
-        info = self._client.publish(self.topic, payload, qos=1)
+    def _publish(self, ours: int, payload: tuple[str, str]) -> None:
+        info = self._client.publish(f"{self.topic}/{payload[0]}", payload[1], qos=1)
         if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
             self._in_flight[info.mid] = ours
             self.published += 1
 
     def send(self, event: dict[str, Any]) -> None:
-        payload = encode(event)
+        payload = (str(event.get("type", "event")), encode(event))
         with self._lock:
             ours = self._next_id
             self._next_id += 1
@@ -249,8 +294,15 @@ class MqttSink(Sink):
 
     def close(self) -> None:
         self.flush()
+        if self._connected.is_set():
+            info = self._client.publish(self.status_topic, self._status("offline", "stopped"), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):  # gone meanwhile: the last will says offline
+                info.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
+
+    def health(self) -> SinkHealth:
+        return SinkHealth(self.name, self._connected.is_set(), self.unsent(), self.dropped, self.last_error)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -264,7 +316,8 @@ class MqttSink(Sink):
 
 def open_sink(spec: str) -> Sink:
     """`jsonl:-` (stdout), `jsonl:PATH[?max_mb=50&backups=5]`,
-    `mqtt://[user:pass@]host[:port]/topic[?tls=1&ca=F&buffer=N&client_id=ID&reconnect=S&commands=1]`."""
+    `mqtt://[user:pass@]host[:port]/prefix[?tls=1&ca=F&buffer=N&client_id=ID&reconnect=S&commands=1]`,
+    `fhir:PATH` or `fhir:http(s)://server/base[?buffer=N]` (verdicts as FHIR R4 Observations)."""
     if spec in ("-", "jsonl", "jsonl:", "jsonl:-", "stdout"):
         return JsonLinesSink()
     if spec.startswith("jsonl:"):
@@ -282,7 +335,7 @@ def open_sink(spec: str) -> Sink:
     if spec.startswith(("mqtt://", "mqtts://")):
         url = urlparse(spec)
         query = parse_qs(url.query)
-        topic = url.path.lstrip("/") or "qlung/events"
+        topic = url.path.strip("/") or "qlung"
         tls = url.scheme == "mqtts" or query.get("tls", ["0"])[0] in ("1", "true", "yes")
         try:
             port = url.port or (8883 if tls else 1883)
@@ -304,4 +357,9 @@ def open_sink(spec: str) -> Sink:
             reconnect_seconds=reconnect,
             commands=commands,
         )
-    raise SinkError("expected jsonl:-, jsonl:PATH or mqtt://host[:port]/topic", path=spec)
+    if spec.startswith("fhir:"):
+        from qlung_edge.fhir import open_fhir_sink
+
+        return open_fhir_sink(spec)
+    raise SinkError("expected jsonl:-, jsonl:PATH, mqtt://host[:port]/prefix, fhir:PATH or fhir:http://server/base",
+                    path=spec)  # fmt: skip

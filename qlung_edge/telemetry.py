@@ -1,7 +1,7 @@
 """The daemon's counters, a latency histogram, and a localhost HTTP endpoint for health and Prometheus.
 
-The exposition format is Prometheus' plain text (version 0.0.4); a handful of counters do not need a client
-library on the device.
+`/metrics` is written by prometheus_client (standard names and base units, the process collector, a build
+info metric); the daemon's own figures come from `Metrics` through `DaemonCollector` at each scrape.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from qlung_edge.live import LiveFeed
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Seconds from a window's last sample arriving to its event being sent."""
@@ -93,62 +95,97 @@ class Metrics:
                 "rss_bytes": rss_bytes(),
             }
 
-    def prometheus(self) -> str:
-        snap = self.snapshot()
-        lines: list[str] = []
-
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP qlung_{name} {help_text}")
-            lines.append(f"# TYPE qlung_{name} {kind}")
-            lines.extend(f"qlung_{name}{labels} {value:g}" for labels, value in samples)
-
-        counts = snap["counts"]
-        for key, help_text in (
-            ("windows", "Windows cut from the stream."),
-            ("windows_accepted", "Windows that passed the quality gate."),
-            ("windows_dropped", "Accepted windows dropped because inference fell behind."),
-            ("inferences", "Windows classified."),
-            ("batches", "Backend calls."),
-            ("samples", "Audio samples received from the source, at its rate."),
-            ("source_gaps", "Concealed device gaps (blocks of lost frames)."),
-            ("source_gap_seconds", "Seconds of concealed device silence."),
-            ("events", "Events sent to the sinks."),
-            ("reloads", "Bundle reloads (SIGHUP)."),
-        ):
-            metric(f"{key}_total", "counter", help_text, [("", counts.get(key, 0))])
-        metric(
-            "windows_gated_total",
-            "counter",
-            "Windows refused by the quality gate, by reason.",
-            [(f'{{reason="{r}"}}', v) for r, v in sorted(snap["gated"].items())] or [('{reason="none"}', 0)],
-        )
+    def histogram(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative latency buckets (Prometheus `le` labels) and the sum of latencies."""
         with self._lock:
-            buckets = list(self._buckets)
-            total, count = self._latency_sum, self._latency_count
-        cumulative = 0
-        samples = []
+            buckets, total = list(self._buckets), self._latency_sum
+        cumulative, out = 0, []
         for bound, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), buckets):
             cumulative += n
-            samples.append((f'_bucket{{le="{bound}"}}', cumulative))
-        lines.append("# HELP qlung_window_latency_seconds Window's last sample to its event.")
-        lines.append("# TYPE qlung_window_latency_seconds histogram")
-        lines.extend(f"qlung_window_latency_seconds{labels} {value:g}" for labels, value in samples)
-        lines.append(f"qlung_window_latency_seconds_sum {total:g}")
-        lines.append(f"qlung_window_latency_seconds_count {count}")
-        metric("cpu_seconds_total", "counter", "CPU time of the daemon process.", [("", snap["cpu_seconds"])])
-        metric("resident_memory_bytes", "gauge", "Resident set size.", [("", snap["rss_bytes"])])
-        metric("uptime_seconds", "gauge", "Seconds since start.", [("", snap["uptime_seconds"])])
-        for name, value in sorted(snap["gauges"].items()):
-            metric(name, "gauge", name.replace("_", " ").capitalize() + ".", [("", value)])
-        return "\n".join(lines) + "\n"
+            out.append((bound, cumulative))
+        return out, total
 
+
+COUNTERS = (
+    ("windows", "Windows cut from the stream."),
+    ("windows_accepted", "Windows that passed the quality gate."),
+    ("windows_dropped", "Accepted windows dropped because inference fell behind."),
+    ("windows_gated_after_model", "Windows the learned quality estimate refused."),
+    ("inferences", "Windows classified."),
+    ("batches", "Backend calls."),
+    ("verdicts", "Examinations ended with a verdict."),
+    ("samples", "Audio samples received from the source, at its rate."),
+    ("source_gaps", "Concealed device gaps (blocks of lost frames)."),
+    ("source_gap_seconds", "Seconds of concealed device silence."),
+    ("events", "Events sent to the sinks."),
+    ("sink_errors", "Events a sink raised an error on."),
+    ("reloads", "Bundle reloads (SIGHUP)."),
+)
+
+
+class DaemonCollector:
+    """The daemon's figures as Prometheus metric families, read at each scrape."""
+
+    def __init__(self, metrics: Metrics, sinks: Callable[[], list[Any]], info: Callable[[], dict[str, str]]) -> None:
+        self.metrics, self.sinks, self.info = metrics, sinks, info
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
+
+        snap = self.metrics.snapshot()
+        counts = snap["counts"]
+        for key, help_text in COUNTERS:
+            yield CounterMetricFamily(f"qlung_{key}", help_text, value=counts.get(key, 0))
+        gated = CounterMetricFamily("qlung_windows_gated", "Windows refused by the gate, by reason.", labels=["reason"])
+        for reason, value in sorted(snap["gated"].items()):
+            gated.add_metric([reason], value)
+        yield gated
+        buckets, total = self.metrics.histogram()
+        yield HistogramMetricFamily(
+            "qlung_window_latency_seconds", "A window's last sample to its event.", buckets=buckets, sum_value=total
+        )
+        health = self.sinks()
+        connected = GaugeMetricFamily("qlung_sink_connected", "1 while the sink can deliver.", labels=["sink"])
+        buffered = GaugeMetricFamily("qlung_sink_buffered_events", "Events waiting in a sink.", labels=["sink"])
+        dropped = CounterMetricFamily("qlung_sink_dropped_events", "Events a sink lost for good.", labels=["sink"])
+        for sink in health:
+            connected.add_metric([sink.name], float(sink.connected))
+            buffered.add_metric([sink.name], sink.buffered)
+            dropped.add_metric([sink.name], sink.dropped)
+        yield from (connected, buffered, dropped)
+        yield InfoMetricFamily("qlung_build", "qlung-edge version, model and backend.", value=self.info())
+        for name, value in sorted(snap["gauges"].items()):
+            yield GaugeMetricFamily(f"qlung_{name}", name.replace("_", " ").capitalize() + ".", value=value)
+
+
+def prometheus_registry(
+    metrics: Metrics, sinks: Callable[[], list[Any]] = list, info: Callable[[], dict[str, str]] = dict
+) -> Any:
+    """A registry with the daemon's metrics and the process' own (CPU seconds, memory, open files, start time)."""
+    from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(metrics, sinks, info))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+PAGE = Path(__file__).resolve().parent / "web" / "bedside.html"
+"""The bedside page: one file, no external assets, so it works on a ward network without internet."""
 
 MAX_BODY = 4096
 """Largest control message accepted (bytes)."""
 
 
 class StatusServer:
-    """`GET /health` (JSON; 503 when unhealthy), `GET /metrics` (Prometheus) and, with a `control` callback,
+    """`GET /health` (JSON; 503 when unhealthy, 200 when ok or degraded), `GET /metrics` (Prometheus), with
+    a `live` feed the bedside page (`GET /`, updates from `GET /live`), and with a `control` callback
     `POST /exam/start` and `POST /exam/stop` (a JSON object of identifiers), in a daemon thread."""
 
     def __init__(
@@ -158,6 +195,8 @@ class StatusServer:
         host: str,
         port: int,
         control: Callable[..., dict[str, Any]] | None = None,
+        registry: Any = None,
+        live: LiveFeed | None = None,
     ) -> None:
         owner = self
 
@@ -183,14 +222,31 @@ class StatusServer:
 
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    body = owner.metrics.prometheus().encode()
-                    self._reply(200, "text/plain; version=0.0.4", body)
+                    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(owner.registry))
+                elif self.path.split("?")[0] in ("/", "/index.html") and owner.live is not None:
+                    self._reply(200, "text/html; charset=utf-8", PAGE.read_bytes())
+                elif self.path.split("?")[0] == "/live" and owner.live is not None:
+                    self._stream(owner.live)
                 elif self.path.split("?")[0] in ("/health", "/healthz", "/"):
                     state = owner.health()
-                    code = 200 if state.get("status") == "ok" else 503
+                    code = 503 if state.get("status") == "unhealthy" else 200  # degraded still classifies
                     self._reply(code, "application/json", json.dumps(state).encode())
                 else:
                     self._reply(404, "text/plain", b"not found: try /health or /metrics\n")
+
+            def _stream(self, live: LiveFeed) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                try:
+                    for chunk in live.messages():
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):  # the page was closed
+                    pass
 
             def _reply(self, code: int, kind: str, body: bytes) -> None:
                 self.send_response(code)
@@ -205,6 +261,9 @@ class StatusServer:
         self.metrics = metrics
         self.health = health
         self.control = control
+        self.registry = registry if registry is not None else prometheus_registry(metrics)
+        self.live = live
+        """With a live feed: the bedside page at / and its Server-Sent Events at /live."""
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
@@ -219,5 +278,7 @@ class StatusServer:
         return self
 
     def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
         self.server.shutdown()
         self.server.server_close()

@@ -111,3 +111,28 @@ def _device_modules() -> list[str]:
 def test_device_side_never_imports_torch(module: str) -> None:
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_log_level_and_json_log_lines_on_stderr() -> None:
+    script = (
+        "import logging, sys\n"
+        "from qlung_edge.cli import cli\n"
+        "cli.main(['--log-level', 'info', '--log-json', 'schema'], standalone_mode=False)\n"
+        "logging.getLogger('qlung_edge.test').info('hello %s', 'ward')\n"
+        "logging.getLogger('qlung_edge.test').debug('not at info')\n"
+        "try:\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    logging.getLogger('qlung_edge.test').exception('failed')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(x["level"], x["logger"], x["message"]) for x in lines] == [
+        ("info", "qlung_edge.test", "hello ward"),
+        ("error", "qlung_edge.test", "failed"),
+    ]
+    assert "ValueError: boom" in lines[1]["exception"] and lines[0]["time"].endswith("Z")
+    wrong = subprocess.run([sys.executable, "-m", "qlung_edge.cli", "--log-level", "loud", "schema"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert wrong.returncode == 2 and "loud" in wrong.stderr

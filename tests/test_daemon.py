@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from prometheus_client.parser import text_string_to_metric_families
 
 from firmware_bridge.simulator import DeviceSimulator, Impairments
 from firmware_bridge.sources import FileSource, open_source
@@ -375,8 +376,15 @@ def test_sighup_swaps_the_bundle_and_sigterm_flushes(bundle: Path, shared_data: 
         assert host == "127.0.0.1"
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read())
         assert health["status"] == "ok" and health["backend"].startswith("onnx")
+        assert [s["name"] for s in health["sinks"]] == [f"jsonl:{events_file}"] and health["sinks"][0]["connected"]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert "qlung_windows_total" in metrics and 'qlung_window_latency_seconds_bucket{le="+Inf"}' in metrics
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        assert families["qlung_windows"].type == "counter" and families["qlung_windows"].samples[0].value >= 1
+        assert families["qlung_window_latency_seconds"].type == "histogram"
+        assert "process_cpu_seconds" in families and "process_resident_memory_bytes" in families
+        build = families["qlung_build_info"].samples[0].labels
+        assert build["model"] == "first" and build["model_id"] == start["model_id"]
+        assert families["qlung_sink_connected"].samples[0].value == 1.0
         current.unlink()
         current.symlink_to(second)
         process.send_signal(signal.SIGHUP)
@@ -456,8 +464,18 @@ def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shar
     subscriber = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id="qlung-test-listener", clean_session=False
     )  # fmt: skip
-    subscriber.on_connect = lambda c, u, f, rc, p=None: c.subscribe("ward/bed1", qos=1)
-    subscriber.on_message = lambda c, u, m: received.setdefault(json.loads(m.payload)["seq"], json.loads(m.payload))
+    statuses: list[dict[str, Any]] = []
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        payload = json.loads(message.payload)
+        if message.topic == "ward/bed1/status":
+            statuses.append(payload)
+            return
+        assert message.topic == f"ward/bed1/{payload['type']}", "one topic per event type"
+        received.setdefault(payload["seq"], payload)
+
+    subscriber.on_connect = lambda c, u, f, rc, p=None: c.subscribe("ward/bed1/#", qos=1)
+    subscriber.on_message = on_message
     subscriber.reconnect_delay_set(1, 1)
     subscriber.connect("127.0.0.1", broker.port)
     subscriber.loop_start()
@@ -474,6 +492,9 @@ def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shar
         broker.stop()
         time.sleep(1.5)
         outage = sink.unsent()
+        health = daemon.health()
+        assert health["status"] == "degraded" and not health["sinks"][0]["connected"]
+        assert health["sinks"][0]["buffered"] > 0 and "disconnected" in health["sinks"][0]["last_error"]
         broker.start()
         runner.join(60)
         deadline = time.monotonic() + 20
@@ -488,6 +509,36 @@ def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shar
     assert sorted(received) == list(range(daemon._seq)), "every event arrived (duplicates allowed, QoS 1)"
     _valid(list(received.values()))
     assert sum(e["type"] == "window" for e in received.values()) == 53
+    assert [s["state"] for s in statuses][:1] == ["online"] and statuses[-1]["state"] == "offline"
+    assert statuses[-1]["reason"] == "stopped"
+
+
+def test_mqtt_status_is_retained_and_the_last_will_says_offline(broker: Broker, tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+
+    script = (
+        "import os, time\n"
+        "from qlung_edge.sinks import open_sink\n"
+        f"sink = open_sink('mqtt://127.0.0.1:{broker.port}/ward/bed2?client_id=vanishing')\n"
+        "deadline = time.monotonic() + 10\n"
+        "while not sink.health().connected and time.monotonic() < deadline: time.sleep(0.05)\n"
+        "time.sleep(0.3)\n"
+        "os._exit(0)  # gone without a DISCONNECT: the broker publishes the last will\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    seen: list[tuple[bool, dict[str, Any]]] = []
+    listener = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="status-reader")
+    listener.on_connect = lambda c, u, f, rc, p=None: c.subscribe("ward/bed2/status", qos=1)
+    listener.on_message = lambda c, u, m: seen.append((m.retain, json.loads(m.payload)))
+    listener.connect("127.0.0.1", broker.port)
+    listener.loop_start()
+    deadline = time.monotonic() + 10  # the broker sends the will within 1.5 keep-alives at most
+    while not any(s["state"] == "offline" for _, s in seen) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    listener.loop_stop()
+    listener.disconnect()
+    assert seen and seen[-1][0], "the status is retained for late subscribers"
+    assert seen[-1][1]["state"] == "offline" and seen[-1][1]["reason"] == "connection lost"
 
 
 def test_torch_backend_matches_onnx_runtime(bundle: Path, checkpoint: Path, shared_data: Path) -> None:

@@ -104,7 +104,7 @@ def test_the_daemon_gates_on_the_learned_estimate_and_on_nan(bundle: Path, tmp_p
         return Estimating("onnx-fp32", b, 1)
 
     daemon = Daemon(config, source=FileSource(name="f", path=wav), sinks=[sink], backend_factory=factory)
-    daemon.quality_threshold = 0.5
+    daemon.reporter.threshold = 0.5
     assert daemon.run() == 0
     windows = [e for e in sink.events if e["type"] == "window"]
     for event in sink.events:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qlung_edge.events import EVENT_TYPES, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +59,20 @@ def test_the_readme_starts_with_the_two_set_up_commands() -> None:
     assert commands == ["bash scripts/demo.sh", "bash scripts/test.sh"]
     ci = (REPO / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
+
+
+def test_the_python_example_runs_on_a_real_recording(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```python\nfrom qlung_edge import Classifier") + len("```python\n")
+    example = text[start : text.index("```", start)]
+    assert len(example.strip().splitlines()) <= 5
+    wav = shared_data / "icbhi-sample" / "101_1b1_Al_sc_Meditron.wav"
+    exec(compile(example.replace('"recording.wav"', repr(str(wav))), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[0] in ("Normal", "CAS", "DAS", "Poor") and 0.0 <= float(printed[-1]) <= 1.0
+
+
+def test_the_licence_file_is_the_one_setup_cfg_names() -> None:
+    setup = (REPO / "setup.cfg").read_text()
+    assert re.search(r"^license = MIT$", setup, re.M) and re.search(r"^license_files = LICENSE$", setup, re.M)
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")

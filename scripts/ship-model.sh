@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The model shipped in the package (qlung_edge/bundles/sprsound-edge), from scratch: train the window-level
+# QLung recipe on the real SPRSound training recordings (seed 0), export it, stream the inter-patient test set
+# through it, and write its model card from the manifest. About 35 minutes on a 2-core CPU.
+# Usage: bash scripts/ship-model.sh [SPRSOUND-FOLDER]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-../shared/data/sprsound}
+recipe=qlung-edge-sprsound-windows
+run=runs/$recipe/seed0
+out=qlung_edge/bundles/sprsound-edge
+q=.venv/bin/qlung-edge
+[ -f "$run/best.pt" ] || $q train --config "$recipe" "data.root=$data" --seeds 0 --out "runs/$recipe"
+$q export "$run/best.pt" --out "$out" --force --check-audio "$data/test_wav"
+$q eval-stream "$out" --data "$data" --out "$run/eval-stream-shipped"
+.venv/bin/python -m export.model_card "$out" --eval-stream "$run/eval-stream-shipped/eval_stream.json" \
+    --command "qlung-edge eval-stream qlung_edge/bundles/sprsound-edge --data ../shared/data/sprsound" \
+    --out-of-domain "$(dirname "$data")/icbhi-sample"
