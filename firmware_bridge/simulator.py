@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import math
 import os
 import random
 import select
@@ -36,6 +37,7 @@ from firmware_bridge.protocol import (
     max_frames_per_packet,
 )
 from qlung_edge.audio import read_audio
+from qlung_edge.errors import QLungError
 
 SUBTYPE_FORMATS = {"PCM_16": SampleFormat.INT16, "PCM_24": SampleFormat.INT24}
 
@@ -92,6 +94,13 @@ class DeviceSimulator:
     def __post_init__(self) -> None:
         import soundfile as sf
 
+        if not isinstance(self.frame_samples, int) or self.frame_samples < 1:
+            raise QLungError(
+                f"frame samples must be a positive whole number, got {self.frame_samples!r}", path=self.wav
+            )
+        if not (self.speed >= 0 and math.isfinite(self.speed)):
+            raise QLungError(f"speed must be 0 (as fast as read) or a positive multiple, got {self.speed!r}",
+                             path=self.wav)  # fmt: skip
         audio = read_audio(self.wav)
         info = sf.info(str(self.wav))
         self.sample_rate = audio.sample_rate
@@ -210,6 +219,7 @@ class DeviceSimulator:
                     self._stop.wait(0.01)
                     continue
                 position = 0
+                started = None  # pace the next pass from now, not from the first pass's start
             if started is None:
                 started = time.monotonic() - position / self.sample_rate / max(self.speed, 1e-9)
             chunk = self.samples[position : position + self.frame_samples] * 10 ** (self.gain_db / 20)

@@ -1,19 +1,42 @@
 """Audit recording: the last minutes of raw audio in memory, written out around abnormal findings.
 
 A clinician or an auditor can listen to what the model heard. Clips are the source's own samples at its own
-rate (not the model's 16 kHz copy), saved as WAV beside a JSON file with the event, and the folder is kept
-under a size cap by deleting the oldest clips.
+rate (not the model's 16 kHz copy), saved as WAV beside a JSON file with the event, readable by the daemon's
+user only (0600: patient audio), named by capture time and run id so that a restart never overwrites a clip;
+the folder is kept under a size cap by deleting the oldest clips.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+
+def clip_name(event: dict[str, Any]) -> str:
+    """`<stream>-<UTC capture time>-<run id>-<window>-<label>`: unique across restarts (the window index starts
+    at 0 on every run) and sortable by when the sound was heard."""
+    when = event["window"].get("start_utc") or event["time"]
+    stamp = re.sub(r"[^0-9T]", "", when.split("+")[0].replace("Z", ""))
+    window, label = event["window"]["index"], event["prediction"]["label"]
+    return f"{event['stream']}-{stamp}Z-{event['run_id'][:8]}-{window:07d}-{label}"
+
+
+@contextmanager
+def _private(path: Path) -> Iterator[IO[bytes]]:
+    """A new file only its owner can read: clips are patient audio, whatever the process umask says."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        yield f
 
 
 @dataclass
@@ -30,7 +53,7 @@ class AuditRecorder:
     deleted: int = 0
 
     def __post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def add(self, start: float, rate: int, samples: np.ndarray) -> None:
         self._blocks.append((start, rate, samples))
@@ -70,11 +93,13 @@ class AuditRecorder:
         if got is None:
             return None
         samples, rate = got
-        stem = self.folder / f"{event['stream']}-{window['index']:07d}-{event['prediction']['label']}"
+        stem = self.folder / clip_name(event)
         wav, sidecar = stem.with_suffix(".wav"), stem.with_suffix(".json")
-        sf.write(str(wav), samples, rate, subtype="FLOAT")
         clip_start = max(window["start"] - self.margin_seconds, 0.0)
-        sidecar.write_text(json.dumps({"event": event, "clip_start": clip_start, "sample_rate": rate}, indent=1))
+        with _private(wav) as f:
+            sf.write(f, samples, rate, subtype="FLOAT", format="WAV")
+        with _private(sidecar) as f:
+            f.write(json.dumps({"event": event, "clip_start": clip_start, "sample_rate": rate}, indent=1).encode())
         self.written += 1
         self._enforce_cap()
         return wav

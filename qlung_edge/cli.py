@@ -584,8 +584,13 @@ def capture(source: str, seconds: float, out: Path | None, rate: int | None, sam
     rates = sorted({b.sample_rate for b in blocks})
     samples = np.concatenate([b.samples for b in blocks])
     gaps = sum(b.duration for b in blocks if b.gap)
-    level = 20 * np.log10(max(float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))), 1e-10))
-    click.echo(f"{source}: {got:.2f} s at {', '.join(map(str, rates))} Hz, {level:.1f} dBFS, {gaps:.3f} s concealed")
+    finite = samples[np.isfinite(samples)].astype(np.float64)
+    bad = len(samples) - len(finite)
+    rms = float(np.sqrt(np.mean(finite**2))) if len(finite) else 0.0
+    level = f"{20 * np.log10(max(rms, 1e-10)):.1f} dBFS" if len(finite) else "no finite samples"
+    if bad:
+        level += f" ({bad} NaN/inf samples left out)"
+    click.echo(f"{source}: {got:.2f} s at {', '.join(map(str, rates))} Hz, {level}, {gaps:.3f} s concealed")
     for note in handle.notes:
         click.echo(f"note: {note}")
     if handle.stats():

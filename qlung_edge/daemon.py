@@ -362,7 +362,8 @@ class Daemon:
     # ----------------------------------------------------------------- threads
 
     def run(self) -> int:
-        """Run to the end of the source or to `stop()`; 0 if it ended cleanly, 1 after a source error."""
+        """Run to the end of the source or to `stop()`; 0 if it ended cleanly, 1 after a failure of the source,
+        the processing or the inference thread, 3 if an event did not fit the schema."""
         self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
         if self.server is not None:
             self.server.start()
@@ -409,7 +410,8 @@ class Daemon:
         self.notifier.close()
         if self._invalid_events:
             return 3
-        return 1 if any(e.startswith("source") for e in self._errors) else 0
+        failed = ("source", "processing", "inference")  # systemd's Restart=on-failure needs a non-zero status
+        return 1 if any(e.startswith(failed) for e in self._errors) else 0
 
     def counts(self) -> dict[str, Any]:
         snap = self.metrics.snapshot()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import threading
 import time
@@ -21,6 +22,8 @@ from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from qlung_edge.errors import QLungError
+
+log = logging.getLogger("qlung_edge.sinks")
 
 
 class SinkError(QLungError):
@@ -91,6 +94,9 @@ class JsonLinesSink(Sink):
     def __post_init__(self) -> None:
         self.name = f"jsonl:{self.path or '-'}"
         self._lock = threading.Lock()
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._failing = False
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
@@ -101,13 +107,26 @@ class JsonLinesSink(Sink):
         return self._file if self._file is not None else (self.stream or sys.stdout)
 
     def send(self, event: dict[str, Any]) -> None:
+        """Write one line; a write that fails (disk full, file gone) loses the event, counted and logged once
+        per outage, and the sink says so in its health until a write succeeds again."""
         line = encode(event) + "\n"
         with self._lock:
-            if self._file is not None and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
-                self._rotate()
-            out = self._out()
-            out.write(line)
-            out.flush()
+            try:
+                if self._file is not None and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+                    self._rotate()
+                out = self._out()
+                out.write(line)
+                out.flush()
+            except (OSError, ValueError) as err:  # ValueError: the file was closed by a failed rotation
+                self.dropped += 1
+                if self.last_error is None:
+                    log.error("%s: cannot write events (%s): dropping them until it can", self.name, err)
+                self.last_error = f"{self.name}: {err}"
+                self._failing = True
+                return
+            if self._failing:
+                log.warning("%s: writing again after %d dropped event(s)", self.name, self.dropped)
+                self._failing = False
             self.lines += 1
 
     def _rotate(self) -> None:
@@ -125,20 +144,25 @@ class JsonLinesSink(Sink):
 
     def flush(self, timeout: float = 5.0) -> bool:
         with self._lock:
-            self._out().flush()
-        return True
+            try:
+                self._out().flush()
+            except (OSError, ValueError):
+                return False
+        return not self._failing
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                with contextlib.suppress(OSError):  # a full disk at shutdown: already counted, nothing to add
+                    self._file.close()
                 self._file = None
 
     def stats(self) -> dict[str, int]:
-        return {"lines": self.lines}
+        return {"lines": self.lines, "dropped": self.dropped}
 
     def health(self) -> SinkHealth:
-        return SinkHealth(self.name, connected=self._file is not None or self.path is None, buffered=0, dropped=0)
+        writable = (self._file is not None or self.path is None) and not self._failing
+        return SinkHealth(self.name, writable, buffered=0, dropped=self.dropped, last_error=self.last_error)
 
 
 @dataclass

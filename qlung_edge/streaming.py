@@ -390,12 +390,19 @@ class ExamConfig:
     """False: only control messages (and the end of the source) start and end examinations."""
 
 
+OUT_OF_RANGE = 8.0
+"""Full scale is 1.0: a sample beyond ±8 (+18 dBFS) is not sound but a broken device or pipe. Left in, such
+values overflow the quality features (1e20 squared is inf) and the resampler (1e38 becomes inf)."""
+
+
 def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
-    """The samples with NaN/inf replaced by silence, and how many there were."""
-    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    """The samples with NaN, inf and out-of-range values replaced by silence, and how many there were."""
+    with np.errstate(invalid="ignore"):
+        bad_mask = ~(np.abs(samples) <= OUT_OF_RANGE)  # NaN compares false: caught too
+    bad = int(np.count_nonzero(bad_mask))
     if not bad:
         return samples, 0
-    return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0), bad
+    return np.where(bad_mask, np.float32(0.0), samples).astype(samples.dtype, copy=False), bad
 
 
 def _ignore(name: str, value: float = 1) -> None:
@@ -470,7 +477,10 @@ class SignalPath:
         if bad:
             # A device or pipe that sends NaN/inf: keep the timeline, treat the block as lost audio.
             self.count("nonfinite_samples", bad)
-            self.notes.append(f"{bad} NaN/inf samples at {block.timestamp:.2f} s: block treated as a gap")
+            self.notes.append(
+                f"{bad} NaN/inf or out-of-range (beyond ±{OUT_OF_RANGE:g}) samples at {block.timestamp:.2f} s:"
+                " block treated as a gap"
+            )
             gap = True
         if gap:
             self.count("source_gaps")

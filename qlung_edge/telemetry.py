@@ -7,8 +7,10 @@ info metric); the daemon's own figures come from `Metrics` through `DaemonCollec
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
+import sys
 import threading
 import time
 from collections import Counter
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from qlung_edge.live import LiveFeed
+
+log = logging.getLogger("qlung_edge.telemetry")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Seconds from a window's last sample arriving to its event being sent."""
@@ -183,6 +187,24 @@ MAX_BODY = 4096
 """Largest control message accepted (bytes)."""
 
 
+IDLE_SECONDS = 30.0
+"""A connection that sends nothing (or reads nothing) for this long is closed."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    """Connections the kernel queues before accept (the default 5 refused a burst of /health checks)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up early is routine, not a traceback on the daemon's stderr."""
+        kind = sys.exc_info()[0]
+        if kind is not None and issubclass(kind, (ConnectionError, TimeoutError)):
+            log.debug("http client %s went away", client_address)
+            return
+        log.exception("http: request from %s failed", client_address)
+
+
 class StatusServer:
     """`GET /health` (JSON; 503 when unhealthy, 200 when ok or degraded), `GET /metrics` (Prometheus), with
     a `live` feed the bedside page (`GET /`, updates from `GET /live`), and with a `control` callback
@@ -255,6 +277,8 @@ class StatusServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            timeout = IDLE_SECONDS  # an idle or stalled client loses its thread after this, not never
+
             def log_message(self, *args: Any) -> None:  # quiet: the daemon's stdout may carry events
                 pass
 
@@ -264,8 +288,7 @@ class StatusServer:
         self.registry = registry if registry is not None else prometheus_registry(metrics)
         self.live = live
         """With a live feed: the bedside page at / and its Server-Sent Events at /live."""
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property

@@ -131,3 +131,33 @@ def test_the_page_before_any_event_says_it_is_waiting(tmp_path: Path) -> None:
     finally:
         server.close()
         driver.quit()  # type: ignore[attr-defined]
+
+
+def test_the_status_server_takes_a_burst_and_early_hang_ups_quietly(capfd: pytest.CaptureFixture[str]) -> None:
+    """200 simultaneous /health requests (47 timed out with the default backlog of 5); clients that hang up
+    before the answer print no traceback."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qlung_edge.telemetry import Metrics, StatusServer
+
+    server = StatusServer(Metrics(), lambda: {"status": "ok"}, "127.0.0.1", 0, live=LiveFeed()).start()
+    host, port = server.address
+    try:
+
+        def health(_: int) -> int:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=20) as reply:
+                return int(reply.status)
+
+        with ThreadPoolExecutor(200) as pool:
+            assert list(pool.map(health, range(200))) == [200] * 200
+        for _ in range(20):  # ask for the page, hang up at once
+            with socket.create_connection((host, port)) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as reply:
+            assert reply.status == 200
+    finally:
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -18,7 +18,7 @@ from qlung_edge.classifier import SHIPPED_BUNDLE
 from qlung_edge.daemon import Daemon, DaemonConfig
 from qlung_edge.errors import AudioFileError
 from qlung_edge.evalstream import eval_stream
-from qlung_edge.events import validate
+from qlung_edge.events import SCHEMA_VERSION, Header, event_dict, validate
 from qlung_edge.sinks import CollectSink
 
 
@@ -144,3 +144,27 @@ def test_the_shipped_model_verifies_and_its_card_matches_its_manifest() -> None:
     assert card == render_card(bundle.manifest)
     sizes = sum(record["bytes"] for record in bundle.manifest["files"].values())
     assert sizes < 8e6, f"the shipped bundle is {sizes / 1e6:.1f} MB"
+
+
+def test_samples_far_beyond_full_scale_become_a_gap_never_a_lost_event(classifier: Classifier) -> None:
+    """A FLOAT32 device frame of 1e20 used to make AQS NaN (the event then failed to encode), and 3e38 became
+    inf in the resampler and ended the stream."""
+    rng = np.random.default_rng(1)
+    stream = classifier.stream("broken device")
+    events = []
+    for i in range(30):
+        block = (0.05 * rng.standard_normal(4000)).astype(np.float32)
+        if i == 10:
+            block[100:140] = 1e20
+        if i == 14:
+            block[5] = 3e38
+        events += stream.push(block, 8000)
+    events += stream.finish()
+    windows = [e for e in events if e.type == "window"]
+    assert len(windows) >= 10 and windows[-1].window.end >= 14.0, "the stream went on"
+    for event in events:  # every event encodes as strict JSON and fits the schema
+        body = event_dict(Header(SCHEMA_VERSION, event.type, "t", "r", 0, "2026-01-01T00:00:00Z"), event)
+        json.dumps(body, allow_nan=False)
+        validate(body)
+    assert any(w.reasons and "device_gap" in w.reasons for w in windows)
+    assert len(stream.notes) == 2 and all("out-of-range" in note for note in stream.notes)

@@ -253,6 +253,19 @@ def test_audit_clips_hold_the_raw_audio_and_respect_the_size_cap(
         begin = round(meta["clip_start"] * rate)
         np.testing.assert_array_equal(data, raw[begin : begin + len(data)])
         assert meta["event"]["status"] == "classified"
+        assert clip.stat().st_mode & 0o777 == 0o600 and clip.with_suffix(".json").stat().st_mode & 0o777 == 0o600
+        assert meta["event"]["run_id"][:8] in clip.name
+    # A restart (new run id, window indices from 0 again) adds clips beside the old ones.
+    before = {p.name for p in audit.glob("*.wav")}
+    again = Daemon(config, source=FileSource(name="f", path=path), sinks=[CollectSink()])
+    assert again.audit is not None
+    again.audit.labels, again.audit.min_probability, again.audit.max_bytes = (
+        ("normal", "crackle", "wheeze", "both"),
+        0.0,
+        10**9,
+    )
+    again.run()
+    assert again.audit.written > 0 and before <= {p.name for p in audit.glob("*.wav")}
 
 
 def test_jsonl_file_rotates_and_keeps_every_line(tmp_path: Path) -> None:
@@ -568,3 +581,40 @@ def test_nan_samples_from_a_pipe_become_a_flagged_gap_not_a_crash(bundle: Path, 
     hit = [w for w in windows if w["window"]["start"] <= 10.0 and w["window"]["end"] >= 10.02]
     assert hit and all("device_gap" in w["reasons"] for w in hit)
     assert any(w["status"] == "classified" for w in windows)
+
+
+class FailingBackend(OnnxBackend):
+    calls = 0
+
+    def run_all(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        FailingBackend.calls += 1
+        if FailingBackend.calls >= 3:
+            raise RuntimeError("the accelerator went away")
+        return super().run_all(windows)
+
+
+def test_an_inference_failure_ends_the_daemon_with_a_failure_status(bundle: Path, shared_data: Path) -> None:
+    """Exit status 0 here would keep systemd's Restart=on-failure from restarting the daemon."""
+    sink = CollectSink()
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], hop_seconds=1.0, max_batch=1)
+    source = FileSource(name="f", path=shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav")
+    daemon = Daemon(config, source=source, sinks=[sink], backend_factory=lambda b, c: FailingBackend("f", b, 1))
+    assert daemon.run() == 1
+    errors = [e for e in sink.events if e["type"] == "error"]
+    assert errors and errors[0]["where"] == "inference" and "accelerator went away" in errors[0]["message"]
+    assert sink.events[-1]["type"] == "stop"
+
+
+def test_a_full_disk_drops_events_visibly_and_shuts_down_cleanly(bundle: Path, shared_data: Path) -> None:
+    """/dev/full: every write fails with ENOSPC. Events are counted as dropped, the sink reports it in its
+    health, the other sinks get everything, and the daemon still stops cleanly."""
+    full = open_sink("jsonl:/dev/full")
+    collect = CollectSink()
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], hop_seconds=2.0)
+    source = FileSource(name="f", path=shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav")
+    daemon = Daemon(config, source=source, sinks=[full, collect])
+    assert daemon.run() == 0
+    health = full.health()
+    assert health.dropped == len(collect.events) > 5 and health.degraded and not health.connected
+    assert "No space left" in (health.last_error or "")
+    assert full.stats()["lines"] == 0

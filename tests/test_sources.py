@@ -287,3 +287,32 @@ def test_mic_source_captures_a_real_recording_played_into_pulseaudio(shared_data
     print(f"capture: lag {lag / reference.sample_rate * 1000:.1f} ms, correlation {corr:.4f}, level {level_db:+.2f} dB")
     assert corr > 0.95
     assert abs(level_db) < 1.0
+
+
+def test_simulator_refuses_bad_options_and_paces_every_loop(shared_data: Path, tmp_path: Path) -> None:
+    wav = shared_data / "icbhi-sample" / RECORDING
+    done = subprocess.run(
+        [sys.executable, "-m", "qlung_edge.cli", "simulate-device", str(wav), "--frame-samples", "-5"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "frame samples must be a positive whole number" in done.stderr
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(800, np.float32), 4000)  # 0.2 s a pass
+    with DeviceSimulator(short, speed=1.0, loop=True, autostart=True) as simulator:
+        time.sleep(1.0)
+        frames = simulator.counters.frames
+    # Paced at real time: about 1 s of audio (4000 samples / 256 a frame ≈ 16 frames), not thousands of loops.
+    assert 8 <= frames <= 30, f"{frames} frames in 1 s"
+
+
+def test_capture_reports_a_level_for_a_stream_with_nan_samples() -> None:
+    samples = (0.1 * np.sin(np.arange(8000) / 5)).astype("<f4")
+    samples[100:200] = np.nan
+    done = subprocess.run(
+        [sys.executable, "-m", "qlung_edge.cli", "capture", "stdin:", "--rate", "8000", "--format", "f32le",
+         "--seconds", "1"],
+        input=samples.tobytes(), capture_output=True, timeout=60,
+    )  # fmt: skip
+    out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    assert "nan dBFS" not in out and "-23.0 dBFS (100 NaN/inf samples left out)" in out, out
