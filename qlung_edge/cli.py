@@ -636,6 +636,9 @@ def daemon(config_file: Path | None, check: bool, sinks: tuple[str, ...], **flag
 
     SIGTERM/SIGINT finish the current window, flush the sinks and exit 0; SIGHUP reloads the bundle.
     """
+    early: list[int] = []  # signals that come while the bundle loads: acted on once the daemon can
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT) if hasattr(signal, "SIGHUP") else ():
+        signal.signal(sig, lambda number, _: early.append(number))
     from qlung_edge.daemon import Daemon, DaemonConfig, check_setup
 
     values: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
@@ -657,6 +660,11 @@ def daemon(config_file: Path | None, check: bool, sinks: tuple[str, ...], **flag
         return
     runner = Daemon(config)
     runner.install_signal_handlers()
+    for number in early:
+        if number == getattr(signal, "SIGHUP", None):
+            runner.reload()
+        else:
+            runner.stop()
     status = runner.run()
     if status:
         raise SystemExit(status)

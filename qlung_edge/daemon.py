@@ -16,10 +16,12 @@ Event schema (version 1, one JSON object per event; see `EVENT_SCHEMA` and the R
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import signal
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -28,11 +30,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
 from firmware_bridge.sources import open_source
-from qlung_edge import __version__
+from qlung_edge import FRAME_HOP, MODEL_SAMPLE_RATE, __version__
 from qlung_edge.audit import AuditRecorder
 from qlung_edge.backends import Backend, open_backend
 from qlung_edge.bundle import CHECK_FILE, FRONTEND_FFT_FILE, Bundle, load_bundle
@@ -62,7 +65,7 @@ from qlung_edge.frontend import (
 from qlung_edge.live import LiveFeed, envelope
 from qlung_edge.reporter import EventReporter, utc
 from qlung_edge.sdnotify import Notifier
-from qlung_edge.sinks import Sink, open_sink
+from qlung_edge.sinks import JsonLinesSink, Sink, open_sink
 from qlung_edge.streaming import (
     Decision,
     ExamBoundary,
@@ -76,6 +79,9 @@ from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes, promethe
 from qlung_edge.tensorrt_runner import ENGINE_TOLERANCE
 
 log = logging.getLogger("qlung_edge.daemon")
+
+FRAME_SECONDS = FRAME_HOP / MODEL_SAMPLE_RATE
+"""Hops are whole numbers of 10 ms frames: the incremental path and the AQS advance frame by frame."""
 
 
 class DaemonError(QLungError):
@@ -149,13 +155,24 @@ class DaemonConfig:
             raise DaemonError("no bundle: give --bundle DIR or `bundle = ...` in the config")
         if not self.source:
             raise DaemonError("no source: give --source mic:|serial:PORT|file:PATH|stdin: or `source = ...`")
-        if self.hop_seconds is not None and self.hop_seconds <= 0:
-            raise DaemonError(f"hop_seconds must be positive, got {self.hop_seconds}")
+        if self.hop_seconds is not None:
+            frames = self.hop_seconds / FRAME_SECONDS
+            if not (math.isfinite(self.hop_seconds) and self.hop_seconds > 0 and abs(frames - round(frames)) < 1e-6):
+                raise DaemonError(
+                    f"hop_seconds must be a positive multiple of {FRAME_SECONDS:g} s (the frame hop), got"
+                    f" {self.hop_seconds}"
+                )
         if self.frontend not in (None, *FRONTEND_VARIANTS):
             raise DaemonError(f"frontend must be one of {', '.join(FRONTEND_VARIANTS)}, got {self.frontend!r}")
         for name in ("threads", "max_batch", "max_pending", "smoothing_windows", "block_queue"):
             if getattr(self, name) < 1:
                 raise DaemonError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("audit_minutes", "audit_max_mb"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise DaemonError(f"{name} must be a positive number, got {value}")
+        if self.http:
+            parse_address(self.http)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -164,9 +181,12 @@ class DaemonConfig:
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     try:
-        return host or "127.0.0.1", int(port)
+        number = int(port)
     except ValueError:
         raise DaemonError(f"http address {text!r}: expected [HOST:]PORT") from None
+    if not 0 <= number <= 65535:
+        raise DaemonError(f"http address {text!r}: port {number} is not between 0 and 65535")
+    return host or "127.0.0.1", number
 
 
 @dataclass(eq=False)
@@ -605,6 +625,11 @@ class Daemon:
                     path=bundle.path,
                 )
             backend = self._backend_factory(bundle, self.config)
+            try:
+                try_bundle(bundle, backend, self.config.precision)
+            except Exception:
+                backend.close()
+                raise
         except Exception as err:
             self._note_error(f"reload: {err}")
             self.emit(ReloadEvent(ok=False, bundle=str(self.config.bundle), message=str(err)))
@@ -650,6 +675,20 @@ def check_tolerance(backend: Backend, precision: str) -> float:
     return ENGINE_TOLERANCE["int8"] if precision == "int8" else ENGINE_TOLERANCE["fp32"]
 
 
+def try_bundle(bundle: Bundle, backend: Backend, precision: str) -> float:
+    """Run the bundle's check windows through `backend`: a bundle that verifies but cannot run (a wrong input
+    shape, an op this runtime lacks) or disagrees with its export is refused before it replaces a working one.
+    Returns the largest probability difference."""
+    checks = np.load(bundle.file(CHECK_FILE))
+    got = backend.run(checks["waveform"])  # through the front-end graph first on the incremental path
+    worst = float(np.abs(got - checks["probabilities"]).max())
+    tolerance = check_tolerance(backend, precision)
+    if not worst <= tolerance:
+        problem = f"backend {backend.name} differs from the export by {worst:.2e} (tolerance {tolerance:g})"
+        raise DaemonError(problem, path=bundle.path)
+    return worst
+
+
 def check_setup(config: DaemonConfig) -> list[str]:
     """`--check`: the config, the bundle (verified), the backend on the bundle's check windows, the source."""
     config.check()
@@ -661,13 +700,11 @@ def check_setup(config: DaemonConfig) -> list[str]:
     )
     backend = backend_for(bundle, config)
     checks = np.load(bundle.file(CHECK_FILE))
-    got = backend.run(checks["waveform"])  # through the front-end graph first on the incremental path
-    worst = float(np.abs(got - checks["probabilities"]).max())
-    backend.close()
+    try:
+        worst = try_bundle(bundle, backend, config.precision)
+    finally:
+        backend.close()
     tolerance = check_tolerance(backend, config.precision)
-    if not worst <= tolerance:
-        problem = f"backend {backend.name} differs from the export by {worst:.2e} (tolerance {tolerance:g})"
-        raise DaemonError(problem, path=bundle.path)
     how = ""
     if backend.frontend is not None:
         variant = backend.frontend.variant
@@ -686,18 +723,59 @@ def check_setup(config: DaemonConfig) -> list[str]:
             )
         how = f", network on {backend.frontend.variant} front-end frames (block by block |d| {drift:.1e})"
     lines.append(
-        f"backend {backend.name}{how}: {len(got)} check windows, max |dp| {worst:.2e} vs export (<= {tolerance:g})"
+        f"backend {backend.name}{how}: {len(checks['waveform'])} check windows, max |dp| {worst:.2e} vs export"
+        f" (<= {tolerance:g})"
     )
     if "fallback" in backend.details:
         lines.append(f"note: {backend.details['fallback']}")
+    hop = config.hop_seconds if config.hop_seconds is not None else float(bundle.manifest["hop_seconds"])
+    if hop * bundle.sample_rate > bundle.window_samples:
+        window = bundle.window_samples / bundle.sample_rate
+        problem = f"hop_seconds {hop:g} is longer than the bundle's {window:g} s windows: audio between would be lost"
+        raise DaemonError(problem, path=bundle.path)
     source = open_source(config.source, **config.source_options)
     lines.append(f"source {source.name}: opens")
     for spec in config.sinks:
-        if spec.startswith("jsonl:") and spec not in ("jsonl:", "jsonl:-"):
-            folder = Path(spec[len("jsonl:") :].split("?")[0]).parent
-            if not folder.exists() and not folder.parent.exists():
-                raise DaemonError(f"folder {folder} cannot be created", path=spec)
-        lines.append(f"sink {spec}: ok")
+        lines.append(check_sink(spec))
     if config.http:
-        lines.append("http {}:{}: will listen".format(*parse_address(config.http)))
+        host, port = parse_address(config.http)
+        try:
+            with socket.create_server((host, port)):
+                pass
+        except OSError as err:
+            raise DaemonError(f"cannot listen on {host}:{port} ({err.strerror or err})", path="http") from None
+        lines.append(f"http {host}:{port}: free, bound and released")
+    if config.audit_dir is not None:
+        lines.append(f"audit {_writable(config.audit_dir)}: writable")
     return lines
+
+
+def _writable(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise DaemonError(f"cannot write here ({err.strerror or err})", path=folder) from None
+    return folder
+
+
+def check_sink(spec: str, timeout: float = 5.0) -> str:
+    """What `--check` can know of a sink before the run: its spec parses, its file opens for appending, its
+    MQTT broker accepts a connection within `timeout`."""
+    if spec.startswith(("mqtt://", "mqtts://")):
+        url = urlparse(spec)
+        host, port = url.hostname or "127.0.0.1", url.port or (8883 if url.scheme == "mqtts" else 1883)
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError as err:
+            raise DaemonError(f"broker {host}:{port} unreachable ({err.strerror or err})", path=spec) from None
+        return f"sink {spec}: broker {host}:{port} reachable"
+    sink = open_sink(spec)  # parses the options; opens (creates) a file
+    try:
+        if isinstance(sink, JsonLinesSink) and sink.path is not None and not os.access(sink.path, os.W_OK):
+            raise DaemonError("not writable", path=spec)
+    finally:
+        sink.close()
+    return f"sink {spec}: opens"

@@ -352,6 +352,10 @@ def open_sink(spec: str) -> Sink:
             backups = int(query.get("backups", ["5"])[0])
         except ValueError as err:
             raise SinkError(f"bad option ({err})", path=spec) from None
+        if not (max_mb >= 0.001 and max_mb < float("inf")):
+            raise SinkError(f"max_mb must be at least 0.001 (1 kB), got {max_mb:g}", path=spec)
+        if backups < 0:
+            raise SinkError(f"backups must be 0 or more, got {backups}", path=spec)
         try:
             return JsonLinesSink(Path(url.path), max_bytes=int(max_mb * 1e6), backups=backups)
         except OSError as err:
@@ -365,6 +369,8 @@ def open_sink(spec: str) -> Sink:
             port = url.port or (8883 if tls else 1883)
             buffer = int(query.get("buffer", ["10000"])[0])
             reconnect = int(query.get("reconnect", ["1"])[0])
+            if buffer < 1 or reconnect < 1:
+                raise ValueError(f"buffer and reconnect must be at least 1, got {buffer} and {reconnect}")
             commands = query.get("commands", ["0"])[0] in ("1", "true", "yes")
         except ValueError as err:
             raise SinkError(f"bad option ({err})", path=spec) from None

@@ -27,6 +27,7 @@ from firmware_bridge.sources import FileSource, open_source
 from qlung_edge.audio import read_audio
 from qlung_edge.backends import Backend, OnnxBackend
 from qlung_edge.bundle import MANIFEST, load_bundle, write_manifest
+from qlung_edge.classifier import SHIPPED_BUNDLE
 from qlung_edge.daemon import Daemon, DaemonConfig, DaemonError, backend_for
 from qlung_edge.events import validate
 from qlung_edge.onnx_sessions import onnx_session
@@ -618,3 +619,89 @@ def test_a_full_disk_drops_events_visibly_and_shuts_down_cleanly(bundle: Path, s
     assert health.dropped == len(collect.events) > 5 and health.degraded and not health.connected
     assert "No space left" in (health.last_error or "")
     assert full.stats()["lines"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--hop", "0.333"], "multiple of 0.01 s"),
+        (["--hop", "nan"], "multiple of 0.01 s"),
+        (["--hop", "9"], "longer than the bundle's"),
+        (["--http", "99999"], "not between 0 and 65535"),
+        (["--sink", "jsonl:{tmp}/e.jsonl?max_mb=-1"], "max_mb must be at least"),
+        (["--sink", "jsonl:{tmp}/e.jsonl?backups=-2"], "backups must be 0 or more"),
+        (["--sink", "jsonl:/proc/version/events.jsonl"], "cannot open the file"),
+        (["--sink", "mqtt://127.0.0.1:{closed}/ward"], "unreachable"),
+        (["--http", "127.0.0.1:{busy}"], "cannot listen on"),
+    ],
+)
+def test_check_refuses_what_the_run_would_fail_on(
+    flags: list[str], expected: str, bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as busy, socket.socket() as closed:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        ports = {"busy": busy.getsockname()[1], "closed": closed.getsockname()[1], "tmp": tmp_path}
+        wav = shared_data / "icbhi-sample" / "104_1b1_Al_sc_Litt3200.wav"
+        args = ["daemon", "--check", "--bundle", str(SHIPPED_BUNDLE), "--source", f"file:{wav}"]
+        args += [f.format(**ports) for f in flags]
+        done = subprocess.run([sys.executable, "-m", "qlung_edge.cli", *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    assert done.returncode == 2 and expected in done.stderr, done.stderr + done.stdout
+
+
+def test_reload_refuses_a_bundle_that_verifies_but_cannot_run(shared_data: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(SHIPPED_BUNDLE, broken)
+    shutil.copy(broken / "frontend.fft.onnx", broken / "network.onnx")  # a graph that takes waveforms, not frames
+    manifest = json.loads((broken / "manifest.json").read_text())
+    write_manifest(broken, {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")})
+    load_bundle(broken)  # it verifies
+    current = tmp_path / "current"
+    current.symlink_to(SHIPPED_BUNDLE)
+    sink = CollectSink()
+    wav = shared_data / "sprsound" / "test_wav" / "40890405_3.3_0_p1_3652.wav"
+    config = DaemonConfig(bundle=current, source="file", sinks=[], hop_seconds=1.0)
+    daemon = Daemon(config, source=FileSource(name="f", path=wav, realtime=True, speed=4), sinks=[sink])
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not any(e["type"] == "window" for e in list(sink.events)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    current.unlink()
+    current.symlink_to(broken)
+    daemon.reload()
+    runner.join(60)
+    reloads = [e for e in sink.events if e["type"] == "reload"]
+    assert len(reloads) == 1 and not reloads[0]["ok"], reloads
+    windows = _windows(sink.events)
+    after = [w for w in windows if w["seq"] > reloads[0]["seq"]]
+    assert after and all(w["status"] != "dropped" for w in after), "the old bundle kept classifying"
+    assert sink.events[-1]["type"] == "stop" and daemon.bundle.path == current
+
+
+def test_a_sighup_during_start_up_is_a_reload_not_death(shared_data: Path, tmp_path: Path) -> None:
+    """Before, a SIGHUP in the first second (handlers not yet installed) killed the daemon: a clean exit to
+    systemd."""
+    events = tmp_path / "events.jsonl"
+    wav = shared_data / "sprsound" / "test_wav" / "40890405_3.3_0_p1_3652.wav"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qlung_edge.cli", "daemon", "--bundle", str(SHIPPED_BUNDLE), "--source",
+         f"file:{wav}", "--sink", f"jsonl:{events}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # As soon as the process catches SIGHUP at all (SigCgt), it is still importing and loading the bundle.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt")), 16)
+        if caught & (1 << (signal.SIGHUP - 1)):
+            break
+        time.sleep(0.002)
+    assert not events.exists(), "SIGHUP is caught before the bundle and the sinks are opened"
+    process.send_signal(signal.SIGHUP)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
+    assert kinds.count("reload") == 1 and kinds[-1] == "stop" and "window" in kinds
