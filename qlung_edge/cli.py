@@ -147,7 +147,13 @@ def quality_scan(
         warnings.simplefilter("ignore")
         scan = scan_folder(data_dir, dataset)
     config = QualityConfig()
-    rows = score_recordings(scan.recordings, config)
+    skipped: list[str] = []
+    rows = score_recordings(scan.recordings, config, skipped=skipped)
+    unusable = [str(p) for p in scan.problems] + skipped
+    for problem in unusable:
+        click.echo(f"skipped: {problem}", err=True)
+    if not rows:
+        raise QLungError(f"no recording could be scored ({len(unusable)} skipped)", path=data_dir)
     if calibrate_on is not None:
         training_rows = [r for r in rows if r.split == calibrate_on]
         if not training_rows:
@@ -157,7 +163,7 @@ def quality_scan(
             config, _ = calibrate_aqs(training_recordings, config, progress=False)
         except ValueError as err:
             raise click.ClickException(f"cannot calibrate on {calibrate_on}: {err}") from None
-        rows = score_recordings(scan.recordings, config)
+        rows = score_recordings(scan.recordings, config, skipped=[])
         click.echo(f"calibrated on {len(training_rows)} {calibrate_on} recordings:")
         keys = ("entropy_band_hz", "entropy_floor", "entropy_ceil", "rms_floor_dbfs", "rms_ceil_dbfs", "quiet_dbfs",
                 "max_clipped_fraction", "max_dropout_seconds")  # fmt: skip
@@ -189,8 +195,12 @@ def quality_scan(
             "recordings": [
                 {**asdict(r.report), "recording": r.recording, "split": r.split, "label": r.record_label} for r in rows
             ],
+            "skipped": unusable,
         }
         json_out.write_text(json.dumps(doc, indent=1))
+    if unusable:
+        click.echo(f"\n{len(unusable)} recording(s) skipped (listed above): the figures leave them out", err=True)
+        raise SystemExit(1)
 
 
 def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[str, object]:

@@ -99,3 +99,27 @@ def test_model_info_and_bench_commands() -> None:
     assert len(figures) == 7 and all(
         float(ln.split("x realtime")[0].split()[-1].replace(",", "")) > 0 for ln in figures
     )
+
+
+def test_quality_scan_names_what_it_skips_and_scores_the_rest(synth_root: Path, tmp_path: Path) -> None:
+    """Before, an unreadable recording vanished from the table (exit 0) and one NaN file aborted the scan."""
+    import shutil
+
+    import soundfile as sf
+
+    root = tmp_path / "sprsound"
+    shutil.copytree(synth_root / "sprsound", root)
+    wavs = sorted(root.rglob("*.wav"))
+    wavs[0].write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk")  # unreadable
+    data, rate = sf.read(wavs[1], dtype="float32")
+    data[len(data) // 2] = np.nan
+    sf.write(wavs[1], data, rate, subtype="FLOAT")
+    out = tmp_path / "q.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "qlung_edge.cli", "quality-scan", str(root), "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(out.read_text())
+    assert len(doc["recordings"]) == 38 and len(doc["skipped"]) == 2
+    assert wavs[0].name in result.stderr and wavs[1].name in result.stderr and "NaN" in result.stderr

@@ -37,14 +37,25 @@ class RecordingQuality:
 
 
 def score_recordings(
-    recordings: Iterable[Recording], config: QualityConfig | None = None, progress: bool = True
+    recordings: Iterable[Recording],
+    config: QualityConfig | None = None,
+    progress: bool = True,
+    skipped: list[str] | None = None,
 ) -> list[RecordingQuality]:
+    """AQS of each recording. A recording whose audio cannot be used (unreadable, NaN) raises, or, with a
+    `skipped` list, is named there with its problem and the scan goes on."""
     config = config or QualityConfig()
     out = []
     for rec in tqdm(list(recordings), desc="quality", unit="rec", disable=not progress):
         if rec.audio_path is None:
             raise AudioFileError("recording was scanned without audio", path=rec.annotation_path)
-        audio = read_audio(rec.audio_path)
+        try:
+            audio = read_audio(rec.audio_path)
+        except AudioFileError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            continue
         samples = resample(audio.samples, audio.sample_rate, config.sample_rate)
         report = summarize(frame_features(samples, config), config)
         out.append(RecordingQuality(rec.id, rec.split, rec.record_label, report))
