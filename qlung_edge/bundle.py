@@ -21,6 +21,8 @@ from qlung_edge.quality import QualityConfig
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+"""Ed25519 signature of manifest.json (qlung_edge/signing.py); not listed in the manifest it signs."""
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 ENGINE_FILE = "model.plan"
@@ -60,12 +62,13 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[str, An
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+        if p.is_file() and p.name not in (MANIFEST, SIGNATURE) and not p.name.startswith(".")
     }
     manifest = {**manifest, "format": BUNDLE_FORMAT, "files": files}
     manifest["manifest_sha256"] = _content_hash(manifest)
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    (folder / SIGNATURE).unlink(missing_ok=True)  # a new manifest needs a new signature
     tmp.replace(folder / MANIFEST)
     return manifest
 
@@ -74,6 +77,8 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[str, An
 class Bundle:
     path: Path
     manifest: dict[str, Any]
+    signer: str | None = None
+    """The id of the trusted key whose signature was checked; None when none was asked for."""
 
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:

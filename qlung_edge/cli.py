@@ -408,6 +408,8 @@ def eval_command(
 @click.option("--max-batch", default=8, show_default=True, help="Largest batch of the engine's profile.")
 @click.option("--workspace-mb", default=1024, show_default=True)
 @click.option("--check", is_flag=True, help="With --trt: compare the engine with ONNX Runtime on the check windows.")
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Sign the bundle with this Ed25519 key (qlung-edge keygen); SOURCE may be a bundle.")  # fmt: skip
 def export_command(
     source: Path,
     out: Path | None,
@@ -420,6 +422,7 @@ def export_command(
     max_batch: int,
     workspace_mb: int,
     check: bool,
+    sign_key: Path | None,
 ) -> None:
     """Checkpoint to a verified model bundle (ONNX, INT8); --trt builds the TensorRT engine on the device."""
     bundle = source
@@ -433,8 +436,8 @@ def export_command(
             source, out, force=force, real_audio=check_audio, int8=int8, calibration=calibration, log=click.echo
         )
         bundle = out
-    elif not trt:
-        raise click.UsageError(f"{source} is a folder: give a checkpoint to export, or --trt to build an engine")
+    elif not trt and sign_key is None:
+        raise click.UsageError(f"{source} is a folder: give a checkpoint to export, --trt or --sign KEY")
     if trt:
         from export.tensorrt import BatchProfile, add_engine
 
@@ -446,6 +449,22 @@ def export_command(
             check=check,
             log=click.echo,
         )
+    if sign_key is not None:  # last: anything that rewrites the manifest drops an earlier signature
+        from qlung_edge.bundle import load_bundle
+        from qlung_edge.signing import sign_bundle
+
+        load_bundle(bundle)  # sign only what verifies
+        click.echo(f"signed {bundle} with key {sign_bundle(bundle, sign_key)}")
+
+
+@cli.command()
+@click.argument("private_key", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(private_key: Path) -> None:
+    """A new Ed25519 key pair for signing bundles: PRIVATE_KEY (0600) and PRIVATE_KEY.pub for the devices."""
+    from qlung_edge.signing import generate_keypair
+
+    public, kid = generate_keypair(private_key)
+    click.echo(f"private key {private_key} (keep it off the devices), public key {public}, key id {kid}")
 
 
 @cli.command("model-info")
@@ -633,6 +652,8 @@ def capture(source: str, seconds: float, out: Path | None, rate: int | None, sam
 )
 @click.option("--max-pending", type=int, help="Accepted windows waiting for inference before the oldest is dropped.")
 @click.option("--http", help="[HOST:]PORT for /health and /metrics (host defaults to 127.0.0.1).")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Run only bundles signed by this Ed25519 public key (repeat for several).")  # fmt: skip
 @click.option("--audit-dir", type=click.Path(file_okay=False, path_type=Path), help="Save clips of abnormal findings.")
 @click.option("--audit-minutes", type=float, help="Raw audio kept in memory for audit clips.")
 @click.option("--audit-max-mb", type=float, help="Size cap of the audit folder.")
@@ -658,6 +679,10 @@ def daemon(config_file: Path | None, check: bool, sinks: tuple[str, ...], **flag
     }  # fmt: skip
     if sinks:
         values["sinks"] = list(sinks)
+    if values.get("trusted_keys") == ():
+        values.pop("trusted_keys")
+    elif "trusted_keys" in values:
+        values["trusted_keys"] = [str(p) for p in values["trusted_keys"]]  # type: ignore[union-attr]
     if config_file is not None:
         config = DaemonConfig.from_toml(config_file, values)
     else:

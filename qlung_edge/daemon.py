@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -125,6 +125,8 @@ class DaemonConfig:
     audit_minutes: float = 2.0
     audit_max_mb: float = 200.0
     stream_name: str = field(default_factory=socket.gethostname)
+    trusted_keys: list[Path] = field(default_factory=list)
+    """Ed25519 public keys (PEM): when given, only bundles signed by one of them run, at start and on SIGHUP."""
     block_queue: int = 1024
     """Source blocks buffered between capture and processing (capture waits when full, losing nothing)."""
 
@@ -221,7 +223,7 @@ class Daemon:
         """New at every start, in every event: tells restarts and duplicates apart downstream."""
         self.metrics = Metrics()
         self._backend_factory = backend_factory or backend_for
-        self.bundle = load_bundle(config.bundle)
+        self.bundle = load_trusted(config.bundle, config.trusted_keys)
         self.backend = self._backend_factory(self.bundle, config)
         rate = self.bundle.sample_rate
         hop = config.hop_seconds if config.hop_seconds is not None else float(self.bundle.manifest["hop_seconds"])
@@ -617,7 +619,7 @@ class Daemon:
         self._reload.clear()
         assert self.config.bundle is not None
         try:
-            bundle = load_bundle(self.config.bundle)
+            bundle = load_trusted(self.config.bundle, self.config.trusted_keys)
             if (bundle.window_samples, bundle.sample_rate) != (self.bundle.window_samples, self.bundle.sample_rate):
                 raise DaemonError(
                     f"its windows are {bundle.window_samples} samples at {bundle.sample_rate} Hz, the running"
@@ -651,6 +653,16 @@ class Daemon:
                 backend=backend.name,
             )
         )
+
+
+def load_trusted(folder: Path, trusted_keys: list[Path]) -> Bundle:
+    """`load_bundle`, and with trusted keys its signature checked too (`Bundle.signer` names the key)."""
+    bundle = load_bundle(folder)
+    if not trusted_keys:
+        return bundle
+    from qlung_edge.signing import verify_signature
+
+    return replace(bundle, signer=verify_signature(bundle.path, list(trusted_keys)))
 
 
 def backend_for(bundle: Bundle, config: DaemonConfig) -> Backend:
@@ -694,9 +706,10 @@ def check_setup(config: DaemonConfig) -> list[str]:
     config.check()
     assert config.bundle is not None
     lines = []
-    bundle = load_bundle(config.bundle)
+    bundle = load_trusted(config.bundle, config.trusted_keys)
+    signed = f", signed by trusted key {bundle.signer}" if bundle.signer else ""
     lines.append(
-        f"bundle {bundle.path}: verified ({bundle.manifest.get('name')}, {len(bundle.manifest['files'])} files)"
+        f"bundle {bundle.path}: verified ({bundle.manifest.get('name')}, {len(bundle.manifest['files'])} files{signed})"
     )
     backend = backend_for(bundle, config)
     checks = np.load(bundle.file(CHECK_FILE))
