@@ -347,8 +347,9 @@ class SerialSource(Source):
                     continue
                 try:
                     data = self._handle.read(max(1, self._handle.in_waiting))
-                except (self._serial.SerialException, OSError):
+                except (self._serial.SerialException, OSError) as err:
                     self.disconnects += 1
+                    self.notes.append(f"{self.name}: disconnected ({err.__class__.__name__}); reconnecting")
                     self._close()
                     self.receiver.reconnected()
                     continue

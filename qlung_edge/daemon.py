@@ -267,6 +267,8 @@ class Daemon:
         """Check every event against the shipped JSON Schema (the test suite turns this on; needs jsonschema)."""
         self._last_block = time.monotonic()
         self._epoch_set = False
+        self._notes_seen = 0
+        """Source notes already emitted as events."""
         self._threads: list[threading.Thread] = []
         self.notifier = Notifier()
         """systemd's READY/WATCHDOG/RELOADING/STOPPING (Type=notify); silent outside systemd."""
@@ -414,8 +416,7 @@ class Daemon:
         for thread in self._threads:
             while thread.is_alive():
                 thread.join(timeout=0.2)
-        for note in self.source.notes:
-            self.emit(SourceEvent(note))
+        self._source_notes()
         self.emit(StopEvent(counts=self.counts(), source_stats=self.source.stats(), errors=self._errors[-10:]))
         undelivered = [s.name for s in self.sinks if not s.flush(timeout=10)]
         for sink in self.sinks:
@@ -461,10 +462,18 @@ class Daemon:
         loop is what must stay alive, so a hung loop gets the service restarted."""
         while True:
             self.notifier.watchdog()
+            self._source_notes()  # a disconnect is an event when it happens, not when the stream ends
             try:
                 return self._blocks.get(timeout=self.notifier.poll_seconds)
             except queue.Empty:
                 continue
+
+    def _source_notes(self) -> None:
+        """Emit what the source has noted (disconnects, reconnects, resyncs) since the last look."""
+        notes = self.source.notes
+        while self._notes_seen < len(notes):
+            self.emit(SourceEvent(notes[self._notes_seen]))
+            self._notes_seen += 1
 
     def _process(self) -> None:
         try:

@@ -245,6 +245,12 @@ class WindowCutter:
         self.index += 1
         return window
 
+    def restart(self) -> None:
+        """The stream restarted (a reconnect of unknown length): the next window starts after this point, so
+        no window mixes audio from before and after; windows stay on their hop grid (indices go on)."""
+        while self._next_end - self.window < self.total:
+            self._next_end += self.hop
+
     def mark_gap(self, start: int, end: int) -> None:
         """Samples [start, end) of the stream (at the model's rate) are concealed device silence."""
         if end > start:
@@ -488,6 +494,17 @@ class SignalPath:
             start = self.resampler.position()
             self.cutter.mark_gap(start, start + round(len(samples) * self.resampler.out_rate / block.sample_rate))
         requested = self._take_requests()
+        if block.discontinuity and self.cutter.total:
+            # Audio before and after a reconnect of unknown length do not join: the examination ends here
+            # and windows start afresh after this point.
+            when = self.cutter.total / self.cutter.rate
+            self.notes.append(f"the stream restarted at {when:.2f} s (device reconnected): new window sequence")
+            self.count("discontinuities")
+            self.cutter.score_pending()  # what came before belongs to the examination that ends here
+            requested += self._boundaries(self.cutter.take_frames())
+            self.cutter.restart()
+            if self.in_exam:
+                requested.append(self._end(ExamBoundary(False, when, "the stethoscope link restarted")))
         decisions = self._decide(self.cutter.push(self.resampler.push(samples, block.sample_rate)))
         return requested + self._merge(decisions, self._boundaries(self.cutter.take_frames()))
 

@@ -316,3 +316,32 @@ def test_capture_reports_a_level_for_a_stream_with_nan_samples() -> None:
     out = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
     assert "nan dBFS" not in out and "-23.0 dBFS (100 NaN/inf samples left out)" in out, out
+
+
+def test_the_daemon_reports_an_unplugged_stethoscope_while_it_happens(shared_data: Path) -> None:
+    """Before, disconnect and reconnect reached the sinks only when the daemon stopped."""
+    from qlung_edge.classifier import SHIPPED_BUNDLE
+    from qlung_edge.daemon import Daemon, DaemonConfig
+    from qlung_edge.sinks import CollectSink
+
+    wav = shared_data / "sprsound" / "test_wav" / "40890405_3.3_0_p1_3652.wav"
+    with DeviceSimulator(wav, speed=2, loop=True) as simulator:
+        sink = CollectSink()
+        source = open_source(f"serial:{simulator.path}", reconnect_seconds=0.05, receiver=LinkReceiver())
+        daemon = Daemon(DaemonConfig(bundle=SHIPPED_BUNDLE, source="serial", sinks=[]), source=source, sinks=[sink])
+        runner = threading.Thread(target=daemon.run)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not any(e["type"] == "window" for e in list(sink.events)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            simulator.unplug(1.0)
+            notes: list[str] = []
+            while time.monotonic() < deadline and not any("reconnected" in n for n in notes):
+                notes = [e["note"] for e in list(sink.events) if e["type"] == "source"]
+                time.sleep(0.05)
+            assert any("disconnected" in n for n in notes) and any("reconnected" in n for n in notes), notes
+            assert all(e["type"] != "stop" for e in sink.events), "reported while running"
+        finally:
+            daemon.stop()
+            runner.join(30)

@@ -125,3 +125,34 @@ def test_block_positions_follow_the_input_not_soxr_bursts() -> None:
     assert resampler.position() == 4 * len(x)
     resampler.push(np.zeros(1600, np.float32), 16_000)
     assert resampler.position() == 4 * len(x) + 1600
+
+
+def test_a_reconnect_ends_the_examination_and_no_window_spans_it() -> None:
+    """The link receiver flags a reconnect of unknown length (AudioBlock.discontinuity); before, the daemon
+    ignored the flag and classified windows mixing audio from before and after."""
+    from firmware_bridge.blocks import AudioBlock
+    from qlung_edge.bench import breath_like
+    from qlung_edge.streaming import Decision, ExamBoundary, SignalPath
+
+    rate = 16000
+    audio = breath_like(30.0, rate)
+    path = SignalPath(4 * rate, rate, QualityConfig(), rate=rate)
+    outputs = []
+    restart_at = 12.4  # seconds: a block boundary, not on the hop grid
+    for start in range(0, len(audio), 1600):
+        block = AudioBlock(
+            audio[start : start + 1600], rate, start / rate, discontinuity=start == round(restart_at * rate)
+        )
+        outputs += path.push(block)
+    outputs += path.finish()
+    windows = [o.window for o in outputs if isinstance(o, Decision)]
+    ends = [o for o in outputs if isinstance(o, ExamBoundary) and not o.start]
+    assert any(b.reason == "the stethoscope link restarted" and b.time == pytest.approx(restart_at) for b in ends)
+    assert windows and not any(w.start < restart_at < w.end for w in windows)
+    after = [w for w in windows if w.start >= restart_at]
+    assert after and after[0].start == 13.0 and all(w.start == round(w.start) for w in windows), "on the hop grid"
+    assert [w.index for w in windows] == list(range(len(windows)))
+    starts = [o for o in outputs if isinstance(o, ExamBoundary) and o.start]
+    # The next examination starts with the first sound after the reconnect (a 25 ms quality frame may straddle it).
+    assert len(starts) == 2 and starts[1].time >= restart_at - 0.025
+    assert any("restarted at 12.40 s" in note for note in path.take_notes())
