@@ -320,8 +320,11 @@ class GateConfig:
     level_margin_db: float = 3.0
     entropy_margin: float = 0.02
     aqs_margin: float = 0.05
-    max_gap_seconds: float = 0.0
-    """A window with more concealed device silence than this is refused as 'device_gap'."""
+    max_gap_seconds: float = 0.07
+    """A window with more concealed device silence than this is refused as 'device_gap'. Measured with
+    scripts/gap_tolerance.py (link frames dropped at random from 40 real SPRSound test recordings, shipped
+    model): windows holding up to 0.07 s of concealed silence keep the loss-free class in 95.9 % of 493 cases,
+    up to 0.1 s in 94.7 %. 0 refused every window near a single lost frame (13 of 13 at --drop 0.01)."""
 
 
 @dataclass

@@ -208,7 +208,13 @@ def test_serial_link_with_impairments_flags_device_gaps(bundle: Path, tmp_path: 
         source = open_source(f"serial:{simulator.path}", reconnect_seconds=0.05)
         sink = CollectSink()
         config = DaemonConfig.from_dict(
-            {"bundle": str(bundle), "source": "serial", "sinks": [], "hop_seconds": 1.0, "gate": {"reopen_after": 1}}
+            {
+                "bundle": str(bundle),
+                "source": "serial",
+                "sinks": [],
+                "hop_seconds": 1.0,
+                "gate": {"reopen_after": 1, "max_gap_seconds": 0.0},
+            }
         )
         daemon = Daemon(config, source=source, sinks=[sink])
         runner = threading.Thread(target=daemon.run)
