@@ -212,6 +212,7 @@ class MqttSink(Sink):
         self._in_flight: dict[int, int] = {}
         """paho message id -> our id, for the current connection."""
         self._connected = threading.Event()
+        self._drop_logged = False
         self.published = 0
         self.acknowledged = 0
         self.dropped = 0
@@ -252,6 +253,7 @@ class MqttSink(Sink):
             if self._connected.is_set() or self.published:
                 self.reconnects += 1
             self._connected.set()
+            self._drop_logged = False
             client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
             if self.commands:
                 client.subscribe(f"{self.topic}/command", qos=1)
@@ -300,6 +302,10 @@ class MqttSink(Sink):
             while len(self._queue) > self.buffer:
                 self._queue.popitem(last=False)
                 self.dropped += 1
+                if not self._drop_logged:  # once per outage: the count is in /health and /metrics
+                    log.error("%s: buffer of %d events full, dropping the oldest", self.name, self.buffer)
+                    self.last_error = f"{self.name}: buffer full, oldest events dropped"
+                    self._drop_logged = True
             if len(self._in_flight) > 4 * self.buffer:  # paho forgot messages of an old connection
                 alive = set(self._queue)
                 self._in_flight = {mid: o for mid, o in self._in_flight.items() if o in alive}

@@ -711,3 +711,18 @@ def test_a_sighup_during_start_up_is_a_reload_not_death(shared_data: Path, tmp_p
     assert process.returncode == 0, err
     kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
     assert kinds.count("reload") == 1 and kinds[-1] == "stop" and "window" in kinds
+
+
+def test_mqtt_buffer_overflow_is_counted_in_health_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # nothing listens: the broker is away
+        sink = open_sink(f"mqtt://127.0.0.1:{closed.getsockname()[1]}/ward?buffer=3")
+        try:
+            with caplog.at_level("ERROR", logger="qlung_edge.sinks"):
+                for i in range(10):
+                    sink.send({"type": "window", "seq": i})
+            health = sink.health()
+        finally:
+            sink._client.loop_stop()  # type: ignore[attr-defined]
+    assert (health.dropped, health.buffered, health.degraded) == (7, 3, True)
+    assert len([r for r in caplog.records if "dropping the oldest" in r.getMessage()]) == 1
