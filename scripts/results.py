@@ -39,7 +39,10 @@ def _get(data: dict[str, Any], path: tuple[str, ...]) -> float:
 
 def load_group(folder: Path) -> list[dict[str, Any]]:
     seeds = []
-    for seed_dir in sorted(folder.glob("seed*"), key=lambda p: int(p.name[4:])):
+    finished = [  # a seed still training has no summary yet
+        p for p in folder.glob("seed*") if p.name[4:].isdigit() and (p / "summary.json").is_file()
+    ]
+    for seed_dir in sorted(finished, key=lambda p: int(p.name[4:])):
         summary = json.loads((seed_dir / "summary.json").read_text())
         stream_file = seed_dir / "eval-stream" / "eval_stream.json"
         stream = json.loads(stream_file.read_text()) if stream_file.exists() else None
