@@ -18,14 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 BENCH_FIGURES = [
     "AQS streaming, 1 s blocks",
+    "signal path to the gate, 16 kHz device",
     "front end + model, ORT FP32, 1 window, 1 thread",
     "ORT FP32 vs torch eager, 1 window",
-    "INT8 vs FP32 (ORT), 1 window",
-    "FP32: CPU at 1 s hop",
-    "FP32: window-to-event latency p99",
-    "FP32: peak RSS",
-    "FP32: start (spawn to first event)",
+    "full window: CPU per audio s at 1 s hop",
+    "incremental: CPU per audio s at 1 s hop",
+    "incremental vs full window, CPU at 1 s hop",
+    "incremental: window-to-event latency p99, 1 s hop",
+    "default path: peak RSS",
+    "default path: start (spawn to first event)",
     "overload: audio samples lost",
+    "training: as it is vs as it was",
 ]
 """The headline speed figures the README quotes from BENCHMARKS.md (all of them are there)."""
 
