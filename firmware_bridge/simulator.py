@@ -14,6 +14,7 @@ import math
 import os
 import random
 import select
+import shutil
 import struct
 import tempfile
 import termios
@@ -165,6 +166,7 @@ class DeviceSimulator:
             self._pull_plug()
             self.counters.unplugs -= 1
         self.path.unlink(missing_ok=True)
+        shutil.rmtree(self._folder, ignore_errors=True)  # the default link's temporary folder
 
     def _drain(self, seconds: float) -> None:
         """Wait (bounded) until the host has read what was sent: closing a pty discards its unread input."""
