@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qlung_edge.audio import as_float32, audio_info, read_audio, resample
 from qlung_edge.errors import AudioFileError
@@ -99,3 +102,39 @@ def test_as_float32() -> None:
         as_float32(np.array(["a"]))
     with pytest.raises(ValueError):
         resample(np.zeros(10), 0, 16000)
+
+
+FUZZ_EXAMPLES = int(os.environ.get("QLUNG_FUZZ_EXAMPLES", "0"))
+"""scripts/fuzz.sh raises the example counts of the property tests here and in test_link.py."""
+
+
+@settings(max_examples=FUZZ_EXAMPLES or 60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["101_1b1_Al_sc_Meditron.wav", "104_1b1_Al_sc_Litt3200.wav", "103_2b2_Ar_mc_LittC2SE.wav"]),
+    st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "zero"]), st.integers(0, 2**31)), max_size=8),
+)
+def test_a_mutated_real_wav_reads_as_finite_audio_or_a_named_error(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, name: str, damage: list[tuple[str, int]]
+) -> None:
+    data = bytearray((shared_data / "icbhi-sample" / name).read_bytes())
+    for kind, where in damage:
+        at = where % (len(data) if where % 3 else min(64, len(data)))  # a third lands in the header
+        if kind == "flip":
+            data[at] ^= 1 << (where % 8)
+        elif kind == "cut":
+            del data[at:]
+        elif kind == "insert":
+            data[at:at] = bytes((where >> s) & 0xFF for s in range(0, 24, 8))
+        else:
+            data[at : at + 16] = bytes(16)
+        if not data:
+            break
+    path = tmp_path_factory.mktemp("fuzz") / name
+    path.write_bytes(bytes(data))
+    try:
+        audio = read_audio(path)
+    except AudioFileError as err:
+        assert name in str(err)  # the problem names the file
+        return
+    assert audio.samples.dtype == np.float32 and audio.samples.ndim == 1 and audio.sample_rate > 0
+    assert np.isfinite(audio.samples).all()

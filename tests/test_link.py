@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -164,12 +165,16 @@ def _valid_frames(count: int, seed: int) -> list[bytes]:
     return out
 
 
+FUZZ_EXAMPLES = int(os.environ.get("QLUNG_FUZZ_EXAMPLES", "0"))
+"""scripts/fuzz.sh raises the example counts of the property tests (the unit suite keeps them small)."""
+
+
 def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     return [data[a:b] for a, b in zip(points, points[1:])]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ_EXAMPLES or 300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 10_000), max_size=20))
 def test_arbitrary_bytes_never_crash_or_yield_a_bad_frame(data: bytes, cuts: list[int]) -> None:
     decoder = FrameDecoder()
@@ -183,7 +188,7 @@ def test_arbitrary_bytes_never_crash_or_yield_a_bad_frame(data: bytes, cuts: lis
     assert decoder.counters.bytes == len(data)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=FUZZ_EXAMPLES or 200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.integers(0, 10_000),
     st.lists(st.tuples(st.sampled_from(["flip", "delete", "insert", "sync"]), st.integers(0, 10**6)), max_size=12),
