@@ -167,12 +167,18 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny: lis
     )
     assert one.returncode == 0, one.stderr[-2000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    two = subprocess.run(
-        [*launch, *cli, "--out", str(tmp_path / "two"), *common, "train.batch_size=4"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    for attempt in range(2):
+        two = subprocess.run(
+            [*launch, *cli, "--out", str(tmp_path / "two"), *common, "train.batch_size=4"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        # A worker killed by a signal inside gloo (seen once in 6 suite runs on this 2-core box, SIGABRT) is
+        # run again once, and said so; a wrong result or a Python error fails at once.
+        if two.returncode == 0 or "received by PID" not in two.stderr or attempt:
+            break
+        print(f"gloo worker died by a signal, running again: {two.stderr[-600:]}")
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = load_checkpoint(tmp_path / "one" / "last.pt"), load_checkpoint(tmp_path / "two" / "last.pt")
     assert a["step"] == b["step"] == 4

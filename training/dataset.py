@@ -152,8 +152,10 @@ def prepare(
         _prepare_windows(examples, loader, frontend, quality, geometry, inputs, scores, progress, desc)
     inputs.flush()
     del inputs
+    meta_tmp = meta_path.with_suffix(f".meta.{os.getpid()}.tmp")
+    meta_tmp.write_text(json.dumps({"aqs": scores.tolist(), "examples": len(examples)}))
+    meta_tmp.replace(meta_path)  # the metadata first: a reader that finds the inputs finds it whole
     tmp.replace(input_path)
-    meta_path.write_text(json.dumps({"aqs": scores.tolist(), "examples": len(examples)}))
     return Prepared(list(examples), np.load(input_path, mmap_mode="r"), labels, scores, features)
 
 

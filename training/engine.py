@@ -258,8 +258,14 @@ def train(
     splits = load_splits(config, progress=show)
 
     def prepared(examples: list[Cycle], geometry: Geometry, name: str) -> Prepared:
-        return prepare(examples, splits.scan.recordings, config.data.cache_dir, config.quality, geometry,
-                       features=config.train.cache_features, progress=show, desc=f"prepare {name}")  # fmt: skip
+        # One process fills the cache, the others wait and read it: no two writers of the same files.
+        if process.world > 1 and not process.main:
+            dist.barrier()
+        result = prepare(examples, splits.scan.recordings, config.data.cache_dir, config.quality, geometry,
+                         features=config.train.cache_features, progress=show, desc=f"prepare {name}")  # fmt: skip
+        if process.world > 1 and process.main:
+            dist.barrier()
+        return result
 
     evaluated_as = geometry_of(config, "window") if splits.geometry.unit == "mixed" else splits.geometry
     parts = (("validation", splits.validation), ("test", splits.test))
