@@ -467,6 +467,29 @@ def keygen(private_key: Path) -> None:
     click.echo(f"private key {private_key} (keep it off the devices), public key {public}, key id {kid}")
 
 
+def _soak(bundle: Path | None, minutes: float, speed: float, wav: Path | None, json_out: Path | None) -> None:
+    import tempfile
+
+    import soundfile as sf
+
+    from qlung_edge.bench import breath_like
+    from qlung_edge.classifier import SHIPPED_BUNDLE
+    from qlung_edge.soak import run_soak
+
+    with tempfile.TemporaryDirectory(prefix="qlung-soak-wav-") as scratch:
+        if wav is None:  # int16 at 8 kHz, what the stethoscope sends
+            wav = Path(scratch) / "breath.wav"
+            sf.write(str(wav), breath_like(60.0, rate=8000, seed=3), 8000, subtype="PCM_16")
+        report = run_soak(bundle or SHIPPED_BUNDLE, wav, minutes, speed=speed, log_line=click.echo)
+    for line in report.lines():
+        click.echo(line)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=1))
+        click.echo(f"wrote {json_out}")
+    if not (report.balanced and report.nothing_lost and report.samples_accounted and report.exit_status == 0):
+        raise SystemExit(1)
+
+
 @cli.command("model-info")
 @click.option("--backbone", type=click.Choice(["edge-cnn", "ast"]), default="edge-cnn", show_default=True)
 @click.option("--head", type=click.Choice(["angular", "linear"]), default="angular", show_default=True)
@@ -485,17 +508,31 @@ def model_info(backbone: str, head: str) -> None:
 
 @cli.command()
 @click.argument(
-    "what", type=click.Choice(["quality", "link", "frontend", "model", "daemon", "training", "all"]), default="all"
+    "what",
+    type=click.Choice(["quality", "link", "frontend", "model", "daemon", "training", "all", "soak"]),
+    default="all",
 )
 @click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path), help="For model/daemon.")
 @click.option("--threads", type=int, help="N in the 1-vs-N thread comparison (default: all cores).")
 @click.option("--quick", is_flag=True, help="Short runs: proves every figure is produced (CI), not how fast.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write figures as JSON.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), help="Write the table (BENCHMARKS.md).")
+@click.option("--minutes", type=click.FloatRange(min=0.5), default=30.0, show_default=True,
+              help="soak: minutes of audio (streamed at --speed x real time).")  # fmt: skip
+@click.option("--speed", type=click.FloatRange(min=1.0), default=20.0, show_default=True, help="soak: pace.")
+@click.option("--wav", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="soak: the recording the simulated stethoscope loops (default: synthetic breath).")  # fmt: skip
 def bench(what: str, bundle: Path | None, threads: int | None, quick: bool, json_out: Path | None,
-          markdown: Path | None) -> None:  # fmt: skip
-    """Measure every speed target of ARCHITECTURE.md on this machine, ratios side by side."""
+          markdown: Path | None, minutes: float, speed: float, wav: Path | None) -> None:  # fmt: skip
+    """Measure every speed target of ARCHITECTURE.md on this machine, ratios side by side.
+
+    `bench soak` is apart: the daemon for --minutes of audio under link faults, unplugs, broker restarts, reloads
+    and a full disk; it prints whether every window and every event is accounted for, and memory over time."""
     from qlung_edge.bench import run_bench, write_markdown
+
+    if what == "soak":
+        _soak(bundle, minutes, speed, wav, json_out)
+        return
 
     if bundle is None and what in ("frontend", "model", "daemon", "all"):
         if what != "all":

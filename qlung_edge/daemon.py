@@ -65,7 +65,7 @@ from qlung_edge.frontend import (
 from qlung_edge.live import LiveFeed, envelope
 from qlung_edge.reporter import EventReporter, utc
 from qlung_edge.sdnotify import Notifier
-from qlung_edge.sinks import JsonLinesSink, Sink, open_sink
+from qlung_edge.sinks import JsonLinesSink, Sink, describe_spool, open_sink
 from qlung_edge.streaming import (
     Decision,
     ExamBoundary,
@@ -256,6 +256,8 @@ class Daemon:
         self._blocks: queue.Queue[Any] = queue.Queue(maxsize=config.block_queue)
         self._pending: deque[_Pending] = deque()
         self._pending_lock = threading.Condition()
+        self._path_lock = threading.Lock()
+        """The signal path belongs to the processing thread; a reload changes its front end under this lock."""
         self._processing_done = False
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -487,12 +489,17 @@ class Daemon:
                     shape = envelope(finite_samples(block.samples)[0], block.sample_rate)
                     self.live.publish("signal", {"time": round(block.timestamp, 3), "envelope": shape}, keep=False)
                 taken = time.monotonic()  # latency counts from here: the signal path's work (resampling, the
-                for item in self.path.push(block):  # AQS, incremental frames) is part of it
+                with self._path_lock:  # AQS, incremental frames) is part of it
+                    outputs = self.path.push(block)
+                    notes = self.path.take_notes()
+                for item in outputs:
                     self._queue(item, taken)
-                for note in self.path.take_notes():
+                for note in notes:
                     self.emit(SourceEvent(note))
             taken = time.monotonic()
-            for item in self.path.finish():  # the resampler's last milliseconds, the end of the examination
+            with self._path_lock:
+                outputs = self.path.finish()  # the resampler's last milliseconds, the end of the examination
+            for item in outputs:
                 self._queue(item, taken)
         except Exception as err:
             self._note_error(f"processing: {err}")
@@ -593,7 +600,8 @@ class Daemon:
             raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: patient, encounter, site, exam_id")
         if action == "start":
             ids = {k: check_identifier(k, fields.get(k)) for k in ("patient", "encounter", "site")}
-            self.path.request(True, "control message", **ids)
+            with self._path_lock:
+                self.path.request(True, "control message", **ids)
             return {"ok": True, "action": "start", **{k: v for k, v in ids.items() if v}}
         if action == "stop":
             current = self.reporter.exam.id if self.reporter.exam is not None else None
@@ -602,7 +610,8 @@ class Daemon:
                 raise ValueError("no examination in progress")
             if wanted is not None and wanted != current:
                 raise ValueError(f"unknown examination {wanted!r}; the current one is {current!r}")
-            self.path.request(False, "control message")
+            with self._path_lock:
+                self.path.request(False, "control message")
             return {"ok": True, "action": "stop", "exam_id": current}
         raise ValueError(f"unknown action {action!r}: start or stop")
 
@@ -648,8 +657,9 @@ class Daemon:
             return
         old, self.backend, self.bundle = self.backend, backend, bundle
         old.close()
-        self.path.set_frontend(backend.frontend)
-        self.path.set_thresholds(bundle.quality_config())
+        with self._path_lock:  # never between a block's frames and its samples (the processing thread's push)
+            self.path.set_frontend(backend.frontend)
+            self.path.set_thresholds(bundle.quality_config())
         self.reporter.use(bundle)
         self.metrics.add("reloads")
         self.notifier.ready(f"reloaded {bundle.manifest.get('name')}")
@@ -793,11 +803,13 @@ def check_sink(spec: str, timeout: float = 5.0) -> str:
                 pass
         except OSError as err:
             raise DaemonError(f"broker {host}:{port} unreachable ({err.strerror or err})", path=spec) from None
-        return f"sink {spec}: broker {host}:{port} reachable"
-    sink = open_sink(spec)  # parses the options; opens (creates) a file
+        spooled = describe_spool(spec)
+        return f"sink {spec}: broker {host}:{port} reachable" + (f"; {spooled}" if spooled else "")
+    sink = open_sink(spec, with_spool=False)  # parses the options; opens (creates) a file
     try:
         if isinstance(sink, JsonLinesSink) and sink.path is not None and not os.access(sink.path, os.W_OK):
             raise DaemonError("not writable", path=spec)
     finally:
         sink.close()
-    return f"sink {spec}: opens"
+    spooled = describe_spool(spec)
+    return f"sink {spec}: opens" + (f"; {spooled}" if spooled else "")

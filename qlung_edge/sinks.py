@@ -9,8 +9,10 @@ sends them again after a reconnect. Each sink reports its health (`SinkHealth`):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -22,6 +24,7 @@ from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from qlung_edge.errors import QLungError
+from qlung_edge.spool import Spool
 
 log = logging.getLogger("qlung_edge.sinks")
 
@@ -83,12 +86,18 @@ def encode(event: dict[str, Any]) -> str:
 
 @dataclass
 class JsonLinesSink(Sink):
-    """One event a line to stdout (`jsonl:-`) or to a file rotated at `max_bytes` keeping `backups` old ones."""
+    """One event a line to stdout (`jsonl:-`) or to a file rotated at `max_bytes` keeping `backups` old ones.
+
+    With a `spool`, every event is stored on disk first and written to the file in order: while the file
+    cannot be written (a full disk, a removed drive) events wait in the spool, also across a restart.
+    Without one, an event that cannot be written is lost, counted and logged once per outage.
+    """
 
     path: Path | None = None
     max_bytes: int = 50_000_000
     backups: int = 5
     stream: IO[str] | None = None
+    spool: Spool | None = None
     lines: int = 0
 
     def __post_init__(self) -> None:
@@ -97,41 +106,95 @@ class JsonLinesSink(Sink):
         self.dropped = 0
         self.last_error: str | None = None
         self._failing = False
+        self._file: IO[bytes] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
-        else:
+            self._file = self._open()
+        if self.spool is not None:
+            with self._lock:
+                self._drain()
+
+    def _open(self) -> IO[bytes]:
+        """Open for appending, unbuffered (a failed write leaves nothing behind to be written later); a line
+        cut short by an earlier failure is cut off, so the next event starts on a line of its own."""
+        assert self.path is not None
+        out = self.path.open("ab", buffering=0)
+        size = out.seek(0, os.SEEK_END)
+        if size and self.path.is_file():
+            with self.path.open("rb") as tail:
+                tail.seek(max(0, size - 65536))
+                chunk = tail.read()
+            if not chunk.endswith(b"\n"):
+                keep = size - len(chunk) + chunk.rfind(b"\n") + 1 if b"\n" in chunk else max(0, size - len(chunk))
+                out.truncate(keep)
+                out.seek(0, os.SEEK_END)
+        return out
+
+    def _write(self, line: str) -> None:
+        if self.path is None:
+            out = self.stream or sys.stdout
+            out.write(line)
+            out.flush()
+            return
+        if self._file is None:
+            self._file = self._open()
+        elif self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+            self._rotate()
+        data = line.encode("utf-8")
+        written = self._file.write(data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
+
+    def _failed(self, err: Exception) -> None:
+        if not self._failing:
+            then = "keeping them in the spool until it can" if self.spool else "dropping them until it can"
+            log.error("%s: cannot write events (%s): %s", self.name, err, then)
+        self.last_error = f"{self.name}: {err}"
+        self._failing = True
+        if self._file is not None:  # opened afresh next time: the disk may have been swapped or freed
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
 
-    def _out(self) -> IO[str]:
-        return self._file if self._file is not None else (self.stream or sys.stdout)
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("%s: writing again (%d event(s) dropped meanwhile)", self.name, self.dropped)
+            self._failing = False
+
+    def _drain(self) -> None:
+        """Write what the spool holds, oldest first; stop at the first failure."""
+        assert self.spool is not None
+        for record in self.spool.pending():
+            try:
+                self._write(record.payload + "\n")
+            except (OSError, ValueError) as err:
+                self._failed(err)
+                return
+            self.spool.ack(record.id)
+            self.lines += 1
+            self._recovered()
 
     def send(self, event: dict[str, Any]) -> None:
-        """Write one line; a write that fails (disk full, file gone) loses the event, counted and logged once
-        per outage, and the sink says so in its health until a write succeeds again."""
-        line = encode(event) + "\n"
+        line = encode(event)
         with self._lock:
+            if self.spool is not None:
+                _, lost = self.spool.append(line)
+                self.dropped += len(lost)
+                self._drain()
+                return
             try:
-                if self._file is not None and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
-                    self._rotate()
-                out = self._out()
-                out.write(line)
-                out.flush()
+                self._write(line + "\n")
             except (OSError, ValueError) as err:  # ValueError: the file was closed by a failed rotation
                 self.dropped += 1
-                if self.last_error is None:
-                    log.error("%s: cannot write events (%s): dropping them until it can", self.name, err)
-                self.last_error = f"{self.name}: {err}"
-                self._failing = True
+                self._failed(err)
                 return
-            if self._failing:
-                log.warning("%s: writing again after %d dropped event(s)", self.name, self.dropped)
-                self._failing = False
+            self._recovered()
             self.lines += 1
 
     def _rotate(self) -> None:
         assert self.path is not None and self._file is not None
         self._file.close()
+        self._file = None
         for i in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -140,14 +203,16 @@ class JsonLinesSink(Sink):
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = self._open()
 
     def flush(self, timeout: float = 5.0) -> bool:
         with self._lock:
-            try:
-                self._out().flush()
-            except (OSError, ValueError):
-                return False
+            if self.spool is not None and len(self.spool):
+                self._drain()
+                return len(self.spool) == 0
+            if self.path is None:
+                with contextlib.suppress(OSError, ValueError):
+                    (self.stream or sys.stdout).flush()
         return not self._failing
 
     def close(self) -> None:
@@ -156,13 +221,17 @@ class JsonLinesSink(Sink):
                 with contextlib.suppress(OSError):  # a full disk at shutdown: already counted, nothing to add
                     self._file.close()
                 self._file = None
+            if self.spool is not None:
+                self.spool.close()
 
     def stats(self) -> dict[str, int]:
-        return {"lines": self.lines, "dropped": self.dropped}
+        spooled = len(self.spool) if self.spool is not None else 0
+        return {"lines": self.lines, "dropped": self.dropped, "spooled": spooled}
 
     def health(self) -> SinkHealth:
-        writable = (self._file is not None or self.path is None) and not self._failing
-        return SinkHealth(self.name, writable, buffered=0, dropped=self.dropped, last_error=self.last_error)
+        buffered = len(self.spool) if self.spool is not None else 0
+        error = self.last_error or (self.spool.last_error if self.spool is not None else None)
+        return SinkHealth(self.name, not self._failing, buffered=buffered, dropped=self.dropped, last_error=error)
 
 
 @dataclass
@@ -171,7 +240,9 @@ class MqttSink(Sink):
     `qlung/verdict`, ...); the broker's PUBACK removes an event from the buffer of unsent ones.
 
     While the broker is away events wait in a buffer of at most `buffer` (the oldest are dropped and
-    counted beyond that); on reconnect they are published again in order. `<topic>/status` holds a retained
+    counted beyond that); on reconnect they are published again in order. With a `spool` the buffer is on
+    disk instead (bounded by the spool's size): what the broker has not acknowledged is published again after
+    a restart of the daemon too. `<topic>/status` holds a retained
     `{"state": "online"|"offline", ...}`: online on every connect, offline on a clean stop, and offline from
     the broker itself (the last will) when the daemon vanishes without one.
     """
@@ -195,6 +266,7 @@ class MqttSink(Sink):
     on_command: Callable[..., dict[str, Any]] | None = None
     status: dict[str, Any] = field(default_factory=dict)
     """Extra fields of the retained status message (a site or device name, say)."""
+    spool: Spool | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -205,18 +277,32 @@ class MqttSink(Sink):
         self.topic = self.topic.rstrip("/")
         self.last_error: str | None = None
         self._mqtt = mqtt
+        # Lock order: paho calls our callbacks while holding its own locks (on_publish under its outgoing-message
+        # lock, on_connect under its callback lock), and its publish() takes both. So `_lock` guards our state
+        # only and is never held while calling into paho; one publisher thread alone publishes events.
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._next_id = 0
         self._queue: OrderedDict[int, tuple[str, str]] = OrderedDict()
         """Events (type, JSON) not yet acknowledged, by our own id, in order."""
         self._in_flight: dict[int, int] = {}
-        """paho message id -> our id, for the current connection."""
+        """paho message id -> our id: handed to paho, which sends it again itself after a reconnect."""
+        self._handed: set[int] = set()
+        """Our ids handed to paho (or being handed) and not yet acknowledged."""
+        self._early_acks: dict[int, float] = {}
+        """Acknowledgements that came before publish() returned the message id (and those of status messages)."""
         self._connected = threading.Event()
+        self._closing = False
         self._drop_logged = False
         self.published = 0
         self.acknowledged = 0
         self.dropped = 0
         self.reconnects = 0
+        self._ever_connected = False
+        if self.spool is not None:  # an earlier run's undelivered events go first
+            for record in self.spool.pending():
+                self._queue[record.id] = (_event_type(record.payload), record.payload)
+            self._next_id = max(self._queue, default=-1) + 1
         kwargs: dict[str, Any] = {"client_id": self.client_id, "clean_session": True}
         if hasattr(mqtt, "CallbackAPIVersion"):
             kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
@@ -233,6 +319,8 @@ class MqttSink(Sink):
         client.on_message = self._on_message
         client.will_set(self.status_topic, self._status("offline", "connection lost"), qos=1, retain=True)
         self._client = client
+        self._publisher = threading.Thread(target=self._publish_loop, name="mqtt-publisher", daemon=True)
+        self._publisher.start()
         client.connect_async(self.host, self.port, keepalive=self.keepalive)
         client.loop_start()
 
@@ -250,18 +338,15 @@ class MqttSink(Sink):
             self.last_error = f"connect refused: {reason}"
             return
         with self._lock:
-            if self._connected.is_set() or self.published:
+            if self._ever_connected:
                 self.reconnects += 1
+            self._ever_connected = True
             self._connected.set()
             self._drop_logged = False
-            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-            if self.commands:
-                client.subscribe(f"{self.topic}/command", qos=1)
-            # paho itself sends again what it had in flight when the link dropped; hand it the rest.
-            handed = set(self._in_flight.values())
-            for ours, payload in list(self._queue.items()):
-                if ours not in handed:
-                    self._publish(ours, payload)
+            self._wake.notify_all()  # the publisher hands paho what it does not already hold
+        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        if self.commands:
+            client.subscribe(f"{self.topic}/command", qos=1)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         """A control message: handed to the daemon, the answer (or the problem) published beside it."""
@@ -284,33 +369,73 @@ class MqttSink(Sink):
     def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
         with self._lock:
             ours = self._in_flight.pop(mid, None)
-            if ours is not None and self._queue.pop(ours, None) is not None:
-                self.acknowledged += 1
+            if ours is None:
+                self._early_acks[mid] = time.monotonic()
+                return
+            self._acknowledged(ours)
+            self._wake.notify_all()
 
-    def _publish(self, ours: int, payload: tuple[str, str]) -> None:
-        info = self._client.publish(f"{self.topic}/{payload[0]}", payload[1], qos=1)
-        if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
-            self._in_flight[info.mid] = ours
-            self.published += 1
+    def _acknowledged(self, ours: int) -> None:
+        self._handed.discard(ours)
+        if self._queue.pop(ours, None) is not None:
+            self.acknowledged += 1
+            if self.spool is not None:
+                self.spool.ack(ours)
+
+    def _publish_loop(self) -> None:
+        """Hand paho each event not yet handed, in order, whenever the broker is connected."""
+        while True:
+            with self._wake:
+                while not self._closing and not (self._connected.is_set() and len(self._handed) < len(self._queue)):
+                    self._wake.wait(0.5)
+                if self._closing:
+                    return
+                batch = [(o, p) for o, p in self._queue.items() if o not in self._handed][:100]
+                self._handed.update(o for o, _ in batch)
+            for ours, payload in batch:
+                info = self._client.publish(f"{self.topic}/{payload[0]}", payload[1], qos=1)
+                with self._lock:
+                    # Kept by paho (sent now, or after the reconnect when the link is down): in flight.
+                    if info.rc in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
+                        self.published += 1
+                        if self._early_acks.pop(info.mid, None) is not None:
+                            self._acknowledged(ours)
+                        else:
+                            self._in_flight[info.mid] = ours
+                    else:
+                        self._handed.discard(ours)
+                    now = time.monotonic()
+                    if len(self._early_acks) > 1000:  # acknowledgements of status messages, long settled
+                        self._early_acks = {m: t for m, t in self._early_acks.items() if now - t < 60}
 
     def send(self, event: dict[str, Any]) -> None:
         payload = (str(event.get("type", "event")), encode(event))
         with self._lock:
-            ours = self._next_id
-            self._next_id += 1
+            if self.spool is not None:
+                ours, lost = self.spool.append(payload[1])
+                for number in lost:
+                    self._queue.pop(number, None)
+                    self._handed.discard(number)
+                self._note_dropped(len(lost))
+            else:
+                ours = self._next_id
+                self._next_id += 1
             self._queue[ours] = payload
-            while len(self._queue) > self.buffer:
-                self._queue.popitem(last=False)
-                self.dropped += 1
-                if not self._drop_logged:  # once per outage: the count is in /health and /metrics
-                    log.error("%s: buffer of %d events full, dropping the oldest", self.name, self.buffer)
-                    self.last_error = f"{self.name}: buffer full, oldest events dropped"
-                    self._drop_logged = True
-            if len(self._in_flight) > 4 * self.buffer:  # paho forgot messages of an old connection
-                alive = set(self._queue)
-                self._in_flight = {mid: o for mid, o in self._in_flight.items() if o in alive}
-            if self._connected.is_set():
-                self._publish(ours, payload)
+            while self.spool is None and len(self._queue) > self.buffer:
+                oldest, _ = self._queue.popitem(last=False)
+                self._handed.discard(oldest)
+                self._note_dropped(1)
+            self._wake.notify_all()
+
+    def _note_dropped(self, count: int) -> None:
+        if not count:
+            return
+        self.dropped += count
+        if not self._drop_logged:  # once per outage: the count is in /health and /metrics
+            where = "spool" if self.spool is not None else f"buffer of {self.buffer} events"
+            log.error("%s: %s full, dropping the oldest", self.name, where)
+            self.last_error = f"{self.name}: {where} full, oldest events dropped"
+            self._drop_logged = True
 
     def unsent(self) -> int:
         with self._lock:
@@ -324,15 +449,23 @@ class MqttSink(Sink):
 
     def close(self) -> None:
         self.flush()
+        with self._lock:
+            self._closing = True
+            self._wake.notify_all()
+        self._publisher.join(timeout=5)
         if self._connected.is_set():
             info = self._client.publish(self.status_topic, self._status("offline", "stopped"), qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # gone meanwhile: the last will says offline
                 info.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
+        if self.spool is not None:
+            with self._lock:
+                self.spool.close()
 
     def health(self) -> SinkHealth:
-        return SinkHealth(self.name, self._connected.is_set(), self.unsent(), self.dropped, self.last_error)
+        error = self.last_error or (self.spool.last_error if self.spool is not None else None)
+        return SinkHealth(self.name, self._connected.is_set(), self.unsent(), self.dropped, error)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -344,10 +477,47 @@ class MqttSink(Sink):
         }
 
 
-def open_sink(spec: str) -> Sink:
+def _event_type(payload: str) -> str:
+    try:
+        return str(json.loads(payload).get("type", "event"))
+    except (ValueError, AttributeError):
+        return "event"
+
+
+def _open_spool(spec: str, query: dict[str, list[str]]) -> Spool | None:
+    if "spool" not in query:
+        return None
+    try:
+        megabytes = float(query.get("spool_mb", ["20"])[0])
+    except ValueError as err:
+        raise SinkError(f"bad option ({err})", path=spec) from None
+    if not (0.004 <= megabytes < float("inf")):
+        raise SinkError(f"spool_mb must be at least 0.004 (4 kB), got {megabytes:g}", path=spec)
+    try:
+        return Spool(Path(query["spool"][0]), max_bytes=int(megabytes * 1e6))
+    except QLungError as err:
+        raise SinkError(f"spool: {err.problem}", path=spec) from None
+
+
+def describe_spool(spec: str) -> str | None:
+    """For `--check`: the spool a sink spec names opens (writable, not in use) and how much it holds."""
+    query = parse_qs(urlparse(spec[len("jsonl:") :] if spec.startswith("jsonl:") else spec).query)
+    spool = _open_spool(spec, query)
+    if spool is None:
+        return None
+    try:
+        return f"spool {spool.folder}: {len(spool)} undelivered event(s), {spool.size_bytes()} bytes"
+    finally:
+        spool.close()
+
+
+def open_sink(spec: str, with_spool: bool = True) -> Sink:
     """`jsonl:-` (stdout), `jsonl:PATH[?max_mb=50&backups=5]`,
     `mqtt://[user:pass@]host[:port]/prefix[?tls=1&ca=F&buffer=N&client_id=ID&reconnect=S&commands=1]`,
-    `fhir:PATH` or `fhir:http(s)://server/base[?buffer=N]` (verdicts as FHIR R4 Observations)."""
+    `fhir:PATH` or `fhir:http(s)://server/base[?buffer=N]` (verdicts as FHIR R4 Observations).
+
+    `spool=DIR` keeps undelivered events on disk (`qlung_edge/spool.py`), at most `spool_mb` megabytes.
+    `with_spool=False` leaves the spool alone (for `--check`, which must not deliver or lock it)."""
     if spec in ("-", "jsonl", "jsonl:", "jsonl:-", "stdout"):
         return JsonLinesSink()
     if spec.startswith("jsonl:"):
@@ -362,8 +532,9 @@ def open_sink(spec: str) -> Sink:
             raise SinkError(f"max_mb must be at least 0.001 (1 kB), got {max_mb:g}", path=spec)
         if backups < 0:
             raise SinkError(f"backups must be 0 or more, got {backups}", path=spec)
+        spool = _open_spool(spec, query) if with_spool else None
         try:
-            return JsonLinesSink(Path(url.path), max_bytes=int(max_mb * 1e6), backups=backups)
+            return JsonLinesSink(Path(url.path), max_bytes=int(max_mb * 1e6), backups=backups, spool=spool)
         except OSError as err:
             raise SinkError(f"cannot open the file ({err.strerror})", path=spec) from None
     if spec.startswith(("mqtt://", "mqtts://")):
@@ -392,6 +563,7 @@ def open_sink(spec: str) -> Sink:
             buffer=buffer,
             reconnect_seconds=reconnect,
             commands=commands,
+            spool=_open_spool(spec, query) if with_spool else None,
         )
     if spec.startswith("fhir:"):
         from qlung_edge.fhir import open_fhir_sink

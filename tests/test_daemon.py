@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -12,7 +11,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from conftest import Broker
 from prometheus_client.parser import text_string_to_metric_families
 
 from firmware_bridge.simulator import DeviceSimulator, Impairments
@@ -430,53 +429,6 @@ def test_sighup_swaps_the_bundle_and_sigterm_flushes(bundle: Path, shared_data: 
 # --- MQTT against a real broker --------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    def __init__(self, folder: Path) -> None:
-        self.port = _free_port()
-        self.folder = folder
-        (folder / "data").mkdir()
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder / 'data'}/\nautosave_interval 1\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture()
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
-    if shutil.which("mosquitto") is None:
-        os.environ["PATH"] += os.pathsep + "/usr/sbin"
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
-
-
 def test_mqtt_events_survive_a_broker_restart(bundle: Path, broker: Broker, shared_data: Path, tmp_path: Path) -> None:
     import paho.mqtt.client as mqtt
 
@@ -726,3 +678,32 @@ def test_mqtt_buffer_overflow_is_counted_in_health_and_logged_once(caplog: pytes
             sink._client.loop_stop()  # type: ignore[attr-defined]
     assert (health.dropped, health.buffered, health.degraded) == (7, 3, True)
     assert len([r for r in caplog.records if "dropping the oldest" in r.getMessage()]) == 1
+
+
+def test_reloads_while_audio_flows_never_lose_frames(shared_data: Path, tmp_path: Path) -> None:
+    """SIGHUP swaps the front end from the inference thread while the processing thread appends audio: the
+    incremental frame ring must never miss a block (the soak benchmark found "frames ... are not in the ring")."""
+    wav = _long_recording(shared_data, tmp_path / "long.wav", 90)
+    sink = CollectSink()
+    config = DaemonConfig(bundle=SHIPPED_BUNDLE, source="file", sinks=[], hop_seconds=1.0)
+    source = FileSource(name="f", path=wav, realtime=True, speed=30, block_seconds=0.02)
+    daemon = Daemon(config, source=source, sinks=[sink])
+    assert daemon.backend.frontend is not None, "the shipped bundle runs incrementally"
+    done = threading.Event()
+
+    def reload_often() -> None:
+        while not done.is_set():
+            daemon.reload()
+            time.sleep(0.01)
+
+    hammer = threading.Thread(target=reload_often)
+    hammer.start()
+    try:
+        status = daemon.run()
+    finally:
+        done.set()
+        hammer.join()
+    reloads = [e for e in sink.events if e["type"] == "reload"]
+    assert status == 0 and not [e for e in sink.events if e["type"] == "error"], daemon._errors
+    assert len(reloads) > 20 and all(e["ok"] for e in reloads)
+    _accounted(sink.events, daemon)

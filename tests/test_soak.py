@@ -1,0 +1,30 @@
+"""The soak benchmark's books on a short run: every window and every event accounted for under faults."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qlung_edge.classifier import SHIPPED_BUNDLE
+from qlung_edge.soak import run_soak
+
+
+def test_a_short_soak_balances(shared_data: Path) -> None:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
+    wav = shared_data / "sprsound" / "test_wav" / "40890405_3.3_0_p1_3652.wav"
+    lines: list[str] = []
+    report = run_soak(SHIPPED_BUNDLE, wav, minutes=1.5, speed=20, broker_every=2.0, log_line=lines.append)
+    assert report.exit_status == 0
+    assert report.balanced and report.windows > 60
+    assert report.samples_accounted, (
+        "every frame not lost to an unplug (or the host's reconnect wait) is audio or a flagged gap"
+    )
+    assert report.samples > report.samples_expected / 2
+    assert report.nothing_lost, report.missing
+    assert report.broker_acknowledged == report.events
+    assert report.broker_restarts >= 1 and report.reloads >= 1 and report.unplugs >= 1
+    assert report.disk_full_seconds > 0 and report.sink_dropped == {"collect": 0, "jsonl": 0, "mqtt": 0}
+    assert lines, "progress is shown per audio minute"
