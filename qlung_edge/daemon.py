@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -65,7 +64,7 @@ from qlung_edge.frontend import (
 from qlung_edge.live import LiveFeed, envelope
 from qlung_edge.reporter import EventReporter, utc
 from qlung_edge.sdnotify import Notifier
-from qlung_edge.sinks import JsonLinesSink, Sink, describe_spool, open_sink
+from qlung_edge.sinks import JsonLinesSink, Sink, describe_spool, mqtt_options, open_sink
 from qlung_edge.streaming import (
     Decision,
     ExamBoundary,
@@ -796,8 +795,8 @@ def check_sink(spec: str, timeout: float = 5.0) -> str:
     """What `--check` can know of a sink before the run: its spec parses, its file opens for appending, its
     MQTT broker accepts a connection within `timeout`."""
     if spec.startswith(("mqtt://", "mqtts://")):
-        url = urlparse(spec)
-        host, port = url.hostname or "127.0.0.1", url.port or (8883 if url.scheme == "mqtts" else 1883)
+        options = mqtt_options(spec)  # the options parse, before any connection
+        host, port = options["host"], options["port"]
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 pass

@@ -499,6 +499,38 @@ def _open_spool(spec: str, query: dict[str, list[str]]) -> Spool | None:
         raise SinkError(f"spool: {err.problem}", path=spec) from None
 
 
+def mqtt_options(spec: str) -> dict[str, Any]:
+    """The MqttSink fields an `mqtt://` spec gives, checked (`--check` parses without connecting)."""
+    url = urlparse(spec)
+    query = parse_qs(url.query)
+    known = {"tls", "ca", "buffer", "client_id", "reconnect", "commands", "spool", "spool_mb"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise SinkError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", path=spec)
+    tls = url.scheme == "mqtts" or query.get("tls", ["0"])[0] in ("1", "true", "yes")
+    try:
+        port = url.port or (8883 if tls else 1883)
+        buffer = int(query.get("buffer", ["10000"])[0])
+        reconnect = int(query.get("reconnect", ["1"])[0])
+        if buffer < 1 or reconnect < 1:
+            raise ValueError(f"buffer and reconnect must be at least 1, got {buffer} and {reconnect}")
+    except ValueError as err:
+        raise SinkError(f"bad option ({err})", path=spec) from None
+    return {
+        "host": url.hostname or "127.0.0.1",
+        "port": port,
+        "topic": url.path.strip("/") or "qlung",
+        "client_id": query.get("client_id", [""])[0],
+        "username": unquote(url.username) if url.username else None,
+        "password": unquote(url.password) if url.password else None,
+        "tls": tls,
+        "ca_file": query.get("ca", [None])[0],
+        "buffer": buffer,
+        "reconnect_seconds": reconnect,
+        "commands": query.get("commands", ["0"])[0] in ("1", "true", "yes"),
+    }
+
+
 def describe_spool(spec: str) -> str | None:
     """For `--check`: the spool a sink spec names opens (writable, not in use) and how much it holds."""
     query = parse_qs(urlparse(spec[len("jsonl:") :] if spec.startswith("jsonl:") else spec).query)
@@ -538,33 +570,8 @@ def open_sink(spec: str, with_spool: bool = True) -> Sink:
         except OSError as err:
             raise SinkError(f"cannot open the file ({err.strerror})", path=spec) from None
     if spec.startswith(("mqtt://", "mqtts://")):
-        url = urlparse(spec)
-        query = parse_qs(url.query)
-        topic = url.path.strip("/") or "qlung"
-        tls = url.scheme == "mqtts" or query.get("tls", ["0"])[0] in ("1", "true", "yes")
-        try:
-            port = url.port or (8883 if tls else 1883)
-            buffer = int(query.get("buffer", ["10000"])[0])
-            reconnect = int(query.get("reconnect", ["1"])[0])
-            if buffer < 1 or reconnect < 1:
-                raise ValueError(f"buffer and reconnect must be at least 1, got {buffer} and {reconnect}")
-            commands = query.get("commands", ["0"])[0] in ("1", "true", "yes")
-        except ValueError as err:
-            raise SinkError(f"bad option ({err})", path=spec) from None
-        return MqttSink(
-            host=url.hostname or "127.0.0.1",
-            port=port,
-            topic=topic,
-            client_id=query.get("client_id", [""])[0],
-            username=unquote(url.username) if url.username else None,
-            password=unquote(url.password) if url.password else None,
-            tls=tls,
-            ca_file=query.get("ca", [None])[0],
-            buffer=buffer,
-            reconnect_seconds=reconnect,
-            commands=commands,
-            spool=_open_spool(spec, query) if with_spool else None,
-        )
+        spool = _open_spool(spec, parse_qs(urlparse(spec).query)) if with_spool else None
+        return MqttSink(**mqtt_options(spec), spool=spool)
     if spec.startswith("fhir:"):
         from qlung_edge.fhir import open_fhir_sink
 

@@ -198,3 +198,13 @@ def test_mqtt_sink_never_deadlocks_with_paho(broker: Broker) -> None:
     assert finished.wait(60), "send() hung"
     assert sink.flush(timeout=30) and sink.stats()["acknowledged"] == 3000
     sink.close()
+
+
+def test_check_parses_mqtt_options_before_connecting() -> None:
+    from qlung_edge.daemon import check_sink
+    from qlung_edge.sinks import SinkError
+
+    with pytest.raises(SinkError, match=r"unknown option.*bufer"):
+        check_sink("mqtt://127.0.0.1:1/ward?bufer=5")  # nothing listens on port 1: parsing comes first
+    with pytest.raises(SinkError, match="buffer and reconnect must be at least 1"):
+        check_sink("mqtt://127.0.0.1:1/ward?buffer=0")
