@@ -6,16 +6,14 @@ skipped test fails unless it is marked `gpu`: only tests that need hardware this
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from qlung_edge.soak import PrivateBroker
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ["QLUNG_VALIDATE_EVENTS"] = "1"  # every daemon the tests start, in or out of process, checks its events
@@ -90,51 +88,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 # --- a real MQTT broker on loopback, started and stopped by the test -----------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        (folder / "data").mkdir()
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            # As root, mosquitto would switch to its own user, which cannot write in our private folder: its
-            # persistence (sessions kept across a restart) would silently be off.
-            f"user {getpass.getuser()}\n"
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder / 'data'}/\nautosave_interval 1\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
+Broker = PrivateBroker
+"""mosquitto on a free loopback port with persistence, stopped and started by the test (the soak's broker)."""
 
 
 @pytest.fixture()
 def broker(tmp_path: Path) -> Iterator[Broker]:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
-    if shutil.which("mosquitto") is None:
-        os.environ["PATH"] += os.pathsep + "/usr/sbin"
     b = Broker(tmp_path)
     b.start()
     yield b
-    b.stop()
+    b.close()
