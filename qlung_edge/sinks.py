@@ -136,6 +136,9 @@ class JsonLinesSink(Sink):
             out.write(line)
             out.flush()
             return
+        if self._file is not None and self._replaced():
+            self._file.close()  # moved away or swapped (logrotate, another disk): write where the path points now
+            self._file = None
         if self._file is None:
             self._file = self._open()
         elif self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
@@ -144,6 +147,14 @@ class JsonLinesSink(Sink):
         written = self._file.write(data)
         if written != len(data):
             raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
+
+    def _replaced(self) -> bool:
+        assert self.path is not None and self._file is not None
+        try:
+            now, held = self.path.stat(), os.fstat(self._file.fileno())
+        except OSError:
+            return True  # gone: opened (created) again
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
     def _failed(self, err: Exception) -> None:
         if not self._failing:
@@ -162,16 +173,26 @@ class JsonLinesSink(Sink):
             self._failing = False
 
     def _drain(self) -> None:
-        """Write what the spool holds, oldest first; stop at the first failure."""
+        """Write what the spool holds, oldest first, on disk (fsynced) before the spool lets go of it; stop at
+        the first failure."""
         assert self.spool is not None
-        for record in self.spool.pending():
+        while True:
+            records = self.spool.pending(limit=256)
+            if not records:
+                return
+            written = []
             try:
-                self._write(record.payload + "\n")
+                for record in records:
+                    self._write(record.payload + "\n")
+                    written.append(record.id)
+                if self._file is not None:
+                    os.fsync(self._file.fileno())
             except (OSError, ValueError) as err:
                 self._failed(err)
-                return
-            self.spool.ack(record.id)
-            self.lines += 1
+                return  # what was written stays in the spool too: written again, a repeat rather than a loss
+            for number in written:
+                self.spool.ack(number)
+            self.lines += len(written)
             self._recovered()
 
     def send(self, event: dict[str, Any]) -> None:
@@ -404,9 +425,10 @@ class MqttSink(Sink):
                             self._in_flight[info.mid] = ours
                     else:
                         self._handed.discard(ours)
+                    # Acknowledgements of status messages and replies, or of an event's publish a moment ago:
+                    # forgotten after 5 s, long before paho's message ids wrap around to them again.
                     now = time.monotonic()
-                    if len(self._early_acks) > 1000:  # acknowledgements of status messages, long settled
-                        self._early_acks = {m: t for m, t in self._early_acks.items() if now - t < 60}
+                    self._early_acks = {m: t for m, t in self._early_acks.items() if now - t < 5}
 
     def send(self, event: dict[str, Any]) -> None:
         payload = (str(event.get("type", "event")), encode(event))
@@ -570,8 +592,14 @@ def open_sink(spec: str, with_spool: bool = True) -> Sink:
         except OSError as err:
             raise SinkError(f"cannot open the file ({err.strerror})", path=spec) from None
     if spec.startswith(("mqtt://", "mqtts://")):
+        options = mqtt_options(spec)
         spool = _open_spool(spec, parse_qs(urlparse(spec).query)) if with_spool else None
-        return MqttSink(**mqtt_options(spec), spool=spool)
+        try:
+            return MqttSink(**options, spool=spool)
+        except Exception:
+            if spool is not None:
+                spool.close()  # its lock would keep the next try out
+            raise
     if spec.startswith("fhir:"):
         from qlung_edge.fhir import open_fhir_sink
 

@@ -62,6 +62,8 @@ class SoakReport:
     unplugs: int
     broker_restarts: int
     disk_full_seconds: float
+    jsonl_spooled_max: int
+    """Most events the JSONL sink's spool held at once (while its disk was full): the fault took effect."""
     rss_mb: list[float] = field(default_factory=list)
     """Resident memory at the start and after every audio minute."""
     exit_status: int = 0
@@ -97,7 +99,7 @@ class SoakReport:
             + (" (nothing lost)" if self.nothing_lost else f" (EVENTS LOST: {self.missing})")
             + f"; the broker acknowledged {self.broker_acknowledged}",
             f"reloads {self.reloads}, unplugs {self.unplugs}, broker restarts {self.broker_restarts}, disk full "
-            f"{self.disk_full_seconds:.0f} s of wall time",
+            f"{self.disk_full_seconds:.0f} s of wall time (the JSONL spool held up to {self.jsonl_spooled_max} events)",
             "RSS MB by audio minute: " + " ".join(f"{v:.0f}" for v in self.rss_mb),
         ]
 
@@ -194,7 +196,10 @@ class Listener:
         self.seen: set[int] = set()
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-listener", clean_session=False)
+        kwargs: dict[str, Any] = {"client_id": "soak-listener", "clean_session": False}
+        if hasattr(mqtt, "CallbackAPIVersion"):  # paho-mqtt 2
+            kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
+        self.client = mqtt.Client(**kwargs)
         self.connects = 0
         self.client.on_connect = lambda c, u, f, rc, p=None: self._on_connect(c, f"{prefix}/#")
         self.client.on_subscribe = lambda *args: self.subscribed.set()
@@ -270,7 +275,7 @@ def run_soak(
     audio_minute = 60.0 / speed
     broker_every = broker_every or audio_minute
     total = minutes * audio_minute
-    marks = {"reloads": 0, "unplugs": 0, "disk_full": 0.0, "full_since": 0.0}
+    marks = {"reloads": 0, "unplugs": 0, "disk_full": 0.0, "full_since": 0.0, "spooled": 0}
     memory = [rss_mb()]
     stop_chaos = threading.Event()
 
@@ -299,6 +304,7 @@ def run_soak(
             if at >= 0.1 and marks["unplugs"] <= minute:
                 device.unplug(0.3)
                 marks["unplugs"] += 1
+            marks["spooled"] = max(marks["spooled"], jsonl.health().buffered)
             if 0.3 <= at < 0.63 and events.resolve() != Path("/dev/full"):
                 disk(True)
                 marks["full_since"] = time.monotonic()
@@ -375,6 +381,7 @@ def run_soak(
         unplugs=device_counts["unplugs"],
         broker_restarts=broker.restarts,
         disk_full_seconds=marks["disk_full"],
+        jsonl_spooled_max=int(marks["spooled"]),
         rss_mb=memory,
         exit_status=status,
     )

@@ -14,7 +14,10 @@ segment goes, and its undelivered events are counted as dropped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import itertools
+import json
 import logging
 import os
 import threading
@@ -55,7 +58,7 @@ class Spool:
     """Thread-safe; `append` may be called from the inference thread while `ack` comes from a network thread."""
 
     def __init__(self, folder: Path, max_bytes: int = 20_000_000, ack_seconds: float = 1.0) -> None:
-        if max_bytes < 4096:
+        if max_bytes < 4000:
             raise SpoolError(f"a spool needs at least 4 kB, got {max_bytes} bytes", path=str(folder))
         self.folder = Path(folder)
         self.max_bytes = max_bytes
@@ -84,11 +87,14 @@ class Spool:
         self._mark_dirty = False
         self._pending: dict[int, str] = {}
         """Undelivered events by id (insertion order = id order)."""
+        self._pending_bytes = 0
+        """Their size: events the disk refused live only here, so memory is bounded by `max_bytes` too."""
+        self._highest_seen = -1
         self._segments: list[tuple[int, Path, int]] = []
         """(first id, path, bytes) of every segment, oldest first."""
         self._load()
-        last = max(self._pending, default=self._delivered_below - 1)
-        self._next_id = max(self._delivered_below, last + 1)
+        # Never reuse an id: a new event must not inherit an old one's "delivered" in the mark.
+        self._next_id = max(self._delivered_below, max(self._delivered_above, default=-1) + 1, self._highest_seen + 1)
         self._file: IO[bytes] | None = None
         if self._pending:
             log.warning("%s: %d undelivered event(s) from an earlier run, sending them first", self.folder,
@@ -103,7 +109,7 @@ class Spool:
         try:
             numbers = [int(word) for word in path.read_text().split()]
             return numbers[0], set(numbers[1:])
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, IndexError) as err:
             raise SpoolError(f"unreadable delivery mark ({err}); move the folder aside to start afresh",
                              path=str(path)) from None  # fmt: skip
 
@@ -121,17 +127,18 @@ class Spool:
                 head, _, body = line.partition(b" ")
                 try:
                     number, text = int(head), body.decode("utf-8")
-                except (ValueError, UnicodeDecodeError):
+                    if not isinstance(json.loads(text), dict):  # a line cut short, or two run together
+                        raise ValueError("not an event")
+                except ValueError:  # UnicodeDecodeError and JSONDecodeError included
                     self.skipped_lines += 1
                     continue
-                if not text.startswith("{") or not text.endswith("}"):  # cut short
-                    self.skipped_lines += 1
-                    continue
+                self._highest_seen = max(self._highest_seen, number)
                 if number >= self._delivered_below and number not in self._delivered_above:
                     self._pending[number] = text
         if self.skipped_lines:
             log.warning("%s: %d damaged line(s) left out", self.folder, self.skipped_lines)
         self._pending = dict(sorted(self._pending.items()))
+        self._pending_bytes = sum(len(text) for text in self._pending.values())
         self._drop_delivered_segments()
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -142,13 +149,18 @@ class Spool:
             number = self._next_id
             self._next_id += 1
             record = f"{number} {line}\n".encode()
-            dropped = self._make_room(len(record))
+            dropped = self._make_room(len(record), number)
             self._pending[number] = line
+            self._pending_bytes += len(line)
+            dropped += self._bound_memory()
             try:
                 if self._file is None or self._segments[-1][2] + len(record) > self.segment_bytes:
                     self._open_segment(number)
                 assert self._file is not None
-                self._file.write(record)
+                written = self._file.write(record)
+                if written != len(record):  # a full disk part way: cut it off, or the next line would join it
+                    self._file.truncate(self._segments[-1][2])
+                    raise OSError(errno.ENOSPC, f"wrote {written} of {len(record)} bytes")
                 os.fsync(self._file.fileno())
             except OSError as err:  # a full or failing disk: keep it in memory, deliver it all the same
                 self._segment_failed(err)
@@ -186,14 +198,29 @@ class Spool:
         self._segments.append((first, path, 0))
         _fsync_folder(self.folder)
 
-    def _make_room(self, size: int) -> list[int]:
+    def _bound_memory(self) -> list[int]:
+        """Oldest undelivered events dropped while those held exceed `max_bytes` (possible only while the disk
+        refuses the spool, since the segments are bounded by the same figure)."""
+        dropped: list[int] = []
+        while self._pending_bytes > self.max_bytes and len(self._pending) > 1:
+            oldest = next(iter(self._pending))
+            self._pending_bytes -= len(self._pending.pop(oldest))
+            dropped.append(oldest)
+        if dropped:
+            self.dropped += len(dropped)
+            self._advance_mark(next(iter(self._pending)))
+            log.error("%s: %d undelivered event(s) held in memory dropped (over %d bytes)", self.folder,
+                      len(dropped), self.max_bytes)  # fmt: skip
+        return dropped
+
+    def _make_room(self, size: int, appending: int) -> list[int]:
         dropped: list[int] = []
         while self._segments and sum(s[2] for s in self._segments) + size > self.max_bytes:
             first, path, _ = self._segments.pop(0)
-            end = self._segments[0][0] if self._segments else self._next_id
+            end = self._segments[0][0] if self._segments else appending
             lost = [n for n in self._pending if first <= n < end]
             for n in lost:
-                del self._pending[n]
+                self._pending_bytes -= len(self._pending.pop(n))
             dropped.extend(lost)
             if not self._segments:
                 if self._file is not None:
@@ -211,11 +238,13 @@ class Spool:
     def ack(self, number: int) -> None:
         """The event `number` was delivered."""
         with self._lock:
-            if self._pending.pop(number, None) is None:
+            text = self._pending.pop(number, None)
+            if text is None:
                 return
+            self._pending_bytes -= len(text)
             self._delivered_above.add(number)
             self._mark_dirty = True
-            floor = min(self._pending, default=self._next_id)
+            floor = next(iter(self._pending), self._next_id)  # ids are held in increasing order
             self._advance_mark(floor)
             if time.monotonic() - self._mark_written_at >= self.ack_seconds:
                 with contextlib.suppress(OSError):  # written again later; a crash meanwhile replays a little
@@ -247,9 +276,10 @@ class Spool:
             _, path, _ = self._segments.pop(0)
             path.unlink(missing_ok=True)
 
-    def pending(self) -> list[Spooled]:
+    def pending(self, limit: int | None = None) -> list[Spooled]:
+        """The undelivered events, oldest first (the first `limit` of them)."""
         with self._lock:
-            return [Spooled(n, text) for n, text in self._pending.items()]
+            return [Spooled(n, text) for n, text in itertools.islice(self._pending.items(), limit)]
 
     def __len__(self) -> int:
         with self._lock:

@@ -208,3 +208,44 @@ def test_check_parses_mqtt_options_before_connecting() -> None:
         check_sink("mqtt://127.0.0.1:1/ward?bufer=5")  # nothing listens on port 1: parsing comes first
     with pytest.raises(SinkError, match="buffer and reconnect must be at least 1"):
         check_sink("mqtt://127.0.0.1:1/ward?buffer=0")
+
+
+def test_ids_are_never_reused_after_out_of_order_deliveries(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for i in range(10):
+        spool.append(json.dumps(_event(i)))
+    for number in (0, 1, 2, 3, 4, 7, 8, 9):  # 5 and 6 still on their way
+        spool.ack(number)
+    spool.close()
+    again = Spool(tmp_path / "spool")
+    assert [r.id for r in again.pending()] == [5, 6]
+    new = [again.append(json.dumps(_event(i)))[0] for i in (10, 11, 12)]
+    assert new == [10, 11, 12], "7-9 were delivered: a new event must not take their ids"
+    again.close()
+    assert [json.loads(r.payload)["seq"] for r in Spool(tmp_path / "spool").pending()] == [5, 6, 10, 11, 12]
+
+
+def test_a_line_cut_inside_an_event_is_not_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.append(json.dumps(_event(0)))
+    spool.close()
+    segment = next((tmp_path / "spool").glob(f"*{SEGMENT_SUFFIX}"))
+    segment.write_bytes(segment.read_bytes() + b'1 {"type": "window", "probs": {"normal": 0.9}\n')  # ends with "}"
+    after = Spool(tmp_path / "spool")
+    assert [r.id for r in after.pending()] == [0] and after.skipped_lines == 1
+    after.close()
+
+
+def test_memory_is_bounded_while_the_disk_refuses_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=8192)
+    spool._segment_failed = lambda err: None  # type: ignore[method-assign]  # count nothing, just fail
+    folder = tmp_path / "spool"
+    for segment in folder.glob(f"*{SEGMENT_SUFFIX}"):
+        segment.unlink()
+    spool._file = open("/dev/full", "wb", buffering=0)  # noqa: SIM115  # every write fails with ENOSPC
+    spool.segment_bytes = 10**9  # keep writing to it
+    spool._segments = [(0, folder / "full", 0)]
+    for i in range(200):
+        spool.append(json.dumps(_event(i, pad=200)))
+    assert len(spool) * 200 <= 8192 and spool.dropped > 0
+    assert [json.loads(r.payload)["seq"] for r in spool.pending()][-1] == 199
