@@ -323,7 +323,6 @@ class MqttSink(Sink):
         if self.spool is not None:  # an earlier run's undelivered events go first
             for record in self.spool.pending():
                 self._queue[record.id] = (_event_type(record.payload), record.payload)
-            self._next_id = max(self._queue, default=-1) + 1
         kwargs: dict[str, Any] = {"client_id": self.client_id, "clean_session": True}
         if hasattr(mqtt, "CallbackAPIVersion"):
             kwargs["callback_api_version"] = mqtt.CallbackAPIVersion.VERSION2
@@ -425,10 +424,11 @@ class MqttSink(Sink):
                             self._in_flight[info.mid] = ours
                     else:
                         self._handed.discard(ours)
-                    # Acknowledgements of status messages and replies, or of an event's publish a moment ago:
-                    # forgotten after 5 s, long before paho's message ids wrap around to them again.
-                    now = time.monotonic()
-                    self._early_acks = {m: t for m, t in self._early_acks.items() if now - t < 5}
+            with self._lock:
+                # Acknowledgements of status messages and replies, or of an event's publish a moment ago:
+                # forgotten after 5 s, long before paho's message ids wrap around to them again.
+                now = time.monotonic()
+                self._early_acks = {m: t for m, t in self._early_acks.items() if now - t < 5}
 
     def send(self, event: dict[str, Any]) -> None:
         payload = (str(event.get("type", "event")), encode(event))
