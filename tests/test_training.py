@@ -242,9 +242,15 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
 
     data = f"data.root={synth_root / 'sprsound'}"
     windows = ["data.dataset=sprsound", "data.unit=window", "data.window_seconds=4.0", "data.hop_seconds=2.0"]
-    overrides = [data, *windows, f"data.cache_dir={tmp_path / 'cache'}", *TINY]
+    from qlung_edge.classifier import SHIPPED_BUNDLE
+
+    teacher = f"data.quality_teacher={SHIPPED_BUNDLE}"  # its window is 4 s too
+    overrides = [data, *windows, f"data.cache_dir={tmp_path / 'cache'}", teacher, *TINY]
     summary = train(load_recipe("demo", overrides), tmp_path / "run", progress=False)
     assert summary["unit"] == "window" and summary["examples"]["train"] > 0
+    margin = summary["margin_quality"]
+    assert margin["source"] == "teacher" and 0.0 <= margin["mean"] <= 1.0
+    assert margin["model_id"] == load_bundle(SHIPPED_BUNDLE).manifest["manifest_sha256"]
     assert 0.0 <= summary["test_cycles"]["score"] <= 1.0, "the same checkpoint scored on annotated events too"
     for task in ("task_2_1", "task_2_2"):
         assert 0.0 <= summary["test_records"][task]["score"] <= 1.0
@@ -279,6 +285,38 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert result.exit_code == 0, result.output
     assert "record AUROC" in result.output and "good records' windows refused" in result.output
     assert (tmp_path / "q-learned-test.png").exists()
+
+
+def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(
+    synth_root: Path, bundle: Path, tmp_path: Path
+) -> None:
+    """Cached log-mel through network.onnx gives the P(poor) of the waveform through model.onnx; a bundle
+    without an estimate, or with another window, is refused by name."""
+    import numpy as np
+
+    from qlung_edge.classifier import SHIPPED_BUNDLE
+    from qlung_edge.onnx_sessions import onnx_session, run_onnx
+    from training.dataset import prepare
+    from training.quality_teacher import teacher_quality
+
+    base = [f"data.root={synth_root / 'sprsound'}", "data.dataset=sprsound", "data.unit=window"]
+    splits = load_splits(load_recipe("demo", [*base, "data.window_seconds=4.0", "data.hop_seconds=2.0"]), False)
+    examples = splits.train[:24]
+    recordings = splits.scan.recordings
+    frames = prepare(examples, recordings, tmp_path, geometry=splits.geometry, features=True, progress=False)
+    waves = prepare(examples, recordings, tmp_path, geometry=splits.geometry, features=False, progress=False)
+    scored = teacher_quality(SHIPPED_BUNDLE, frames)
+    assert scored.graph == "network.onnx" and scored.quality.shape == (len(examples),)
+    poor = run_onnx(onnx_session(SHIPPED_BUNDLE / "model.onnx"), waves.inputs)["poor"]
+    np.testing.assert_allclose(scored.quality, 1.0 - poor, atol=2e-3)
+    assert scored.quality.std() > 0, "a constant would make the margin the paper's fixed one"
+    with pytest.raises(QLungError, match="no `poor` output") as err:
+        teacher_quality(bundle, waves)
+    assert str(bundle) in str(err.value)
+    eight = load_splits(load_recipe("demo", [*base, "data.window_seconds=8.0"]), False)
+    longer = prepare(eight.train[:2], recordings, tmp_path, geometry=eight.geometry, features=True, progress=False)
+    with pytest.raises(QLungError, match="window length or front end differ"):
+        teacher_quality(SHIPPED_BUNDLE, longer)
 
 
 def test_a_mixed_recipe_trains_on_cycles_and_windows_and_is_judged_on_windows(synth_root: Path) -> None:

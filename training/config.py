@@ -47,6 +47,9 @@ class DataConfig:
     quality_estimate: bool = True
     """Where records carry "Poor Quality" labels (SPRSound), fit the learned quality estimate on the model's
     embedding after training (training.quality_model) and ship it as the bundle's `poor` output."""
+    quality_teacher: str = ""
+    """A bundle with a learned quality estimate: QLung's quality margin then uses 1 - P(poor) from it for each
+    training example instead of AQS (training.quality_teacher). Empty: the AQS of `quality`."""
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,7 @@ def train(
         name: ExampleDataset(prepared(examples, evaluated_as, name)) for name, examples in parts
     }
     training_sets = [ExampleDataset(prepared(examples, g, f"train {g.unit}s")) for g, examples in splits.train_parts]
+    quality_source = _margin_quality(config, training_sets, show)
     datasets["train"] = training_sets[0] if len(training_sets) == 1 else torch.utils.data.ConcatDataset(training_sets)
     counts = splits.class_counts()
 
@@ -455,6 +456,7 @@ def train(
         "test": test,
         **extra,
         "verdict_rule": None if rule is None else rule.to_dict(),
+        "margin_quality": quality_source,
         "class_counts_train": dict(zip(CLASS_NAMES, counts)),
         "examples": {
             k: len(v) for k, v in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
@@ -482,6 +484,25 @@ def train(
                 plot_confusion_matrix(np.array(s["confusion"]), out / f"records_{task}.png", classes=s["labels"],
                                       title=f"{config.name}, test records, {task.replace('_', ' ')}")  # fmt: skip
     return summary
+
+
+def _margin_quality(config: RunConfig, training_sets: list[ExampleDataset], show: bool) -> dict[str, Any]:
+    """What the quality margin sees per training example: AQS, or a teacher bundle's 1 - P(poor) (in place)."""
+    if not config.data.quality_teacher:
+        values = np.concatenate([t.prepared.aqs for t in training_sets])
+        return {"source": "aqs", "mean": float(values.mean()), "std": float(values.std())}
+    from training.quality_teacher import teacher_quality
+
+    scored = []
+    for part in training_sets:
+        if show:
+            print(f"scoring {len(part.prepared)} training examples with {config.data.quality_teacher}")
+        result = teacher_quality(config.data.quality_teacher, part.prepared, threads=max(config.train.threads, 1))
+        part.prepared.aqs = result.quality
+        scored.append(result)
+    values = np.concatenate([r.quality for r in scored])
+    return {"source": "teacher", "bundle": config.data.quality_teacher, "model_id": scored[0].model_id,
+            "mean": float(values.mean()), "std": float(values.std())}  # fmt: skip
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
