@@ -12,7 +12,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
 from qlung_edge.frontend import OnnxFrontEnd
 from qlung_edge.onnx_sessions import onnx_session, run_onnx
+from qlung_edge.quality import QualityConfig
 
 INPUT_NAME = "waveform"
 
@@ -201,6 +202,14 @@ def _versions() -> dict[str, str]:
     }
 
 
+def gate_quality(quality: QualityConfig, estimate: dict[str, Any] | None) -> QualityConfig:
+    """The recipe's quality config with the "too quiet" level the learned gate was calibrated with, when the
+    checkpoint's estimate has one (training.quality_model): the two thresholds share one budget."""
+    if not estimate or estimate.get("quiet_dbfs") is None:
+        return quality
+    return replace(quality, quiet_dbfs=float(estimate["quiet_dbfs"]))
+
+
 def export_bundle(
     checkpoint: str | Path,
     out: str | Path,
@@ -269,7 +278,7 @@ def export_bundle(
             "window_samples": samples,
             "hop_seconds": hop,
             "training_unit": payload.get("geometry", {}).get("unit", config.data.unit),
-            "quality": config.quality.to_dict(),
+            "quality": gate_quality(config.quality, payload.get("quality_estimate")).to_dict(),
             "model": {
                 "backbone": config.model.backbone,
                 "head": config.loss.head,

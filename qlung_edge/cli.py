@@ -300,6 +300,35 @@ def train(
     click.echo(f"  run folder {out}")
 
 
+@cli.command("fit-gate")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--data", "data_root", help="Data folder (default: the checkpoint recipe's data.root).")
+@click.option("--budget", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Share of acceptable training windows the whole gate may refuse (default 0.03).")  # fmt: skip
+def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float | None) -> None:
+    """Fit the learned quality estimate and the gate's thresholds again on a trained checkpoint."""
+    needs_torch("fit-gate")
+    from training.quality_model import GATE_BUDGET, refit_gate
+
+    estimate = refit_gate(checkpoint, out, data_root, GATE_BUDGET if budget is None else budget)
+    f = estimate["figures"]
+    click.echo(f"too quiet below {estimate['quiet_dbfs']:g} dBFS; P(poor) threshold {estimate['threshold']:.4f}")
+    refused = 100 * f["good_windows_refused"]
+    click.echo(f"out of fold on {f['windows']} training windows: good windows refused {refused:.2f} %"
+               f" (by the AQS reasons alone {100 * f['good_windows_refused_by_aqs']:.2f} %), windows of Poor Quality"
+               f" records refused {100 * (f['poor_record_windows_refused'] or 0):.1f} %, record AUROC"
+               f" {f['cv_record_auroc']:.3f}")  # fmt: skip
+    if "verdict" in estimate:
+        rule, records = estimate["verdict"], estimate["test_records"]
+        click.echo(f"verdict rule calibrated again on {rule['calibrated_on']}: {rule['statistic']} evidence, DAS >="
+                   f" {rule['das_threshold']:g}, CAS >= {rule['cas_threshold']:g}, at least"
+                   f" {100 * rule['min_accepted_fraction']:g} % of windows accepted")  # fmt: skip
+        click.echo("  test records (offline, learned gate): " + ", ".join(
+            f"{task.replace('_', ' ')} Score {100 * s['score']:.2f}" for task, s in records.items()))  # fmt: skip
+    click.echo(f"written to {out}; export it with `qlung-edge export {out} --out BUNDLE`")
+
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 
 

@@ -70,6 +70,8 @@ def eval_stream(
     threshold = reporter.threshold
     record_poor: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
+    table: list[dict[str, Any]] = []
+    """Every window, scored or not: what a gate threshold would have done (windows.csv)."""
     counts = {"windows": 0, "classified": 0, "gated": 0, "dropped": 0}
     gated_reasons: dict[str, int] = {}
     poor = {"windows": 0, "gated": 0}
@@ -104,6 +106,21 @@ def eval_stream(
                     gated_reasons[reason] = gated_reasons.get(reason, 0) + 1
                 window = decision.window
                 label = window_label(record.cycles, window.start, window.end)
+                table.append(
+                    {
+                        "recording": record.id,
+                        "record_label": record.record_label or "",
+                        "start": round(window.start, 3),
+                        "truth": "" if label is None else label,
+                        "predicted": int(np.argmax(p)),
+                        "status": outcome.status.value,
+                        "reasons": " ".join(reasons),
+                        "aqs": round(window.report.aqs, 4),
+                        "rms_dbfs": round(window.report.rms_dbfs, 2),
+                        "entropy": round(window.report.entropy, 4),
+                        "poor": "" if estimate is None else round(float(estimate), 4),
+                    }
+                )
                 if label is None:
                     continue
                 rows.append(
@@ -180,7 +197,17 @@ def eval_stream(
             png = out_dir / f"records_{task}.png"
             plot_confusion_matrix(np.array(scores["confusion"]), png, classes=scores["labels"], title=title)
         write_report(report, out_dir / "eval_stream.json")
+        _write_table(table, out_dir / "windows.csv")
     return report
+
+
+def _write_table(table: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ["recording"])
+        writer.writeheader()
+        writer.writerows(table)
 
 
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)

@@ -142,7 +142,8 @@ class WindowEvent:
     exam_id: str | None = None
     """The examination the window belongs to (none between examinations)."""
     poor: float | None = None
-    """The learned quality estimate, P(poor recording), where the bundle has one and the model ran."""
+    """The learned quality estimate, P(poor recording), where the bundle has one and the model ran: averaged
+    over the examination's latest windows (the bundle's `smoothing_windows`), the value the gate judged."""
     reasons: tuple[GateReason, ...] | None = None
     """Gated windows: why, most important first."""
     advice: str | None = None

@@ -8,6 +8,7 @@ that the same recording gives the same window events and the same verdict whiche
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Union
@@ -48,6 +49,23 @@ def quality_threshold(bundle: Bundle) -> float | None:
         log.info("%s has no learned quality estimate: the gate uses the AQS reasons alone", bundle.path)
         return None
     return float(estimate["threshold"])
+
+
+def quality_smoothing(bundle: Bundle) -> int:
+    """How many of the examination's latest P(poor) values the learned gate averages (1: the window's own)."""
+    estimate = bundle.manifest.get("quality_estimate") or {}
+    return max(int(estimate.get("smoothing_windows", 1)), 1)
+
+
+def trailing_means(values: np.ndarray, n: int) -> np.ndarray:
+    """Each value averaged with up to n - 1 before it: what the learned gate compares with its threshold. A
+    record's quality is a property of the recording (that is how SPRSound labels it), so one window's estimate
+    is pooled with its neighbours' instead of refusing windows one by one on a noisy per-window score."""
+    values = np.asarray(values, np.float64)
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    index = np.arange(1, len(values) + 1)
+    first = np.maximum(index - max(int(n), 1), 0)
+    return (sums[index] - sums[first]) / (index - first)
 
 
 def learned_gate(reasons: tuple[str, ...], poor: float | None, threshold: float | None) -> tuple[str, ...]:
@@ -92,6 +110,8 @@ class EventReporter:
         self.model_id = str(bundle.manifest.get("manifest_sha256"))
         self.rule = VerdictRule.from_manifest(bundle.manifest)
         self.threshold = quality_threshold(bundle)
+        self.quality_windows = quality_smoothing(bundle)
+        self.recent_poor: deque[float] = deque(maxlen=self.quality_windows)
         self.smoother = ExamSmoother(self.classes, self.smoothing_windows)
 
     def window(
@@ -108,6 +128,9 @@ class EventReporter:
         reasons = decision.reasons
         after_model = False
         if probabilities is not None:
+            if not reasons and poor is not None and np.isfinite(poor):
+                self.recent_poor.append(float(poor))
+                poor = float(np.mean(self.recent_poor))
             reasons = learned_gate(reasons, poor, self.threshold)
             if reasons:
                 status, probabilities, after_model = WindowStatus.GATED, None, True
@@ -186,6 +209,7 @@ class EventReporter:
             self.exam = Examination(f"{self.run_id[:8]}-{self.exam_count}", boundary.time, boundary.patient,
                                     boundary.encounter, boundary.site)  # fmt: skip
             self.smoother = ExamSmoother(self.classes, self.smoothing_windows)
+            self.recent_poor.clear()
             identity = ExamIdentity(boundary.patient, boundary.encounter, boundary.site)
             start_utc = utc(self.epoch + boundary.time)
             events.append(ExamEvent(self.exam.id, round(boundary.time, 3), start_utc, boundary.reason, identity))

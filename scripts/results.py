@@ -28,6 +28,17 @@ ROWS = [
     ("deployed, record level, Task 2-1 SE", "stream", ("records", "task_2_1", "sensitivity")),
     ("deployed, record level, Task 2-1 SP", "stream", ("records", "task_2_1", "specificity")),
     ("offline, record level, Task 2-1 Score (every window, no gate)", "summary", ("test_records", "task_2_1", "score")),
+    (
+        "deployed, % of windows of records not labelled poor that the gate refuses",
+        "stream",
+        ("other_records", "gated_fraction"),
+    ),
+    (
+        "deployed, % of windows of Poor Quality records that the gate refuses",
+        "stream",
+        ("poor_quality_records", "gated_fraction"),
+    ),
+    ("learned quality estimate, record AUROC vs Poor Quality (x 100)", "stream", ("quality_estimate", "record_auroc")),
 ]
 
 

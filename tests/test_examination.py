@@ -293,6 +293,13 @@ def test_eval_stream_scores_records_as_sprsound_does(bundle: Path, synth_root: P
         assert (tmp_path / "out" / f"records_{task}.png").stat().st_size > 1000
     written = json.loads((tmp_path / "out" / "eval_stream.json").read_text())
     assert written["records"] == json.loads(json.dumps(report["records"]))
+    import csv
+
+    with (tmp_path / "out" / "windows.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == report["windows"]["windows"], "every window, scored or not"
+    assert sum(r["status"] == "gated" for r in table) == report["windows"]["gated"]
+    assert sum(r["truth"] != "" for r in table) == report["scored_windows"]
     result = CliRunner().invoke(
         cli, ["eval-stream", str(bundle), "--data", str(synth_root / "sprsound"), "--limit", "4"]
     )

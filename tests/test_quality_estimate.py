@@ -4,6 +4,7 @@ the calibrated AQS, and the daemon's gate on P(poor) (NaN included) and without 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,9 +18,11 @@ from qlung_edge.bench import breath_like
 from qlung_edge.daemon import Daemon, DaemonConfig
 from qlung_edge.events import validate
 from qlung_edge.quality import QualityConfig, assess
+from qlung_edge.reporter import trailing_means
 from qlung_edge.sinks import CollectSink
+from qlung_edge.streaming import ExamBoundary
 from training.metrics import auroc
-from training.quality_model import bootstrap_auroc, fit_logistic, probability, record_scores
+from training.quality_model import bootstrap_auroc, budget_threshold, fit_logistic, probability, record_scores
 from training.synth import degrade, is_poor_quality
 
 
@@ -61,6 +64,35 @@ def test_degradations_of_real_audio_are_severe_and_seen_by_aqs(shared_data: Path
         worse, degradation = degrade(clean, 16000, rng)
         clipped = worse if degradation.kind == "clipping" else None
     assert "clipped" in assess(clipped, 16000).reasons
+
+
+def test_the_budget_threshold_refuses_what_the_budget_allows_and_no_more() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        p = np.round(rng.random(n), 1)  # ties on purpose
+        refused = rng.random(n) < rng.random() * 0.3
+        budget = float(rng.random() * 0.4)
+        t = budget_threshold(p, refused, budget)
+        total = np.mean(refused | (p >= t))
+        if np.floor(budget * n) < refused.sum():
+            assert t > 1.0 and total == refused.mean(), "over budget already: the estimate refuses nothing"
+            continue
+        assert total <= budget + 1e-12
+        # Brute force: every lower threshold that refuses more windows breaks the budget.
+        for c in np.unique(p[p < t]):
+            more = np.mean(refused | (p >= c))
+            assert more > budget or more == total
+    with pytest.raises(ValueError):
+        budget_threshold(np.zeros(3), np.zeros(2, bool), 0.1)
+
+
+def test_trailing_means_pool_the_latest_windows() -> None:
+    values = np.array([0.1, 0.9, 0.9, 0.9, 0.1, 0.3])
+    expected = [np.mean(values[max(0, i - 2) : i + 1]) for i in range(len(values))]
+    np.testing.assert_allclose(trailing_means(values, 3), expected)
+    np.testing.assert_allclose(trailing_means(values, 1), values)
+    assert trailing_means(np.zeros(0), 5).shape == (0,)
 
 
 def test_the_calibrated_aqs_spans_its_range_on_band_limited_audio() -> None:
@@ -115,6 +147,33 @@ def test_the_daemon_gates_on_the_learned_estimate_and_on_nan(bundle: Path, tmp_p
     assert first[2]["reasons"] == ["quality_unknown"] and "prediction" not in first[2]
     verdict = next(e for e in sink.events if e["type"] == "verdict")
     assert verdict["evidence"]["gated_by_reason"] == {"estimated_poor": 1, "quality_unknown": 1}
+
+
+def test_the_gate_pools_the_examinations_latest_estimates(bundle: Path, tmp_path: Path) -> None:
+    """With `smoothing_windows` 3 the gate judges the mean of the examination's latest three P(poor): one poor
+    window among good ones passes, a run of them is refused, and a new examination starts afresh."""
+    wav = tmp_path / "breath.wav"
+    sf.write(wav, breath_like(14.0), 16000)
+    sink = CollectSink()
+    config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], hop_seconds=1.0)
+
+    def factory(b: Any, c: Any) -> OnnxBackend:
+        Estimating.values = [0.1, 0.9, 0.1, 0.9, 0.9, 0.9, 0.1]
+        return Estimating("onnx-fp32", b, 1)
+
+    daemon = Daemon(config, source=FileSource(name="f", path=wav), sinks=[sink], backend_factory=factory)
+    daemon.reporter.threshold = 0.6
+    daemon.reporter.quality_windows = 3
+    daemon.reporter.recent_poor = deque(maxlen=3)
+    assert daemon.run() == 0
+    windows = [e for e in sink.events if e["type"] == "window"][:7]
+    expected = trailing_means(np.array([0.1, 0.9, 0.1, 0.9, 0.9, 0.9, 0.1]), 3)
+    assert [w["poor"] for w in windows] == pytest.approx(list(expected), abs=1e-4)
+    assert [w["status"] for w in windows] == [("gated" if p >= 0.6 else "classified") for p in expected]
+    assert [w["status"] for w in windows][:3] == ["classified"] * 3, "one poor window alone passes"
+    daemon.reporter.boundary(ExamBoundary(False, 20.0, "test"))
+    daemon.reporter.boundary(ExamBoundary(True, 20.0, "test"))
+    assert len(daemon.reporter.recent_poor) == 0
 
 
 def test_a_bundle_without_an_estimate_runs_on_the_aqs_gate_and_says_so(bundle: Path, tmp_path: Path) -> None:

@@ -269,6 +269,10 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     estimate = summary["quality_estimate"]
     assert 0.0 <= estimate["figures"]["cv_record_auroc"] <= 1.0 and estimate["figures"]["synthetic_windows"] > 0
     assert manifest["quality_estimate"]["threshold"] == estimate["threshold"]
+    figures = estimate["figures"]
+    assert figures["good_windows_refused"] <= figures["budget"] + 1e-9, "the whole gate keeps to its budget"
+    assert manifest["quality"]["quiet_dbfs"] == estimate["quiet_dbfs"] == figures["quiet_dbfs"]
+    assert manifest["quality_estimate"]["smoothing_windows"] == 5
     assert [o["name"] for o in manifest["outputs"]][-1] == "poor"
     from qlung_edge.backends import open_backend
 
@@ -285,6 +289,22 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert result.exit_code == 0, result.output
     assert "record AUROC" in result.output and "good records' windows refused" in result.output
     assert (tmp_path / "q-learned-test.png").exists()
+    # The gate fitted again on the trained classifier, with another budget; the classifier is untouched.
+    refit = tmp_path / "refit.pt"
+    result = CliRunner().invoke(
+        cli, ["fit-gate", str(tmp_path / "run" / "best.pt"), "--out", str(refit), "--budget", "0.1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "good windows refused" in result.output
+    again = load_checkpoint(refit)
+    assert again["quality_estimate"]["figures"]["budget"] == 0.1
+    assert "verdict rule calibrated again" in result.output and "test_records" in again["metrics"]
+    assert VerdictRule(**again["verdict"]).calibrated_on == rule.calibrated_on
+    assert again["quality_estimate"]["figures"]["good_windows_refused"] <= 0.1 + 1e-9
+    before = load_checkpoint(tmp_path / "run" / "best.pt")["weights"]
+    for name, value in again["weights"].items():
+        if not name.startswith("quality_head."):
+            assert torch.equal(value, before[name]), name
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(

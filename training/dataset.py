@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qlung_edge import FRAME_HOP, MODEL_SAMPLE_RATE, frames_in
-from qlung_edge.quality import QualityConfig, QualityInputError, assess, frame_features, summarize
+from qlung_edge.quality import QualityConfig, QualityInputError, QualityReport, assess, frame_features, summarize
 from qlung_edge.windows import FADE_SECONDS, pad_segment, window_label, window_starts
 from training.cycles import CycleAudioConfig, CycleAudioLoader
 from training.frontend import KaldiFbank
@@ -182,24 +182,62 @@ def _prepare_windows(examples: Sequence[Cycle], loader: CycleAudioLoader, fronte
     by_recording: dict[str, list[int]] = defaultdict(list)
     for i, example in enumerate(examples):
         by_recording[example.recording].append(i)
-    frames = frames_in(geometry.samples)
     for recording, indices in tqdm(by_recording.items(), desc=desc, unit="rec", disable=not progress):
-        audio = np.asarray(loader.recording_audio(recording), dtype=np.float32)
-        if len(audio) < geometry.samples:
-            audio = pad_segment(audio, geometry.samples)
-        quality_frames = frame_features(audio, quality)
+        audio = _recording_audio(loader, recording, geometry)
         recording_frames = frontend(audio[None])[0] if frontend is not None else None
-        for i in indices:
-            start = min(int(round(examples[i].start * MODEL_SAMPLE_RATE)), len(audio) - geometry.samples)
+        reports = _window_reports(audio, [examples[i] for i in indices], quality, geometry)
+        for i, (start, report) in zip(indices, reports):
             first = start // FRAME_HOP
             if recording_frames is not None:
-                inputs[i] = recording_frames[first : first + frames]
+                inputs[i] = recording_frames[first : first + frames_in(geometry.samples)]
             else:
                 inputs[i] = audio[start : start + geometry.samples]
-            window_frames = replace(quality_frames, **{
-                f: getattr(quality_frames, f)[first : first + frames] for f in ("entropy", "power", "clipped", "dead")
-            })  # fmt: skip
-            scores[i] = summarize(window_frames, quality).aqs
+            scores[i] = report.aqs
+
+
+def _recording_audio(loader: CycleAudioLoader, recording: str, geometry: Geometry) -> np.ndarray:
+    audio = np.asarray(loader.recording_audio(recording), dtype=np.float32)
+    return pad_segment(audio, geometry.samples) if len(audio) < geometry.samples else audio
+
+
+def _window_reports(audio: np.ndarray, windows: Sequence[Cycle], quality: QualityConfig,
+                    geometry: Geometry) -> list[tuple[int, QualityReport]]:  # fmt: skip
+    """(first sample, quality report) of each window of one recording, from its frames scored once."""
+    quality_frames = frame_features(audio, quality)
+    frames = frames_in(geometry.samples)
+    out = []
+    for window in windows:
+        start = min(int(round(window.start * MODEL_SAMPLE_RATE)), len(audio) - geometry.samples)
+        first = start // FRAME_HOP
+        window_frames = replace(quality_frames, **{
+            f: getattr(quality_frames, f)[first : first + frames] for f in ("entropy", "power", "clipped", "dead")
+        })  # fmt: skip
+        out.append((start, summarize(window_frames, quality)))
+    return out
+
+
+def window_reports(
+    examples: Sequence[Cycle],
+    recordings: Sequence[Recording],
+    cache_dir: str | Path,
+    quality: QualityConfig,
+    geometry: Geometry,
+    progress: bool = True,
+) -> list[QualityReport]:
+    """The quality report the daemon's gate reads for each window in `examples` (AQS, level, reasons), computed
+    as `prepare` scores windows."""
+    loader = CycleAudioLoader(
+        recordings, CycleAudioConfig(seconds=geometry.seconds), cache_dir=Path(cache_dir) / "audio"
+    )
+    by_recording: dict[str, list[int]] = defaultdict(list)
+    for i, example in enumerate(examples):
+        by_recording[example.recording].append(i)
+    out: list[QualityReport | None] = [None] * len(examples)
+    for recording, indices in tqdm(by_recording.items(), desc="window quality", unit="rec", disable=not progress):
+        audio = _recording_audio(loader, recording, geometry)
+        for i, (_, report) in zip(indices, _window_reports(audio, [examples[i] for i in indices], quality, geometry)):
+            out[i] = report
+    return [r for r in out if r is not None]
 
 
 class ExampleDataset(torch.utils.data.Dataset):

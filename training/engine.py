@@ -437,11 +437,12 @@ def train(
         fit = fit_quality_estimate(evaluated, training_recordings, splits.geometry, config.data.cache_dir,
                                    config.quality, progress=show)  # fmt: skip
         attach(evaluated, fit)
-        estimate = {"threshold": fit.threshold, "figures": fit.figures}
+        estimate = fit.manifest_record()
         extra["quality_estimate"] = estimate
     if any(r.record_label for r in splits.recordings["validation"]):
         threshold = None if estimate is None else estimate["threshold"]
-        rule, records = _record_level(config, splits, evaluated, prepared, device, process, threshold)
+        smoothing = 1 if estimate is None else estimate["smoothing_windows"]
+        rule, records = record_level(config, splits, evaluated, prepared, device, process, threshold, smoothing)
         extra.update(records)
         metrics["test_records"] = {task: _record_headline(s) for task, s in records["test_records"].items()}
     summary = {
@@ -513,7 +514,7 @@ def _record_headline(scores: dict[str, Any]) -> dict[str, float]:
     return {k: scores[k] for k in ("sensitivity", "specificity", "average", "harmonic", "score")}
 
 
-def _record_level(
+def record_level(
     config: RunConfig,
     splits: Splits,
     model: torch.nn.Module,
@@ -521,10 +522,13 @@ def _record_level(
     device: torch.device,
     process: Process,
     threshold: float | None,
+    smoothing: int = 1,
 ) -> tuple[VerdictRule, dict[str, Any]]:
     """The verdict rule calibrated on every window of the validation patients' recordings, and its Task 2-1 and
-    2-2 figures on the test recordings (offline: the learned quality gate applies when the model has one, the
-    AQS reasons do not)."""
+    2-2 figures on the test recordings (offline: the learned quality gate applies when the model has one, on
+    P(poor) pooled over `smoothing` windows as the daemon pools it; the AQS reasons do not)."""
+    from qlung_edge.reporter import trailing_means
+
     geometry = geometry_of(config, "window")
     windows, poor = {}, {}
     for part in ("validation", "test"):
@@ -532,7 +536,9 @@ def _record_level(
         data = prepared(all_windows(recordings, geometry), geometry, f"{part} record windows")
         out = predict_outputs(model, ExampleDataset(data), device, 32, process)
         windows[part] = by_recording(data, out["probabilities"])
-        poor[part] = by_recording(data, out["poor"]) if "poor" in out else None
+        poor[part] = None
+        if "poor" in out:
+            poor[part] = {rec: trailing_means(v, smoothing) for rec, v in by_recording(data, out["poor"]).items()}
     truth = {r.id: r.record_label for part in ("validation", "test") for r in splits.recordings[part] if r.record_label}
     where = f"{len(windows['validation'])} recordings of validation patients ({splits.selection})"
     rule, validation = calibrate(windows["validation"], truth, where, poor["validation"], threshold)
