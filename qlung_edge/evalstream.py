@@ -306,7 +306,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
         offline = report.get("offline_records")
         if offline:
             lines.append(
-                "  offline (every window, no gate; from the manifest): "
+                "  offline (every window, learned gate only, no AQS reasons; from the manifest): "
                 + ", ".join(f"{k.replace('_', ' ')} Score {pct(v['score'])}" for k, v in offline.items())
             )
     curve = report.get("risk_coverage") or []

@@ -5,8 +5,8 @@
 
 Each group folder holds `seed<k>/summary.json` (from `qlung-edge train --seeds`) and
 `seed<k>/eval-stream/eval_stream.json` (from `qlung-edge eval-stream BUNDLE --out ...`, the exported bundle of
-that seed). Figures are mean ± sample std over the seeds; the last section gives the paired per-seed
-differences between the first two groups. The README quotes this file (scripts/readme_figures.py).
+that seed). Figures are mean ± sample std over the seeds; the last sections give the paired per-seed
+differences between the first group and each other one. The README quotes this file (scripts/readme_figures.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ ROWS = [
     ("deployed, record level, Task 2-2 Score", "stream", ("records", "task_2_2", "score")),
     ("deployed, record level, Task 2-1 SE", "stream", ("records", "task_2_1", "sensitivity")),
     ("deployed, record level, Task 2-1 SP", "stream", ("records", "task_2_1", "specificity")),
-    ("offline, record level, Task 2-1 Score (every window, no gate)", "summary", ("test_records", "task_2_1", "score")),
+    (
+        "offline, record level, Task 2-1 Score (every window, learned gate only, no AQS reasons)",
+        "summary",
+        ("test_records", "task_2_1", "score"),
+    ),
     (
         "deployed, % of windows of records not labelled poor that the gate refuses",
         "stream",
@@ -48,14 +52,14 @@ def _get(data: dict[str, Any], path: tuple[str, ...]) -> float:
     return 100.0 * float(data)  # type: ignore[arg-type]
 
 
-def load_group(folder: Path) -> list[dict[str, Any]]:
+def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, Any]]:
     seeds = []
     finished = [  # a seed still training has no summary yet
         p for p in folder.glob("seed*") if p.name[4:].isdigit() and (p / "summary.json").is_file()
     ]
     for seed_dir in sorted(finished, key=lambda p: int(p.name[4:])):
         summary = json.loads((seed_dir / "summary.json").read_text())
-        stream_file = seed_dir / "eval-stream" / "eval_stream.json"
+        stream_file = seed_dir / stream_dir / "eval_stream.json"
         stream = json.loads(stream_file.read_text()) if stream_file.exists() else None
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream})
     if not seeds:
@@ -95,8 +99,8 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str) -> str:
     lines += ["", "| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for label, source, path in ROWS:
         lines.append(f"| {label} | " + " | ".join(spread(values(groups[n], source, path)) for n in names) + " |")
-    if len(names) >= 2:
-        a, b = names[0], names[1]
+    a = names[0]
+    for b in names[1:]:
         lines += ["", f"Paired per-seed differences, {a} − {b} (seeds present in both):", ""]
         lines += ["| figure | per seed | mean ± std |", "| --- | --- | ---: |"]
         common = sorted({s["seed"] for s in groups[a]} & {s["seed"] for s in groups[b]})
@@ -125,12 +129,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--group", action="append", required=True, help="NAME=FOLDER (repeat)")
     parser.add_argument("--out", type=Path, default=Path("RESULTS.md"))
+    parser.add_argument("--stream-dir", default="eval-stream", help="each seed's eval-stream folder name")
     args = parser.parse_args()
     groups = {}
     for item in args.group:
         name, _, folder = item.partition("=")
-        groups[name] = load_group(Path(folder))
-    command = "python scripts/results.py " + " ".join(f"--group {g}" for g in args.group) + f" --out {args.out}"
+        groups[name] = load_group(Path(folder), args.stream_dir)
+    command = "python scripts/results.py " + " ".join(f'--group "{g}"' for g in args.group) + f" --out {args.out}"
+    if args.stream_dir != "eval-stream":
+        command += f" --stream-dir {args.stream_dir}"
     args.out.write_text(render(groups, command))
     print(f"wrote {args.out}")
     return 0
