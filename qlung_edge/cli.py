@@ -304,7 +304,7 @@ def train(
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
 @click.option("--data", "data_root", help="Data folder (default: the checkpoint recipe's data.root).")
-@click.option("--budget", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--budget", type=click.FloatRange(0.0, 0.5, min_open=True), default=None,
               help="Share of acceptable training windows the whole gate may refuse (default 0.03).")  # fmt: skip
 def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float | None) -> None:
     """Fit the learned quality estimate and the gate's thresholds again on a trained checkpoint."""
@@ -313,6 +313,10 @@ def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float |
 
     estimate = refit_gate(checkpoint, out, data_root, GATE_BUDGET if budget is None else budget)
     f = estimate["figures"]
+    if f.get("estimate_off"):
+        share = 100 * f["good_windows_refused_by_aqs"]
+        click.echo(f"warning: the AQS reasons alone refuse {share:.2f} % of the good training windows, more than"
+                   " the budget: the learned estimate refuses nothing", err=True)  # fmt: skip
     click.echo(f"too quiet below {estimate['quiet_dbfs']:g} dBFS; P(poor) threshold {estimate['threshold']:.4f}")
     refused = 100 * f["good_windows_refused"]
     click.echo(f"out of fold on {f['windows']} training windows: good windows refused {refused:.2f} %"

@@ -119,6 +119,9 @@ def eval_stream(
                         "rms_dbfs": round(window.report.rms_dbfs, 2),
                         "entropy": round(window.report.entropy, 4),
                         "poor": "" if estimate is None else round(float(estimate), 4),
+                        "poor_pooled": ""
+                        if outcome.event is None or outcome.event.poor is None
+                        else outcome.event.poor,  # what the gate judged
                     }
                 )
                 if label is None:

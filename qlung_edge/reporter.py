@@ -58,14 +58,18 @@ def quality_smoothing(bundle: Bundle) -> int:
 
 
 def trailing_means(values: np.ndarray, n: int) -> np.ndarray:
-    """Each value averaged with up to n - 1 before it: what the learned gate compares with its threshold. A
-    record's quality is a property of the recording (that is how SPRSound labels it), so one window's estimate
-    is pooled with its neighbours' instead of refusing windows one by one on a noisy per-window score."""
-    values = np.asarray(values, np.float64)
-    sums = np.concatenate([[0.0], np.cumsum(values)])
-    index = np.arange(1, len(values) + 1)
-    first = np.maximum(index - max(int(n), 1), 0)
-    return (sums[index] - sums[first]) / (index - first)
+    """Each value averaged with up to n - 1 finite ones before it: what the learned gate compares with its
+    threshold. A record's quality is a property of the recording (that is how SPRSound labels it), so one
+    window's estimate is pooled with its neighbours' instead of refusing windows one by one on a noisy score.
+    A non-finite value stays non-finite (the gate refuses it as quality_unknown) and is not pooled, as in
+    `EventReporter.window`."""
+    recent: deque[float] = deque(maxlen=max(int(n), 1))
+    out = np.full(len(values), np.nan)
+    for i, value in enumerate(np.asarray(values, np.float64)):
+        if np.isfinite(value):
+            recent.append(float(value))
+            out[i] = float(np.mean(recent))
+    return out
 
 
 def learned_gate(reasons: tuple[str, ...], poor: float | None, threshold: float | None) -> tuple[str, ...]:
@@ -110,8 +114,10 @@ class EventReporter:
         self.model_id = str(bundle.manifest.get("manifest_sha256"))
         self.rule = VerdictRule.from_manifest(bundle.manifest)
         self.threshold = quality_threshold(bundle)
-        self.quality_windows = quality_smoothing(bundle)
-        self.recent_poor: deque[float] = deque(maxlen=self.quality_windows)
+        pooled = quality_smoothing(bundle)
+        if getattr(self, "quality_windows", None) != pooled:  # a reload of the same pooling keeps what it holds
+            self.quality_windows = pooled
+            self.recent_poor: deque[float] = deque(maxlen=pooled)
         self.smoother = ExamSmoother(self.classes, self.smoothing_windows)
 
     def window(

@@ -29,8 +29,8 @@ ROWS = [
     ("deployed, record level, Task 2-1 SP", "stream", ("records", "task_2_1", "specificity")),
     (
         "offline, record level, Task 2-1 Score (every window, learned gate only, no AQS reasons)",
-        "summary",
-        ("test_records", "task_2_1", "score"),
+        "stream",
+        ("offline_records", "task_2_1", "score"),
     ),
     (
         "deployed, % of windows of records not labelled poor that the gate refuses",

@@ -92,6 +92,9 @@ def test_trailing_means_pool_the_latest_windows() -> None:
     expected = [np.mean(values[max(0, i - 2) : i + 1]) for i in range(len(values))]
     np.testing.assert_allclose(trailing_means(values, 3), expected)
     np.testing.assert_allclose(trailing_means(values, 1), values)
+    with_nan = trailing_means(np.array([0.2, np.nan, 0.4, 0.6]), 2)
+    assert np.isnan(with_nan[1]), "not computable: the gate refuses it as quality_unknown"
+    np.testing.assert_allclose(with_nan[[0, 2, 3]], [0.2, 0.3, 0.5]), "the NaN is skipped, not pooled"
     assert trailing_means(np.zeros(0), 5).shape == (0,)
 
 

@@ -214,6 +214,7 @@ def fit_quality_estimate(
         "budget": budget,
         "quiet_dbfs": quiet_dbfs,
         "good_windows_refused_by_aqs": float(np.mean(refused_by_aqs[good])),
+        "estimate_off": bool(threshold > 1.0),
         "smoothing_windows": smoothing,
         "good_windows_refused": float(np.mean((gated_on[good] >= threshold) | refused_by_aqs[good])),
         "synthetic_windows_caught": synthetic_caught,
