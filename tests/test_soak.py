@@ -18,7 +18,9 @@ def test_a_short_soak_balances(shared_data: Path) -> None:
     lines: list[str] = []
     report = run_soak(SHIPPED_BUNDLE, wav, minutes=1.5, speed=20, broker_every=2.0, log_line=lines.append)
     assert report.exit_status == 0
-    assert report.balanced and report.windows > 60
+    # ~85 windows on an idle box; unplugs and restarts are paced by the wall clock, so a loaded box (CI beside a
+    # training run) processes less of the audio: 60 were seen there.
+    assert report.balanced and report.windows >= 40
     assert report.samples_accounted, (
         "every frame not lost to an unplug (or the host's reconnect wait) is audio or a flagged gap"
     )
