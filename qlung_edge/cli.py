@@ -209,23 +209,27 @@ def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[s
 
     from qlung_edge.bundle import load_bundle
     from qlung_edge.evalstream import quality_estimates
-    from qlung_edge.reporter import quality_threshold
+    from qlung_edge.reporter import quality_smoothing, quality_threshold, trailing_means
     from training.metrics import auroc
     from training.quality_model import bootstrap_auroc
 
-    threshold = quality_threshold(load_bundle(bundle))
+    loaded = load_bundle(bundle)
+    threshold, pooled = quality_threshold(loaded), quality_smoothing(loaded)
     recordings = [r for r in scan.recordings if r.audio_path is not None]  # type: ignore[attr-defined]
     estimates = quality_estimates(bundle, recordings)
-    out: dict[str, object] = {"threshold": threshold}
+    out: dict[str, object] = {"threshold": threshold, "smoothing_windows": pooled}
     for split in sorted({r.split or "all" for r in recordings}):
         part = [r for r in recordings if (r.split or "all") == split and r.id in estimates]
         poor = np.array([r.record_label == "Poor Quality" for r in part])
         scores = np.array([float(np.mean(estimates[r.id])) for r in part])
-        good = [estimates[r.id] for r in part if r.record_label != "Poor Quality"]
+        # Each record is one examination: P(poor) pooled over its latest windows, as the daemon's gate pools it
+        # (here over all of them: the AQS reasons are not applied).
+        good = [trailing_means(estimates[r.id], pooled) for r in part if r.record_label != "Poor Quality"]
         good_windows = np.concatenate(good) if good else np.zeros(0)
         refused = float(np.mean(good_windows >= threshold)) if len(good_windows) else float("nan")
         line = (
-            f"\n{split}: learned quality estimate of {bundle.name}: good records' windows refused {100 * refused:.1f} %"
+            f"\n{split}: learned quality estimate of {bundle.name}: good records' windows it refuses (pooled over"
+            f" {pooled}) {100 * refused:.1f} %"
         )
         figures: dict[str, object] = {"records": len(part), "good_windows_refused": refused}
         if poor.any() and not poor.all():

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,14 +174,21 @@ def _prepare_cycles(examples: Sequence[Cycle], loader: CycleAudioLoader, fronten
                 scores[first + i] = assess(wave, MODEL_SAMPLE_RATE, quality).aqs
 
 
+def indices_by_recording(recordings: Iterable[str]) -> dict[str, list[int]]:
+    """Positions of each recording's items (windows, cycles), in order: windows come in stream order within a
+    recording, so a recording's list is its stream."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, recording in enumerate(recordings):
+        out[recording].append(i)
+    return out
+
+
 def _prepare_windows(examples: Sequence[Cycle], loader: CycleAudioLoader, frontend: _FrontEnd | None,
                      quality: QualityConfig, geometry: Geometry, inputs: np.ndarray, scores: np.ndarray,
                      progress: bool, desc: str) -> None:  # fmt: skip
     """Each recording decoded, scored frame by frame and (features) run through the front end once; its windows
     are slices of that."""
-    by_recording: dict[str, list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        by_recording[example.recording].append(i)
+    by_recording = indices_by_recording(e.recording for e in examples)
     for recording, indices in tqdm(by_recording.items(), desc=desc, unit="rec", disable=not progress):
         audio = _recording_audio(loader, recording, geometry)
         recording_frames = frontend(audio[None])[0] if frontend is not None else None
@@ -229,14 +236,15 @@ def window_reports(
     loader = CycleAudioLoader(
         recordings, CycleAudioConfig(seconds=geometry.seconds), cache_dir=Path(cache_dir) / "audio"
     )
-    by_recording: dict[str, list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        by_recording[example.recording].append(i)
+    by_recording = indices_by_recording(e.recording for e in examples)
     out: list[QualityReport | None] = [None] * len(examples)
     for recording, indices in tqdm(by_recording.items(), desc="window quality", unit="rec", disable=not progress):
         audio = _recording_audio(loader, recording, geometry)
         for i, (_, report) in zip(indices, _window_reports(audio, [examples[i] for i in indices], quality, geometry)):
             out[i] = report
+    missing = [i for i, r in enumerate(out) if r is None]
+    if missing:  # a silent gap would misalign reports and windows
+        raise RuntimeError(f"{len(missing)} windows got no quality report (first: window {missing[0]})")
     return [r for r in out if r is not None]
 
 

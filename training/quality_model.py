@@ -29,7 +29,7 @@ from qlung_edge.errors import QLungError
 from qlung_edge.examination import POOR_QUALITY
 from qlung_edge.reporter import trailing_means
 from training.cycles import CycleAudioLoader
-from training.dataset import Geometry, Prepared, prepare, window_reports
+from training.dataset import Geometry, Prepared, indices_by_recording, prepare, window_reports
 from training.metrics import auroc
 from training.models import QLungModel
 from training.records import Recording
@@ -42,9 +42,9 @@ QUIET_PERCENTILE = 0.5
 the paper's fixed -57 dBFS refused 3.2 % of them, as many as the whole gate should (issue 17)."""
 
 SMOOTHING_WINDOWS = 5
-"""The gate compares the mean P(poor) of the examination's latest 5 classified windows with its threshold
-(qlung_edge.reporter.trailing_means): poor quality is labelled per recording, and one window's estimate is noisy.
-"""
+"""The gate compares with its threshold the mean P(poor) of the examination's latest 5 windows that the AQS
+reasons let through (qlung_edge.reporter.trailing_means): poor quality is labelled per recording, and one window's
+estimate is noisy."""
 
 GATE_BUDGET = 0.03
 """Share of acceptable training windows (out of fold) the whole gate may refuse. Below the 5 % asked of the
@@ -193,7 +193,7 @@ def fit_quality_estimate(
     # What the gate compares with its threshold: each window's out-of-fold P(poor) pooled with the latest
     # windows of its recording that the AQS reasons let through, as the daemon pools them.
     gated_on = np.full(len(x_real), np.nan)
-    for indices in _by_recording(rec_ids).values():
+    for indices in indices_by_recording(rec_ids).values():
         passed = [i for i in indices if not refused_by_aqs[i]]
         gated_on[passed] = trailing_means(out_of_fold[passed], smoothing)
     gated_on = np.nan_to_num(gated_on, nan=0.0)  # refused by AQS: the estimate is not asked
@@ -223,14 +223,6 @@ def fit_quality_estimate(
         else None,
     }
     return QualityFit(weight.astype(np.float32), bias, threshold, quiet_dbfs, smoothing, figures)
-
-
-def _by_recording(recording_ids: Sequence[str]) -> dict[str, list[int]]:
-    """Window indices per recording, in order (windows come in stream order within a recording)."""
-    out: dict[str, list[int]] = defaultdict(list)
-    for i, rec in enumerate(recording_ids):
-        out[rec].append(i)
-    return out
 
 
 def budget_threshold(p_poor: np.ndarray, refused: np.ndarray, budget: float) -> float:

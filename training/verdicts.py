@@ -8,7 +8,7 @@ Task 2-1 and Task 2-2 Scores on the validation patients' recordings, and never l
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +25,7 @@ from qlung_edge.examination import (
     task_2_1,
     window_evidence,
 )
-from training.dataset import Geometry, Prepared, recording_windows
+from training.dataset import Geometry, Prepared, indices_by_recording, recording_windows
 from training.metrics import RecordScores, record_scores
 from training.records import Cycle, Recording
 
@@ -39,9 +39,7 @@ def all_windows(recordings: Sequence[Recording], geometry: Geometry) -> list[Cyc
 
 def by_recording(prepared: Prepared, probabilities: np.ndarray) -> dict[str, np.ndarray]:
     """Window probabilities grouped by recording, in window order."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, example in enumerate(prepared.examples):
-        groups[example.recording].append(i)
+    groups = indices_by_recording(e.recording for e in prepared.examples)
     return {rec: probabilities[rows] for rec, rows in groups.items()}
 
 
