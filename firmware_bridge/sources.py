@@ -80,19 +80,24 @@ class FileSource(Source):
         started = time.monotonic()
         try:
             with sf.SoundFile(str(self.path)) as handle:
-                for data in handle.blocks(blocksize=size, dtype="float32", always_2d=True):
-                    if self.stopped:
-                        return
-                    if not np.isfinite(data).all():
-                        raise AudioFileError(
-                            f"NaN or infinite samples near {self.frames_read / rate:.2f} s", path=self.path
-                        )
-                    if self.realtime:
-                        due = started + self.frames_read / rate / self.speed
-                        if self._stop_event.wait(max(0.0, due - time.monotonic())):
+                # Decoded a second or more at a time, handed out a block at a time: libsndfile's cost is per call.
+                for chunk in handle.blocks(blocksize=size * max(1, round(rate / size)), dtype="float32",
+                                           always_2d=True):  # fmt: skip
+                    finite = np.isfinite(chunk).all(axis=1)
+                    bad_from = len(chunk) if finite.all() else int(np.argmin(finite)) // size * size
+                    for first in range(0, len(chunk), size):
+                        if self.stopped:
                             return
-                    self.frames_read += len(data)
-                    yield self._block(data, rate)
+                        if first >= bad_from:  # the blocks before it were delivered, as they would have been live
+                            at = (self.frames_read + int(np.argmin(finite[first:]))) / rate
+                            raise AudioFileError(f"NaN or infinite samples near {at:.2f} s", path=self.path)
+                        data = chunk[first : first + size]
+                        if self.realtime:
+                            due = started + self.frames_read / rate / self.speed
+                            if self._stop_event.wait(max(0.0, due - time.monotonic())):
+                                return
+                        self.frames_read += len(data)
+                        yield self._block(data, rate)
         except (sf.LibsndfileError, RuntimeError) as err:
             raise AudioFileError(f"cannot decode samples ({err})", path=self.path) from err
 

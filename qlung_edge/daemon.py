@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import signal
 import socket
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from firmware_bridge.blocks import AudioBlock
 from firmware_bridge.sources import open_source
 from qlung_edge import FRAME_HOP, MODEL_SAMPLE_RATE, __version__
 from qlung_edge.audit import AuditRecorder
@@ -61,6 +61,7 @@ from qlung_edge.frontend import (
     OnnxFrontEnd,
     block_by_block_difference,
 )
+from qlung_edge.handoff import BlockQueue, ExamRequest, Item, joined
 from qlung_edge.live import LiveFeed, envelope
 from qlung_edge.reporter import EventReporter, utc
 from qlung_edge.sdnotify import Notifier
@@ -252,7 +253,7 @@ class Daemon:
             )
         live = getattr(self.source, "live", True)
         self._drop_when_behind = live if config.drop_when_behind is None else config.drop_when_behind
-        self._blocks: queue.Queue[Any] = queue.Queue(maxsize=config.block_queue)
+        self._blocks = BlockQueue(config.block_queue)
         self._pending: deque[_Pending] = deque()
         self._pending_lock = threading.Condition()
         self._path_lock = threading.Lock()
@@ -271,6 +272,8 @@ class Daemon:
         self._notes_seen = 0
         """Source notes already emitted as events."""
         self._threads: list[threading.Thread] = []
+        self._thread_cpu: dict[str, float] = {}
+        """CPU seconds of each finished thread: capture (the source), process (the signal path), infer."""
         self.notifier = Notifier()
         """systemd's READY/WATCHDOG/RELOADING/STOPPING (Type=notify); silent outside systemd."""
         self.server: StatusServer | None = None
@@ -407,16 +410,15 @@ class Daemon:
             )
         )
         self._threads = [
-            threading.Thread(target=self._capture, name="capture", daemon=True),
-            threading.Thread(target=self._process, name="process", daemon=True),
-            threading.Thread(target=self._infer, name="infer", daemon=True),
+            threading.Thread(target=self._timed, args=(name, target), name=name, daemon=True)
+            for name, target in (("capture", self._capture), ("process", self._process), ("infer", self._infer))
         ]
         for thread in self._threads:
             thread.start()
         self.notifier.ready(f"{self.source.name} -> {self.bundle.manifest.get('name')} on {self.backend.name}")
         for thread in self._threads:
-            while thread.is_alive():
-                thread.join(timeout=0.2)
+            while thread.is_alive():  # a timeout, so that a signal's handler runs (it is the main thread's)
+                thread.join(timeout=1.0)
         self._source_notes()
         self.emit(StopEvent(counts=self.counts(), source_stats=self.source.stats(), errors=self._errors[-10:]))
         undelivered = [s.name for s in self.sinks if not s.flush(timeout=10)]
@@ -445,8 +447,16 @@ class Daemon:
             "cpu_seconds": snap["cpu_seconds"],
             "stream_cpu_seconds": round(time.process_time() - self._cpu_at_run, 3),
             "stream_wall_seconds": round(time.monotonic() - self._wall_at_run, 3),
+            "thread_cpu_seconds": {name: round(seconds, 3) for name, seconds in self._thread_cpu.items()},
             "peak_rss_bytes": peak_rss_bytes(),
         }
+
+    def _timed(self, name: str, target: Callable[[], None]) -> None:
+        """Run a thread's loop and keep the CPU it used: which part of the daemon costs what."""
+        try:
+            target()
+        finally:
+            self._thread_cpu[name] = time.thread_time()
 
     def _capture(self) -> None:
         try:
@@ -458,16 +468,18 @@ class Daemon:
         finally:
             self._blocks.put(None)
 
-    def _next_block(self) -> Any:
-        """The next source block (None at the end), feeding systemd's watchdog while it waits: the processing
-        loop is what must stay alive, so a hung loop gets the service restarted."""
+    def _next_blocks(self) -> list[Item]:
+        """The source blocks that complete the next window (or the blocks up to the end, marked by None), feeding
+        systemd's watchdog while it waits: the processing loop is what must stay alive, so a hung loop gets the
+        service restarted. A page watching the live signal gets every block as it comes."""
         while True:
             self.notifier.watchdog()
             self._source_notes()  # a disconnect is an event when it happens, not when the stream ends
-            try:
-                return self._blocks.get(timeout=self.notifier.poll_seconds)
-            except queue.Empty:
-                continue
+            watching = self.live is not None and self.live.watching
+            wanted = 0.0 if watching else self.path.seconds_to_next_window()
+            blocks = self._blocks.get(timeout=self.notifier.poll_seconds, wanted_seconds=wanted)
+            if blocks:
+                return blocks
 
     def _source_notes(self) -> None:
         """Emit what the source has noted (disconnects, reconnects, resyncs) since the last look."""
@@ -478,23 +490,17 @@ class Daemon:
 
     def _process(self) -> None:
         try:
-            while (block := self._next_block()) is not None:
-                self._last_block = time.monotonic()
-                if not self._epoch_set:  # stream time + epoch = capture time (UTC)
-                    self.reporter.epoch, self._epoch_set = time.time() - block.timestamp - block.duration, True
-                if self.audit is not None:
-                    self.audit.add(block.timestamp, block.sample_rate, finite_samples(block.samples)[0])
-                if self.live is not None and self.live.watching:
-                    shape = envelope(finite_samples(block.samples)[0], block.sample_rate)
-                    self.live.publish("signal", {"time": round(block.timestamp, 3), "envelope": shape}, keep=False)
-                taken = time.monotonic()  # latency counts from here: the signal path's work (resampling, the
-                with self._path_lock:  # AQS, incremental frames) is part of it
-                    outputs = self.path.push(block)
-                    notes = self.path.take_notes()
-                for item in outputs:
-                    self._queue(item, taken)
-                for note in notes:
-                    self.emit(SourceEvent(note))
+            ended = False
+            while not ended:
+                for item in joined(self._next_blocks()):
+                    if item is None:
+                        ended = True
+                        break
+                    if isinstance(item, ExamRequest):  # where the message arrived among the captured audio
+                        with self._path_lock:
+                            self.path.request(item.start, item.reason, **item.identifiers)
+                    else:
+                        self._process_block(item)
             taken = time.monotonic()
             with self._path_lock:
                 outputs = self.path.finish()  # the resampler's last milliseconds, the end of the examination
@@ -504,12 +510,30 @@ class Daemon:
             self._note_error(f"processing: {err}")
             self.emit(ErrorEvent(where="processing", message=str(err)))
             self.source.stop()
-            while self._blocks.get() is not None:  # let capture finish
-                pass
+            while not any(b is None for b in self._blocks.get(timeout=self.notifier.poll_seconds)):
+                pass  # let capture finish
         finally:
             with self._pending_lock:
                 self._processing_done = True
                 self._pending_lock.notify_all()
+
+    def _process_block(self, block: AudioBlock) -> None:
+        self._last_block = time.monotonic()
+        if not self._epoch_set:  # stream time + epoch = capture time (UTC)
+            self.reporter.epoch, self._epoch_set = time.time() - block.timestamp - block.duration, True
+        if self.audit is not None:
+            self.audit.add(block.timestamp, block.sample_rate, finite_samples(block.samples)[0])
+        if self.live is not None and self.live.watching:
+            shape = envelope(finite_samples(block.samples)[0], block.sample_rate)
+            self.live.publish("signal", {"time": round(block.timestamp, 3), "envelope": shape}, keep=False)
+        taken = time.monotonic()  # latency counts from here: the signal path's work (resampling, the
+        with self._path_lock:  # AQS, incremental frames) is part of it
+            outputs = self.path.push(block)
+            notes = self.path.take_notes()
+        for item in outputs:
+            self._queue(item, taken)
+        for note in notes:
+            self.emit(SourceEvent(note))
 
     def _queue(self, decision: Decision | ExamBoundary, taken: float) -> None:
         if isinstance(decision, ExamBoundary):
@@ -530,7 +554,7 @@ class Daemon:
                     sum(p.status is WindowStatus.CLASSIFIED for p in self._pending) >= self.config.max_pending
                     and not self._stop.is_set()
                 ):
-                    self._pending_lock.wait(timeout=0.5)
+                    self._pending_lock.wait(timeout=1.0)
             self._pending.append(item)
             waiting = [p for p in self._pending if p.status is WindowStatus.CLASSIFIED]
             for old in waiting[: max(0, len(waiting) - self.config.max_pending)]:
@@ -542,7 +566,7 @@ class Daemon:
         """The pending windows up to and including `max_batch` accepted ones; None when all is done."""
         with self._pending_lock:
             while not self._pending and not self._processing_done and not self._reload.is_set():
-                self._pending_lock.wait(timeout=0.5)
+                self._pending_lock.wait(timeout=1.0)  # every change notifies: the timeout is a safety net
             if not self._pending:
                 return None if self._processing_done else []
             taken: list[_Pending] = []
@@ -599,8 +623,7 @@ class Daemon:
             raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: patient, encounter, site, exam_id")
         if action == "start":
             ids = {k: check_identifier(k, fields.get(k)) for k in ("patient", "encounter", "site")}
-            with self._path_lock:
-                self.path.request(True, "control message", **ids)
+            self._blocks.put(ExamRequest(True, "control message", ids))
             return {"ok": True, "action": "start", **{k: v for k, v in ids.items() if v}}
         if action == "stop":
             current = self.reporter.exam.id if self.reporter.exam is not None else None
@@ -609,8 +632,7 @@ class Daemon:
                 raise ValueError("no examination in progress")
             if wanted is not None and wanted != current:
                 raise ValueError(f"unknown examination {wanted!r}; the current one is {current!r}")
-            with self._path_lock:
-                self.path.request(False, "control message")
+            self._blocks.put(ExamRequest(False, "control message"))
             return {"ok": True, "action": "stop", "exam_id": current}
         raise ValueError(f"unknown action {action!r}: start or stop")
 

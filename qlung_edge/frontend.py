@@ -14,7 +14,7 @@ from typing import Any, Union
 import numpy as np
 
 from qlung_edge.bundle import Bundle, BundleError
-from qlung_edge.filterbank import FrontEndConfig, pocketfft_logmel
+from qlung_edge.filterbank import FrameBuffer, FrontEndConfig, pocketfft_logmel
 from qlung_edge.onnx_sessions import onnx_session
 from qlung_edge.streaming import FrameRing, FrontEnd
 
@@ -46,9 +46,11 @@ class PocketFFTFrontEnd:
 
     def __init__(self, config: FrontEndConfig, path: str | Path) -> None:
         self.config, self.path, self.variant = config, Path(path), "pocketfft"
+        self.buffer = FrameBuffer()
+        pocketfft_logmel(np.zeros(config.frame_length, np.float32), config)  # tables and imports now, not mid-stream
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
-        return pocketfft_logmel(samples, self.config)
+        return pocketfft_logmel(samples, self.config, self.buffer)
 
 
 AnyFrontEnd = Union[OnnxFrontEnd, PocketFFTFrontEnd]

@@ -13,6 +13,7 @@ blocks (`StreamingQuality`), so both give the same numbers; the device computes 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 from qlung_edge import FRAME_HOP, FRAME_LENGTH, FRAMES_PER_WINDOW, MODEL_SAMPLE_RATE
 from qlung_edge.audio import as_float32
 from qlung_edge.config import from_dict
+from qlung_edge.filterbank import FrameBuffer, frame_view
 
 try:  # scipy's FFT is about 3x numpy's on batches of short frames, which is what reaches 2000x real time
     from scipy.fft import rfft as _rfft
@@ -173,11 +175,12 @@ def _checked(samples: np.ndarray, sample_rate: int, config: QualityConfig) -> np
     return samples
 
 
-def _per_frame_counts(flags: np.ndarray, count: int, n: int, hop: int) -> np.ndarray:
-    """How many flagged samples each frame holds, from one cumulative sum over the signal."""
-    cumulative = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
-    starts = np.arange(count) * hop
-    return cumulative[starts + n] - cumulative[starts]
+def _per_frame(values: np.ndarray, count: int, n: int, hop: int, reduce: np.ufunc) -> np.ndarray:
+    """`reduce` (np.add, np.maximum) of `values` over each frame, through runs of gcd(n, hop) samples: a frame
+    is a whole number of runs, so each sample is reduced once, not once per frame it lies in."""
+    run = math.gcd(n, hop)
+    runs = reduce.reduce(values[: (count - 1) * hop + n].reshape(-1, run), axis=1)
+    return reduce.reduce(frame_view(runs, count, n // run, hop // run), axis=1)
 
 
 @lru_cache(maxsize=4)
@@ -187,21 +190,28 @@ def _hann(n: int) -> np.ndarray:
     return window
 
 
-def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
-    """Features of every whole frame of a float32 signal (frames start at multiples of the hop)."""
+def frame_features(samples: np.ndarray, config: QualityConfig, buffer: FrameBuffer | None = None) -> FrameFeatures:
+    """Features of every whole frame of a float32 signal (frames start at multiples of the hop); a streaming
+    caller passes the `buffer` it keeps."""
     n, hop = config.frame_length, config.hop_length
     if len(samples) < n:
         return _empty_features()
     count = 1 + (len(samples) - n) // hop
     used = samples[: (count - 1) * hop + n]
     magnitude = np.abs(used)
-    clipped = _per_frame_counts(magnitude >= config.clip_level, count, n, hop).astype(np.float32) / n
-    dead = _per_frame_counts(magnitude >= config.dead_level, count, n, hop) == 0
-    frames = np.lib.stride_tricks.sliding_window_view(used, n)[::hop]
-    centred = frames - frames.mean(axis=1, keepdims=True, dtype=np.float32)
+    peaks = _per_frame(magnitude, count, n, hop, np.maximum)
+    dead = peaks < config.dead_level
+    if peaks.max() >= config.clip_level:
+        clipped = _per_frame(magnitude >= config.clip_level, count, n, hop, np.add).astype(np.float32) / n
+    else:
+        clipped = np.zeros(count, np.float32)
+    frames = frame_view(used, count, n, hop)
+    means = (_per_frame(used.astype(np.float64), count, n, hop, np.add) / n).astype(np.float32)
+    padded = (buffer or FrameBuffer()).take(count, config.n_fft, np.float32)
+    centred = padded[:, :n]
+    np.subtract(frames, means[:, None], out=centred)
     power = np.einsum("ij,ij->i", centred, centred) / np.float32(n)
-    padded = np.zeros((count, config.n_fft), np.float32)
-    np.multiply(centred, _hann(n), out=padded[:, :n])
+    centred *= _hann(n)
     spectrum = _rfft(padded, axis=1)
     spectrum = spectrum[:, : config.entropy_bins]
     bins = np.square(spectrum.real, dtype=np.float32) + np.square(spectrum.imag, dtype=np.float32)
@@ -212,13 +222,23 @@ def frame_features(samples: np.ndarray, config: QualityConfig) -> FrameFeatures:
     return FrameFeatures(entropy=entropy, power=power.astype(np.float32), clipped=clipped, dead=dead)
 
 
+def _unit(value: float) -> float:
+    """`value` clipped to [0, 1] (NaN stays NaN, as np.clip leaves it) without numpy's call overhead: this runs
+    several times for every window."""
+    return 0.0 if value < 0.0 else 1.0 if value > 1.0 else float(value)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.sum(dtype=np.float64)) / len(values)  # np.mean's arithmetic, less of its overhead
+
+
 def rms_norm(rms_dbfs: float, config: QualityConfig) -> float:
     """R_norm in [0, 1] by the configured mapping."""
     if config.rms_norm == "dbfs":
         span = config.rms_ceil_dbfs - config.rms_floor_dbfs
-        return float(np.clip((rms_dbfs - config.rms_floor_dbfs) / span, 0.0, 1.0))
+        return _unit((rms_dbfs - config.rms_floor_dbfs) / span)
     rms = 10.0 ** (rms_dbfs / 20.0)
-    return float(np.clip(rms / 10.0 ** (config.rms_ceil_dbfs / 20.0), 0.0, 1.0))
+    return _unit(rms / 10.0 ** (config.rms_ceil_dbfs / 20.0))
 
 
 def summarize(features: FrameFeatures, config: QualityConfig) -> QualityReport:
@@ -227,11 +247,11 @@ def summarize(features: FrameFeatures, config: QualityConfig) -> QualityReport:
         raise QualityInputError(f"shorter than one frame ({config.frame_length} samples)")
     live = ~features.dead
     return judge(
-        entropy=float(np.mean(features.entropy, dtype=np.float64)),
+        entropy=_mean(features.entropy),
         # Digital silence has a flat spectrum too; it is a dropout, not noise.
-        live_entropy=float(np.mean(features.entropy[live], dtype=np.float64)) if live.any() else 0.0,
-        rms_dbfs=float(10.0 * np.log10(np.mean(features.power, dtype=np.float64) + 1e-20)),
-        clipped_fraction=float(np.mean(features.clipped, dtype=np.float64)),
+        live_entropy=_mean(features.entropy[live]) if live.any() else 0.0,
+        rms_dbfs=10.0 * math.log10(_mean(features.power) + 1e-20),
+        clipped_fraction=_mean(features.clipped),
         dropout_seconds=float(np.count_nonzero(features.dead) * config.hop_length / config.sample_rate),
         frames=len(features),
         config=config,
@@ -250,8 +270,8 @@ def judge(
 ) -> QualityReport:
     """Score and reasons from a window's summary numbers; rescoring under another config needs no audio."""
     r = rms_norm(rms_dbfs, config)
-    h = float(np.clip((entropy - config.entropy_floor) / (config.entropy_ceil - config.entropy_floor), 0.0, 1.0))
-    score = float(np.clip(1.0 - config.alpha * h + config.beta * r, 0.0, 1.0))
+    h = _unit((entropy - config.entropy_floor) / (config.entropy_ceil - config.entropy_floor))
+    score = _unit(1.0 - config.alpha * h + config.beta * r)
     flags = {
         "too_quiet": rms_dbfs < config.quiet_dbfs,
         "clipped": clipped_fraction > config.max_clipped_fraction,
@@ -308,6 +328,7 @@ class StreamingQuality:
     def __init__(self, config: QualityConfig | None = None, history_frames: int = FRAMES_PER_WINDOW) -> None:
         self.config = config or QualityConfig()
         self.history_limit = history_frames
+        self.buffer = FrameBuffer()
         self.reset()
 
     def reset(self) -> None:
@@ -320,7 +341,7 @@ class StreamingQuality:
     def push(self, block: np.ndarray, sample_rate: int | None = None) -> FrameFeatures:
         samples = _checked(block, sample_rate or self.config.sample_rate, self.config)
         buffer = np.concatenate([self._tail, samples]) if len(self._tail) else samples
-        features = frame_features(buffer, self.config)
+        features = frame_features(buffer, self.config, self.buffer)
         consumed = len(features) * self.config.hop_length
         self._tail = np.array(buffer[consumed:], dtype=np.float32)
         if len(features):

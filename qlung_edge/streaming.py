@@ -182,7 +182,8 @@ class WindowCutter:
         """Concealed spans [start, end) in samples since the start of the stream."""
         self.total = 0
         """Samples seen since the start of the stream."""
-        self._next_end = window
+        self.next_end = window
+        """Stream sample at which the next window ends."""
         self.index = 0
         self.frames: list[FrameFeatures] = []
         """Quality frames completed since the caller last took them (`take_frames`)."""
@@ -248,8 +249,8 @@ class WindowCutter:
     def restart(self) -> None:
         """The stream restarted (a reconnect of unknown length): the next window starts after this point, so
         no window mixes audio from before and after; windows stay on their hop grid (indices go on)."""
-        while self._next_end - self.window < self.total:
-            self._next_end += self.hop
+        while self.next_end - self.window < self.total:
+            self.next_end += self.hop
 
     def mark_gap(self, start: int, end: int) -> None:
         """Samples [start, end) of the stream (at the model's rate) are concealed device silence."""
@@ -262,13 +263,13 @@ class WindowCutter:
         out: list[Window] = []
         position = 0
         while position < len(samples):
-            take = min(len(samples) - position, self._next_end - self.total)
+            take = min(len(samples) - position, self.next_end - self.total)
             part = samples[position : position + take]
             self._append(part)
             position += take
-            if self.total == self._next_end:
+            if self.total == self.next_end:
                 out.append(self._cut())
-                self._next_end += self.hop
+                self.next_end += self.hop
         return out
 
     def _append(self, part: np.ndarray) -> None:
@@ -406,6 +407,8 @@ values overflow the quality features (1e20 squared is inf) and the resampler (1e
 
 def finite_samples(samples: np.ndarray) -> tuple[np.ndarray, int]:
     """The samples with NaN, inf and out-of-range values replaced by silence, and how many there were."""
+    if not len(samples) or np.max(np.abs(samples)) <= OUT_OF_RANGE:  # NaN fails the test: counted below
+        return samples, 0
     with np.errstate(invalid="ignore"):
         bad_mask = ~(np.abs(samples) <= OUT_OF_RANGE)  # NaN compares false: caught too
     bad = int(np.count_nonzero(bad_mask))
@@ -466,6 +469,10 @@ class SignalPath:
     @property
     def window_seconds(self) -> float:
         return self.cutter.window / self.cutter.rate
+
+    def seconds_to_next_window(self) -> float:
+        """Audio still to come before the next window is cut (the resampler's short delay aside)."""
+        return (self.cutter.next_end - self.cutter.total) / self.cutter.rate
 
     def set_frontend(self, frontend: FrontEnd | None) -> None:
         """Compute log-mel frames as audio arrives with `frontend` (a reloaded bundle's); None: stop."""

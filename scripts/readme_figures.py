@@ -24,6 +24,8 @@ BENCH_FIGURES = [
     "full window: CPU per audio s at 1 s hop",
     "incremental: CPU per audio s at 1 s hop",
     "incremental vs full window, CPU at 1 s hop",
+    "incremental vs full window, the daemon's own work at 1 s hop",
+    "incremental at 0.25 s hop vs full window at 1 s hop",
     "incremental: window-to-event latency p99, 1 s hop",
     "default path: peak RSS",
     "default path: start (spawn to first event)",

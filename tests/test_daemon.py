@@ -542,6 +542,21 @@ def test_nan_samples_from_a_pipe_become_a_flagged_gap_not_a_crash(bundle: Path, 
     assert any(w["status"] == "classified" for w in windows)
 
 
+def test_a_paced_source_wakes_the_signal_path_once_a_window_not_once_a_block(
+    bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    wav = _long_recording(shared_data, tmp_path / "long.wav", 12)
+    source = FileSource(name="f", path=wav, realtime=True, speed=20)  # 0.1 s blocks: 120 of them
+    events, daemon = _run(bundle, source, hop_seconds=1.0)
+    windows = _accounted(events, daemon)
+    assert len(windows) == 5  # 8 s windows
+    # Before the first window the wait is capped at 1 s of audio, then one wake-up a window, plus the end.
+    assert daemon._blocks.wakeups <= 16, daemon._blocks.wakeups
+    stop = events[-1]["counts"]
+    assert set(stop["thread_cpu_seconds"]) == {"capture", "process", "infer"}
+    assert sum(stop["thread_cpu_seconds"].values()) <= stop["stream_cpu_seconds"] + 0.05
+
+
 class FailingBackend(OnnxBackend):
     calls = 0
 

@@ -114,3 +114,14 @@ def test_matches_torchaudio_kaldi_fbank() -> None:
         expected = (expected - AST_MEAN) / (2 * AST_STD)
         got = KaldiFbank()(wave[None])[0]
         assert (got - expected).abs().max().item() < 1e-3
+
+
+def test_frame_view_is_the_sliding_window_it_replaces() -> None:
+    from qlung_edge.filterbank import frame_view
+
+    x = np.arange(2000, dtype=np.float64)[3:]  # a slice that starts inside its base
+    view = frame_view(x, 10, 400, 160)  # 1997 samples: 10 whole frames
+    np.testing.assert_array_equal(view, np.lib.stride_tricks.sliding_window_view(x, 400)[::160])
+    assert not view.flags.writeable and frame_view(x, 0, 400, 160).shape == (0, 400)
+    with pytest.raises(ValueError, match="do not fit"):
+        frame_view(x, 11, 400, 160)

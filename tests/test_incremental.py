@@ -237,7 +237,7 @@ def test_check_refuses_a_front_end_that_drifts_block_by_block(
     with pytest.raises(DaemonError, match="block by block"):
         check_setup(config)
     # A front end that computes something else (a damaged scipy, a wrong filterbank) is caught too.
-    monkeypatch.setattr("qlung_edge.frontend.pocketfft_logmel", lambda samples, config: real(
+    monkeypatch.setattr("qlung_edge.frontend.pocketfft_logmel", lambda samples, *settings: real(
         OnnxFrontEnd(bundle / FRONTEND_FILE), samples) + 0.01)  # fmt: skip
     with pytest.raises(DaemonError, match="differs from the bundle's FFT graph"):
         check_setup(DaemonConfig(bundle=bundle, source=f"file:{wav}", frontend="pocketfft"))

@@ -171,3 +171,17 @@ def test_numpy_fft_fallback_gives_the_same_features(monkeypatch: pytest.MonkeyPa
     plain = frame_features(x, QualityConfig())
     np.testing.assert_allclose(fast.entropy, plain.entropy, atol=1e-6)
     np.testing.assert_allclose(fast.power, plain.power, rtol=1e-6)
+
+
+def test_clipped_and_dead_frames_match_a_frame_by_frame_count() -> None:
+    cfg = QualityConfig()
+    x = _breath_like(seed=4)
+    x[5000:5300] = 1.0  # clipped
+    x[9000:9700] = 0.0  # digital silence, long enough for whole frames
+    features = frame_features(x, cfg)
+    starts = np.arange(len(features)) * cfg.hop_length
+    frames = np.stack([x[s : s + cfg.frame_length] for s in starts])
+    counted = (np.abs(frames) >= cfg.clip_level).sum(axis=1) / cfg.frame_length
+    np.testing.assert_allclose(features.clipped, counted, rtol=1e-6)
+    np.testing.assert_array_equal(features.dead, (np.abs(frames) >= cfg.dead_level).sum(axis=1) == 0)
+    assert features.clipped.any() and features.dead.any()
