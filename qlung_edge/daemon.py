@@ -274,6 +274,8 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._thread_cpu: dict[str, float] = {}
         """CPU seconds of each finished thread: capture (the source), process (the signal path), infer."""
+        self._thread_wakeups: dict[str, int] = {}
+        """How often each finished thread went to sleep and was woken (Linux; empty elsewhere)."""
         self.notifier = Notifier()
         """systemd's READY/WATCHDOG/RELOADING/STOPPING (Type=notify); silent outside systemd."""
         self.server: StatusServer | None = None
@@ -448,15 +450,20 @@ class Daemon:
             "stream_cpu_seconds": round(time.process_time() - self._cpu_at_run, 3),
             "stream_wall_seconds": round(time.monotonic() - self._wall_at_run, 3),
             "thread_cpu_seconds": {name: round(seconds, 3) for name, seconds in self._thread_cpu.items()},
+            "thread_wakeups": dict(self._thread_wakeups),
             "peak_rss_bytes": peak_rss_bytes(),
         }
 
     def _timed(self, name: str, target: Callable[[], None]) -> None:
-        """Run a thread's loop and keep the CPU it used: which part of the daemon costs what."""
+        """Run a thread's loop and keep the CPU it used and how often it slept: which part of the daemon costs
+        what. On a virtual machine a wake-up can cost more CPU than the work it wakes for."""
         try:
             target()
         finally:
             self._thread_cpu[name] = time.thread_time()
+            wakeups = thread_wakeups()
+            if wakeups is not None:
+                self._thread_wakeups[name] = wakeups
 
     def _capture(self) -> None:
         try:
@@ -693,6 +700,19 @@ class Daemon:
                 backend=backend.name,
             )
         )
+
+
+def thread_wakeups() -> int | None:
+    """Voluntary context switches of the calling thread so far (each is a sleep and a wake-up); None where the
+    kernel does not say (not Linux)."""
+    try:
+        with open("/proc/thread-self/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def load_trusted(folder: Path, trusted_keys: list[Path]) -> Bundle:

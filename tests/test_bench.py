@@ -35,8 +35,17 @@ EXPECTED = [
         for path in ("full window", "incremental")
         for hop in (2, 1, 0.5, 0.25)
     ),
+    *(
+        f"{path}, read as fast as possible: CPU per audio s at {hop} s hop"
+        for path in ("full window", "incremental")
+        for hop in (1, 0.25)
+    ),
     "incremental vs full window, CPU at 1 s hop",
+    "incremental vs full window, CPU at 1 s hop, read as fast as possible",
     "incremental at 0.25 s hop vs full window at 1 s hop",
+    "incremental at 0.25 s hop vs full window at 1 s hop, read as fast as possible",
+    "full window: what pacing adds at 1 s hop",
+    "incremental: what pacing adds at 1 s hop",
     "full window: window-to-event latency p99, 1 s hop",
     "incremental: window-to-event latency p99, 1 s hop",
     "incremental vs full window, p99 latency",

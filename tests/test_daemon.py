@@ -555,6 +555,11 @@ def test_a_paced_source_wakes_the_signal_path_once_a_window_not_once_a_block(
     stop = events[-1]["counts"]
     assert set(stop["thread_cpu_seconds"]) == {"capture", "process", "infer"}
     assert sum(stop["thread_cpu_seconds"].values()) <= stop["stream_cpu_seconds"] + 0.05
+    if sys.platform.startswith("linux"):  # each thread's sleeps, from the kernel's count
+        wakeups = stop["thread_wakeups"]
+        assert set(wakeups) == {"capture", "process", "infer"}
+        assert wakeups["capture"] >= 60, wakeups  # the paced source sleeps before (nearly) each of its 120 blocks
+        assert wakeups["process"] < wakeups["capture"], wakeups  # woken a window at a time, not a block
 
 
 class FailingBackend(OnnxBackend):
