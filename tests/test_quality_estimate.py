@@ -22,7 +22,14 @@ from qlung_edge.reporter import trailing_means
 from qlung_edge.sinks import CollectSink
 from qlung_edge.streaming import ExamBoundary
 from training.metrics import auroc
-from training.quality_model import bootstrap_auroc, budget_threshold, fit_logistic, probability, record_scores
+from training.quality_model import (
+    bootstrap_auroc,
+    budget_threshold,
+    fit_logistic,
+    patient_shares,
+    probability,
+    record_scores,
+)
 from training.synth import degrade, is_poor_quality
 
 
@@ -85,6 +92,27 @@ def test_the_budget_threshold_refuses_what_the_budget_allows_and_no_more() -> No
             assert more > budget or more == total
     with pytest.raises(ValueError):
         budget_threshold(np.zeros(3), np.zeros(2, bool), 0.1)
+
+
+def test_patient_resamples_of_the_refused_share() -> None:
+    rng = np.random.default_rng(5)
+    patients = np.repeat([f"p{i}" for i in range(40)], rng.integers(5, 30, 40))
+    # One patient in eight has every window refused, the rest none: the share moves with who is drawn.
+    clustered = np.isin(patients, [f"p{i}" for i in range(0, 40, 8)])
+    shares = patient_shares(clustered, patients, draws=4000)
+    assert shares.shape == (4000,) and np.all((shares >= 0) & (shares <= 1))
+    assert np.quantile(shares, 0.025) < clustered.mean() < np.quantile(shares, 0.975)
+    assert abs(np.mean(shares) - clustered.mean()) < 0.02
+    # A patient-level pattern spreads more than the same share scattered over every patient.
+    scattered = rng.permutation(clustered)
+    spread = np.quantile(patient_shares(scattered, patients), 0.95) - scattered.mean()
+    assert np.quantile(shares, 0.95) - clustered.mean() > 2 * spread
+    assert np.all(patient_shares(np.ones(len(patients), bool), patients, draws=50) == 1.0)
+    np.testing.assert_array_equal(
+        patient_shares(clustered, patients, seed=3), patient_shares(clustered, patients, seed=3)
+    )
+    with pytest.raises(ValueError):
+        patient_shares(np.zeros(3, bool), ["a", "b"])
 
 
 def test_trailing_means_pool_the_latest_windows() -> None:

@@ -305,6 +305,10 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     for name, value in again["weights"].items():
         if not name.startswith("quality_head."):
             assert torch.equal(value, before[name]), name
+    # The share of good windows refused comes with its spread over resamples of the training patients.
+    assert "over 95 % of patient resamples" in result.output
+    low, high = again["quality_estimate"]["figures"]["good_windows_refused_patients_95"]
+    assert 0.0 <= low <= again["quality_estimate"]["figures"]["good_windows_refused"] <= high <= 1.0
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(

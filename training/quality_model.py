@@ -157,7 +157,8 @@ def fit_quality_estimate(
     smoothing: int = SMOOTHING_WINDOWS,
     progress: bool = True,
 ) -> QualityFit:
-    """Fit the quality head on `recordings` (the training split) and measure it by patient-wise CV."""
+    """Fit the quality head on `recordings` (the training split) and measure it by patient-wise CV; the share of
+    good windows the gate refuses comes with its spread over resamples of the training patients."""
     window_geometry = Geometry("window", geometry.seconds, geometry.hop_seconds)
     usable = [r for r in recordings if r.audio_path is not None]
     prepared = prepare(all_windows(usable, window_geometry), usable, cache_dir, quality, window_geometry,
@@ -198,6 +199,8 @@ def fit_quality_estimate(
         gated_on[passed] = trailing_means(out_of_fold[passed], smoothing)
     gated_on = np.nan_to_num(gated_on, nan=0.0)  # refused by AQS: the estimate is not asked
     threshold = budget_threshold(gated_on[good], refused_by_aqs[good], budget)
+    refused_good = (gated_on[good] >= threshold) | refused_by_aqs[good]
+    shares = patient_shares(refused_good, [patients_real[i] for i in np.flatnonzero(good)])
     synthetic_caught = float(np.mean(out_of_fold[~real] >= threshold))
     weight, bias = fit_logistic(x, y)
     low, high = bootstrap_auroc(scores, poor)
@@ -216,7 +219,8 @@ def fit_quality_estimate(
         "good_windows_refused_by_aqs": float(np.mean(refused_by_aqs[good])),
         "estimate_off": bool(threshold > 1.0),
         "smoothing_windows": smoothing,
-        "good_windows_refused": float(np.mean((gated_on[good] >= threshold) | refused_by_aqs[good])),
+        "good_windows_refused": float(np.mean(refused_good)),
+        "good_windows_refused_patients_95": [float(v) for v in np.quantile(shares, [0.025, 0.975])],
         "synthetic_windows_caught": synthetic_caught,
         "poor_record_windows_refused": float(np.mean((gated_on[~good] >= threshold) | refused_by_aqs[~good]))
         if len(poor_windows)
@@ -239,6 +243,20 @@ def budget_threshold(p_poor: np.ndarray, refused: np.ndarray, budget: float) -> 
         return float(candidates[-1])
     # Refuse the `allowed` highest; a tie at the cut would refuse more, so the threshold sits above it.
     return float(np.nextafter(candidates[allowed], 2.0))
+
+
+def patient_shares(refused: np.ndarray, patients: Sequence[str], draws: int = 2000, seed: int = 0) -> np.ndarray:
+    """The share of windows refused in `draws` resamples of the patients (drawn with replacement, each bringing
+    all of their windows): how much the refused share moves from one group of patients to another."""
+    refused = np.asarray(refused, bool)
+    names, index = np.unique(np.asarray(patients), return_inverse=True)
+    if refused.shape != index.shape or refused.size == 0:
+        raise ValueError("need one refusal flag and one patient per window, at least one window")
+    windows = np.bincount(index, minlength=len(names)).astype(np.float64)
+    hits = np.bincount(index, weights=refused.astype(np.float64), minlength=len(names))
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=draws).astype(np.float64)
+    return (counts @ hits) / (counts @ windows)
 
 
 def attach(model: QLungModel, fit: QualityFit) -> QLungModel:
