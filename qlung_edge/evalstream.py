@@ -76,6 +76,8 @@ def eval_stream(
     gated_reasons: dict[str, int] = {}
     poor = {"windows": 0, "gated": 0}
     good = {"windows": 0, "gated": 0}
+    good_refused: list[tuple[str, bool]] = []
+    """(patient, refused) for each window of a record not labelled poor: refusals come a patient at a time."""
     verdicts: list[dict[str, Any]] = []
     split_recordings = 0
     try:
@@ -102,6 +104,8 @@ def eval_stream(
                 counts["classified" if accepted_window else "gated"] += 1
                 bucket["windows"] += 1
                 bucket["gated"] += not accepted_window
+                if bucket is good:
+                    good_refused.append((record.patient, not accepted_window))
                 for reason in reasons:
                     gated_reasons[reason] = gated_reasons.get(reason, 0) + 1
                 window = decision.window
@@ -161,7 +165,11 @@ def eval_stream(
             **poor,
             "gated_fraction": poor["gated"] / poor["windows"] if poor["windows"] else None,
         },
-        "other_records": {**good, "gated_fraction": good["gated"] / good["windows"] if good["windows"] else None},
+        "other_records": {
+            **good,
+            "gated_fraction": good["gated"] / good["windows"] if good["windows"] else None,
+            "gated_fraction_patients_95": _patient_interval(good_refused),
+        },
         "offline_cycle_level": _offline(bundle.manifest),
         "offline_records": bundle.manifest.get("metrics", {}).get("test_records"),
         "hop_seconds": hop,
@@ -202,6 +210,18 @@ def eval_stream(
         write_report(report, out_dir / "eval_stream.json")
         _write_table(table, out_dir / "windows.csv")
     return report
+
+
+def _patient_interval(refused: list[tuple[str, bool]]) -> list[float] | None:
+    """The central 95 % of the refused share over resamples of the patients: how far another group of patients
+    of this size could be expected to move it."""
+    if not refused:
+        return None
+    from training.metrics import patient_shares
+
+    patients, flags = zip(*refused)
+    shares = patient_shares(np.array(flags), list(patients))
+    return [float(v) for v in np.quantile(shares, [0.025, 0.975])]
 
 
 def _write_table(table: list[dict[str, Any]], path: Path) -> None:
@@ -282,9 +302,12 @@ def format_report(report: dict[str, Any]) -> list[str]:
         )
     lines.append("gated by reason: " + (", ".join(f"{k} {v}" for k, v in report["gated_by_reason"].items()) or "none"))
     p, o = report["poor_quality_records"], report["other_records"]
+    spread = o.get("gated_fraction_patients_95")
     lines.append(
         f"'Poor Quality' records: {p['gated']}/{p['windows']} windows gated; other records: {o['gated']}/{o['windows']}"
-    )
+        + (f" ({pct(o['gated_fraction'])} %; {pct(spread[0])}-{pct(spread[1])} % over 95 % of patient resamples)"
+           if spread else "")
+    )  # fmt: skip
     records = report.get("records")
     if records:
         rule = report["verdict_rule"]

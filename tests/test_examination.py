@@ -300,6 +300,11 @@ def test_eval_stream_scores_records_as_sprsound_does(bundle: Path, synth_root: P
     assert len(table) == report["windows"]["windows"], "every window, scored or not"
     assert sum(r["status"] == "gated" for r in table) == report["windows"]["gated"]
     assert sum(r["truth"] != "" for r in table) == report["scored_windows"]
+    good = [r for r in table if r["record_label"] != "Poor Quality"]
+    other = report["other_records"]  # the share of good windows refused, with its spread over patients
+    assert other["windows"] == len(good) and other["gated"] == sum(r["status"] == "gated" for r in good)
+    low, high = other["gated_fraction_patients_95"]
+    assert 0.0 <= low <= other["gated_fraction"] <= high <= 1.0
     result = CliRunner().invoke(
         cli, ["eval-stream", str(bundle), "--data", str(synth_root / "sprsound"), "--limit", "4"]
     )

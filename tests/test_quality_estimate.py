@@ -21,12 +21,11 @@ from qlung_edge.quality import QualityConfig, assess
 from qlung_edge.reporter import trailing_means
 from qlung_edge.sinks import CollectSink
 from qlung_edge.streaming import ExamBoundary
-from training.metrics import auroc
+from training.metrics import auroc, patient_shares
 from training.quality_model import (
     bootstrap_auroc,
     budget_threshold,
     fit_logistic,
-    patient_shares,
     probability,
     record_scores,
 )

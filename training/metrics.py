@@ -185,3 +185,17 @@ def format_record_scores(name: str, scores: RecordScores | dict[str, object]) ->
         f"AS {100 * float(s['average']):.2f}  HS {100 * float(s['harmonic']):.2f}  Score {100 * float(s['score']):.2f}"  # type: ignore[arg-type]
         f"  ({s['records']} records)"
     )
+
+
+def patient_shares(refused: np.ndarray, patients: Sequence[str], draws: int = 2000, seed: int = 0) -> np.ndarray:
+    """The share of windows refused in `draws` resamples of the patients (drawn with replacement, each bringing
+    all of their windows): how much the refused share moves from one group of patients to another."""
+    refused = np.asarray(refused, bool)
+    names, index = np.unique(np.asarray(patients), return_inverse=True)
+    if refused.shape != index.shape or refused.size == 0:
+        raise ValueError("need one refusal flag and one patient per window, at least one window")
+    windows = np.bincount(index, minlength=len(names)).astype(np.float64)
+    hits = np.bincount(index, weights=refused.astype(np.float64), minlength=len(names))
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=draws).astype(np.float64)
+    return (counts @ hits) / (counts @ windows)

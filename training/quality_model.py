@@ -30,7 +30,7 @@ from qlung_edge.examination import POOR_QUALITY
 from qlung_edge.reporter import trailing_means
 from training.cycles import CycleAudioLoader
 from training.dataset import Geometry, Prepared, indices_by_recording, prepare, window_reports
-from training.metrics import auroc
+from training.metrics import auroc, patient_shares
 from training.models import QLungModel
 from training.records import Recording
 from training.splits import patient_kfold
@@ -243,20 +243,6 @@ def budget_threshold(p_poor: np.ndarray, refused: np.ndarray, budget: float) -> 
         return float(candidates[-1])
     # Refuse the `allowed` highest; a tie at the cut would refuse more, so the threshold sits above it.
     return float(np.nextafter(candidates[allowed], 2.0))
-
-
-def patient_shares(refused: np.ndarray, patients: Sequence[str], draws: int = 2000, seed: int = 0) -> np.ndarray:
-    """The share of windows refused in `draws` resamples of the patients (drawn with replacement, each bringing
-    all of their windows): how much the refused share moves from one group of patients to another."""
-    refused = np.asarray(refused, bool)
-    names, index = np.unique(np.asarray(patients), return_inverse=True)
-    if refused.shape != index.shape or refused.size == 0:
-        raise ValueError("need one refusal flag and one patient per window, at least one window")
-    windows = np.bincount(index, minlength=len(names)).astype(np.float64)
-    hits = np.bincount(index, weights=refused.astype(np.float64), minlength=len(names))
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=draws).astype(np.float64)
-    return (counts @ hits) / (counts @ windows)
 
 
 def attach(model: QLungModel, fit: QualityFit) -> QLungModel:
