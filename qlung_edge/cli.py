@@ -325,8 +325,8 @@ def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float |
     refused = 100 * f["good_windows_refused"]
     low, high = (100 * v for v in f["good_windows_refused_patients_95"])
     click.echo(f"out of fold on {f['windows']} training windows: good windows refused {refused:.2f} %"
-               f" ({low:.2f}-{high:.2f} % over 95 % of patient resamples)"
-               f" (by the AQS reasons alone {100 * f['good_windows_refused_by_aqs']:.2f} %), windows of Poor Quality"
+               f" (central 95 % over patient resamples at this threshold: {low:.2f}-{high:.2f} %; by the AQS"
+               f" reasons alone {100 * f['good_windows_refused_by_aqs']:.2f} %), windows of Poor Quality"
                f" records refused {100 * (f['poor_record_windows_refused'] or 0):.1f} %, record AUROC"
                f" {f['cv_record_auroc']:.3f}")  # fmt: skip
     if "verdict" in estimate:

@@ -75,7 +75,7 @@ from qlung_edge.streaming import (
     Window,
     finite_samples,
 )
-from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes, prometheus_registry
+from qlung_edge.telemetry import Metrics, StatusServer, peak_rss_bytes, prometheus_registry, thread_wakeups
 from qlung_edge.tensorrt_runner import ENGINE_TOLERANCE
 
 log = logging.getLogger("qlung_edge.daemon")
@@ -700,19 +700,6 @@ class Daemon:
                 backend=backend.name,
             )
         )
-
-
-def thread_wakeups() -> int | None:
-    """Voluntary context switches of the calling thread so far (each is a sleep and a wake-up); None where the
-    kernel does not say (not Linux)."""
-    try:
-        with open("/proc/thread-self/status") as status:
-            for line in status:
-                if line.startswith("voluntary_ctxt_switches:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def load_trusted(folder: Path, trusted_keys: list[Path]) -> Bundle:

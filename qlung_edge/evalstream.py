@@ -305,7 +305,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
     spread = o.get("gated_fraction_patients_95")
     lines.append(
         f"'Poor Quality' records: {p['gated']}/{p['windows']} windows gated; other records: {o['gated']}/{o['windows']}"
-        + (f" ({pct(o['gated_fraction'])} %; {pct(spread[0])}-{pct(spread[1])} % over 95 % of patient resamples)"
+        + (f" ({pct(o['gated_fraction'])} %; central 95 % over patient resamples: {pct(spread[0])}-{pct(spread[1])} %)"
            if spread else "")
     )  # fmt: skip
     records = report.get("records")

@@ -35,6 +35,19 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def thread_wakeups() -> int | None:
+    """Voluntary context switches of the calling thread so far (each is a sleep and a wake-up); None where the
+    kernel does not say (not Linux)."""
+    try:
+        with open("/proc/thread-self/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (VmHWM). getrusage's ru_maxrss would do, except that Linux
     carries it across exec: a daemon spawned by a big parent would report the parent's peak."""

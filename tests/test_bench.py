@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HOPS = (2, 1, 0.5, 0.25)
 EXPECTED = [
     "AQS streaming, 1 s blocks",
@@ -54,6 +56,7 @@ EXPECTED = [
     "FLOPs an audio second needs at 1 s hop",
     "FLOPs the full-window path executes per audio s",
     "INT8 (whole model): CPU per audio s at 1 s hop",
+    "default path: real-time factor, file as fast as possible",
     "overload: audio samples lost",
 ]
 
@@ -83,3 +86,16 @@ def test_bench_produces_every_figure_and_the_page(bundle: Path, tmp_path: Path) 
     text = page.read_text()
     assert text.startswith("# Benchmarks") and "qlung-edge bench all" in text
     assert all(f"| {name} |" in text for name in EXPECTED)
+
+
+def test_a_daemon_figure_is_the_median_run_of_an_odd_count() -> None:
+    from qlung_edge.bench import _by_thread, _median_run
+
+    runs = [{"cpu_per_audio_second_ms": cpu, "threads_ms": {"capture": cpu}, "wakeups_per_second": 10.0}
+            for cpu in (5.0, 9.0, 6.0)]  # fmt: skip
+    middle = _median_run(runs)
+    assert middle["cpu_per_audio_second_ms"] == 6.0 and middle["threads_ms"] == {"capture": 6.0}
+    assert middle["runs"] == 3 and "median of 3 runs" in _by_thread(middle) and "10.0 wake-ups" in _by_thread(middle)
+    assert _median_run(runs[:1])["runs"] == 1
+    with pytest.raises(ValueError):
+        _median_run(runs[:2])

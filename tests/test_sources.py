@@ -68,6 +68,18 @@ def test_file_source_stops_from_another_thread(tmp_path: Path) -> None:
     assert time.monotonic() - start < 2 and got < 2
 
 
+def test_a_paced_file_source_sees_a_stop_within_a_slice_of_a_long_block(tmp_path: Path) -> None:
+    sf.write(tmp_path / "long.wav", np.zeros(8000 * 60), 8000)
+    source = open_source(f"file:{tmp_path / 'long.wav'}", realtime=True, block_seconds=2.0)
+    blocks = source.blocks()
+    first = next(blocks)  # the first block is due at once; the next one 2 s later
+    assert first.duration == 2.0
+    threading.Timer(0.3, source.stop).start()
+    start = time.monotonic()
+    assert list(blocks) == []
+    assert time.monotonic() - start < 0.3 + 0.1 + 0.15, "seen within one pacing slice of the stop"
+
+
 def test_file_source_names_bad_files(tmp_path: Path) -> None:
     (tmp_path / "empty.wav").write_bytes(b"")
     with pytest.raises(AudioFileError, match=r"empty\.wav: file is empty"):

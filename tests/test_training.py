@@ -306,7 +306,7 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
         if not name.startswith("quality_head."):
             assert torch.equal(value, before[name]), name
     # The share of good windows refused comes with its spread over resamples of the training patients.
-    assert "over 95 % of patient resamples" in result.output
+    assert "central 95 % over patient resamples" in result.output
     low, high = again["quality_estimate"]["figures"]["good_windows_refused_patients_95"]
     assert 0.0 <= low <= again["quality_estimate"]["figures"]["good_windows_refused"] <= high <= 1.0
 
