@@ -14,7 +14,6 @@ import io
 import json
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +32,8 @@ def run(bundle: Path, source: object, reload: bool = False) -> list[dict]:
     sink = CollectSink()
     config = DaemonConfig(bundle=bundle, source="file:-", sinks=[], hop_seconds=1.0, stream_name="bed12")
     daemon = Daemon(config, source=source, sinks=[sink])
-    if reload:  # what SIGHUP does: the bundle is loaded again before the next batch, the audio goes on
-        threading.Timer(0.05, daemon.reload).start()
+    if reload:  # what SIGHUP does: the bundle is loaded again before the next batch, the audio goes on; asked
+        daemon.reload()  # before the run (a timer lost the race with a stream that ends in 40 ms)
     daemon.run()
     return sink.events
 
