@@ -289,6 +289,8 @@ class Daemon:
                                        registry=registry, live=self.live)  # fmt: skip
         self.start_seconds = time.monotonic() - self.started
         self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
+        self._warm: tuple[float, float] | None = None
+        """Process CPU time and the audio (seconds) taken in when the first window went through the model."""
 
     @property
     def hop_seconds(self) -> float:
@@ -395,6 +397,7 @@ class Daemon:
         """Run to the end of the source or to `stop()`; 0 if it ended cleanly, 1 after a failure of the source,
         the processing or the inference thread, 3 if an event did not fit the schema."""
         self._cpu_at_run, self._wall_at_run = time.process_time(), time.monotonic()
+        self._warm = None
         if self.server is not None:
             self.server.start()
         self.emit(
@@ -448,6 +451,14 @@ class Daemon:
             "gated_by_reason": snap["gated"],
             "cpu_seconds": snap["cpu_seconds"],
             "stream_cpu_seconds": round(time.process_time() - self._cpu_at_run, 3),
+            **(
+                {}
+                if self._warm is None
+                else {
+                    "warm_cpu_seconds": round(self._warm[0] - self._cpu_at_run, 4),
+                    "warm_audio_seconds": self._warm[1],
+                }
+            ),
             "stream_wall_seconds": round(time.monotonic() - self._wall_at_run, 3),
             "thread_cpu_seconds": {name: round(seconds, 3) for name, seconds in self._thread_cpu.items()},
             "thread_wakeups": dict(self._thread_wakeups),
@@ -646,6 +657,10 @@ class Daemon:
     def _report(self, item: _Pending, probabilities: np.ndarray | None, poor: float | None = None) -> None:
         assert isinstance(item.decision, Decision) and item.status is not None
         latency = time.monotonic() - item.ready
+        if self._warm is None and probabilities is not None:  # the first window through the model: the CPU so
+            # far is warm-up (imports, first passes), against the audio processing has taken in by now (a file read
+            # as fast as possible is far ahead of this window)
+            self._warm = (time.process_time(), self.path.cutter.total / self.path.cutter.rate)
         outcome = self.reporter.window(item.decision, item.status, probabilities, poor, latency * 1000)
         if outcome.gated_after_model:
             self.metrics.gate(outcome.reasons)

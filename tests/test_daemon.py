@@ -556,6 +556,9 @@ def test_a_paced_source_wakes_the_signal_path_once_a_window_not_once_a_block(
     stop = events[-1]["counts"]
     assert set(stop["thread_cpu_seconds"]) == {"capture", "process", "infer"}
     assert sum(stop["thread_cpu_seconds"].values()) <= stop["stream_cpu_seconds"] + 0.05
+    # The warm-up (until the first window's model pass) is counted apart, against the audio taken in by then.
+    assert 0 < stop["warm_cpu_seconds"] <= stop["stream_cpu_seconds"]
+    assert 8.0 <= stop["warm_audio_seconds"] <= 12.0
     if thread_wakeups() is not None:  # each thread's sleeps, from the kernel's count (Linux)
         wakeups = stop["thread_wakeups"]
         assert set(wakeups) == {"capture", "process", "infer"}
