@@ -506,24 +506,23 @@ def _daemon_once(
     frames, rate = sf_frames(wav)
     audio_seconds = frames / rate
     threads = stop.get("thread_cpu_seconds", {})
-    cpu, seconds = stop["stream_cpu_seconds"], audio_seconds
+    cpu, seconds, warmup = stop["stream_cpu_seconds"], audio_seconds, float("nan")
     if speed > 0 and "warm_cpu_seconds" in stop and audio_seconds - stop["warm_audio_seconds"] > 1.0:
         # Steady state: the CPU after the first window's model pass over the audio after it. Before it come one-off
         # costs (lazy imports, the first passes through ONNX Runtime) that a short run would spread over its seconds.
         # Paced only: read as fast as possible, processing runs far ahead of inference and no such cut is clean
         # (that run reads a longer recording instead).
-        cpu, seconds = cpu - stop["warm_cpu_seconds"], audio_seconds - stop["warm_audio_seconds"]
-    else:
-        stop.pop("warm_cpu_seconds", None)
+        warmup = stop["warm_cpu_seconds"]
+        cpu, seconds = cpu - warmup, audio_seconds - stop["warm_audio_seconds"]
     return {
-        "threads_ms": {name: 1000 * seconds / audio_seconds for name, seconds in threads.items()},
+        "threads_ms": {name: 1000 * spent / audio_seconds for name, spent in threads.items()},
         "wakeups_per_second": sum(stop.get("thread_wakeups", {}).values()) / audio_seconds
         if stop.get("thread_wakeups")
         else None,
         "start_seconds": first_event if first_event is not None else float("nan"),
         "cpu_percent_of_core": 100 * cpu / seconds,
         "cpu_per_audio_second_ms": 1000 * cpu / seconds,
-        "warmup_cpu_ms": 1000 * stop.get("warm_cpu_seconds", float("nan")),
+        "warmup_cpu_ms": 1000 * warmup,
         "p50_ms": float(np.median(latencies)) if latencies else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) if latencies else float("nan"),
         "rss_mb": stop["peak_rss_bytes"] / 1e6,

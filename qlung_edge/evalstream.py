@@ -217,11 +217,10 @@ def _patient_interval(refused: list[tuple[str, bool]]) -> list[float] | None:
     of this size could be expected to move it."""
     if not refused:
         return None
-    from training.metrics import patient_shares
+    from training.metrics import patient_interval
 
     patients, flags = zip(*refused)
-    shares = patient_shares(np.array(flags), list(patients))
-    return [float(v) for v in np.quantile(shares, [0.025, 0.975])]
+    return patient_interval(np.array(flags), list(patients))
 
 
 def _write_table(table: list[dict[str, Any]], path: Path) -> None:

@@ -199,3 +199,8 @@ def patient_shares(refused: np.ndarray, patients: Sequence[str], draws: int = 20
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=draws).astype(np.float64)
     return (counts @ hits) / (counts @ windows)
+
+
+def patient_interval(refused: np.ndarray, patients: Sequence[str]) -> list[float]:
+    """The central 95 % of the refused share over patient resamples (`patient_shares`), as [low, high]."""
+    return [float(v) for v in np.quantile(patient_shares(refused, patients), [0.025, 0.975])]

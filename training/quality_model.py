@@ -30,7 +30,7 @@ from qlung_edge.examination import POOR_QUALITY
 from qlung_edge.reporter import trailing_means
 from training.cycles import CycleAudioLoader
 from training.dataset import Geometry, Prepared, indices_by_recording, prepare, window_reports
-from training.metrics import auroc, patient_shares
+from training.metrics import auroc, patient_interval
 from training.models import QLungModel
 from training.records import Recording
 from training.splits import patient_kfold
@@ -200,7 +200,6 @@ def fit_quality_estimate(
     gated_on = np.nan_to_num(gated_on, nan=0.0)  # refused by AQS: the estimate is not asked
     threshold = budget_threshold(gated_on[good], refused_by_aqs[good], budget)
     refused_good = (gated_on[good] >= threshold) | refused_by_aqs[good]
-    shares = patient_shares(refused_good, [patients_real[i] for i in np.flatnonzero(good)])
     synthetic_caught = float(np.mean(out_of_fold[~real] >= threshold))
     weight, bias = fit_logistic(x, y)
     low, high = bootstrap_auroc(scores, poor)
@@ -220,7 +219,9 @@ def fit_quality_estimate(
         "estimate_off": bool(threshold > 1.0),
         "smoothing_windows": smoothing,
         "good_windows_refused": float(np.mean(refused_good)),
-        "good_windows_refused_patients_95": [float(v) for v in np.quantile(shares, [0.025, 0.975])],
+        "good_windows_refused_patients_95": patient_interval(
+            refused_good, [patients_real[i] for i in np.flatnonzero(good)]
+        ),
         "synthetic_windows_caught": synthetic_caught,
         "poor_record_windows_refused": float(np.mean((gated_on[~good] >= threshold) | refused_by_aqs[~good]))
         if len(poor_windows)
