@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -330,12 +331,29 @@ def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float |
                f" records refused {100 * (f['poor_record_windows_refused'] or 0):.1f} %, record AUROC"
                f" {f['cv_record_auroc']:.3f}")  # fmt: skip
     if "verdict" in estimate:
-        rule, records = estimate["verdict"], estimate["test_records"]
-        click.echo(f"verdict rule calibrated again on {rule['calibrated_on']}: {rule['statistic']} evidence, DAS >="
-                   f" {rule['das_threshold']:g}, CAS >= {rule['cas_threshold']:g}, at least"
-                   f" {100 * rule['min_accepted_fraction']:g} % of windows accepted")  # fmt: skip
-        click.echo("  test records (offline, learned gate): " + ", ".join(
-            f"{task.replace('_', ' ')} Score {100 * s['score']:.2f}" for task, s in records.items()))  # fmt: skip
+        _echo_verdict(estimate["verdict"], estimate["test_records"])
+    click.echo(f"written to {out}; export it with `qlung-edge export {out} --out BUNDLE`")
+
+
+def _echo_verdict(rule: dict[str, Any], records: dict[str, dict[str, float]]) -> None:
+    click.echo(f"verdict rule calibrated again on {rule['calibrated_on']}: {rule['statistic']} evidence, DAS >="
+               f" {rule['das_threshold']:g}, CAS >= {rule['cas_threshold']:g}, at least"
+               f" {100 * rule['min_accepted_fraction']:g} % of windows accepted")  # fmt: skip
+    click.echo("  test records (offline, learned gate): " + ", ".join(
+        f"{task.replace('_', ' ')} Score {100 * s['score']:.2f}" for task, s in records.items()))  # fmt: skip
+
+
+@cli.command("calibrate-verdict")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
+@click.option("--data", "data_root", help="Data folder (default: the checkpoint recipe's data.root).")
+def calibrate_verdict(checkpoint: Path, out: Path, data_root: str | None) -> None:
+    """Calibrate a trained checkpoint's examination verdict rule again on its validation patients."""
+    needs_torch("calibrate-verdict")
+    from training.verdicts import recalibrate_verdict
+
+    result = recalibrate_verdict(checkpoint, out, data_root)
+    _echo_verdict(result["verdict"], result["test_records"])
     click.echo(f"written to {out}; export it with `qlung-edge export {out} --out BUNDLE`")
 
 

@@ -23,7 +23,7 @@ from qlung_edge import CLASS_NAMES
 from qlung_edge.bundle import BundleError, load_bundle
 from qlung_edge.daemon import DaemonConfig, backend_for
 from qlung_edge.events import VerdictEvent, WindowStatus
-from qlung_edge.examination import TASK_2_1, TASK_2_2, task_2_1
+from qlung_edge.examination import TASK_2_1, TASK_2_2, Examination, Verdict, VerdictRule, task_2_1
 from qlung_edge.reporter import EventReporter, quality_threshold
 from qlung_edge.streaming import Decision, ExamBoundary, SignalPath
 from qlung_edge.windows import window_label
@@ -117,6 +117,7 @@ def eval_stream(
                         "start": round(window.start, 3),
                         "truth": "" if label is None else label,
                         "predicted": int(np.argmax(p)),
+                        **{f"p_{name}": round(float(q), 5) for name, q in zip(CLASS_NAMES, p)},
                         "status": outcome.status.value,
                         "reasons": " ".join(reasons),
                         "aqs": round(window.report.aqs, 4),
@@ -230,6 +231,30 @@ def _write_table(table: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ["recording"])
         writer.writeheader()
         writer.writerows(table)
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of an eval-stream windows.csv."""
+    import csv
+
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def verdicts_from_table(table: list[dict[str, str]], rule: VerdictRule) -> dict[str, Verdict]:
+    """Each recording's verdict under `rule`, from windows.csv (its accepted windows' probabilities, its gated
+    windows' first reasons): another rule judged on the same stream without streaming it again."""
+    probabilities = [f"p_{name}" for name in CLASS_NAMES]
+    if table and probabilities[0] not in table[0]:
+        raise ValueError("this windows.csv has no class probabilities (written by an older eval-stream)")
+    exams: dict[str, Examination] = {}
+    for row in table:
+        exam = exams.setdefault(row["recording"], Examination(row["recording"], 0.0))
+        if row["status"] == WindowStatus.CLASSIFIED.value:
+            exam.add((), np.array([float(row[k]) for k in probabilities]))
+        else:
+            exam.add(tuple(row["reasons"].split()) or (row["status"],), None)
+    return {rec: exam.verdict(rule, CLASS_NAMES) for rec, exam in exams.items()}
 
 
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)

@@ -5,8 +5,10 @@
 
 Each group folder holds `seed<k>/summary.json` (from `qlung-edge train --seeds`) and
 `seed<k>/eval-stream/eval_stream.json` (from `qlung-edge eval-stream BUNDLE --out ...`, the exported bundle of
-that seed). Figures are mean ± sample std over the seeds; the last sections give the paired per-seed
-differences between the first group and each other one. The README quotes this file (scripts/readme_figures.py).
+that seed), and optionally `seed<k>/verdict_transfer.json` (from `scripts/verdict_transfer.py`: the same stream
+judged under other ways of calibrating the verdict rule). Figures are mean ± sample std over the seeds; the last
+sections give the paired per-seed differences between the first group and each other one. The README quotes
+this file (scripts/readme_figures.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ ROWS = [
         ("poor_quality_records", "gated_fraction"),
     ),
     ("learned quality estimate, record AUROC vs Poor Quality (x 100)", "stream", ("quality_estimate", "record_auroc")),
+    (
+        "deployed, record level, Task 2-1 Score, rule fitted to the validation mix of abnormal records (unbalanced)",
+        "transfer",
+        ("plain", "test_task_2_1"),
+    ),
+    (
+        "deployed, record level, Task 2-2 Score, rule fitted to the validation mix of abnormal records (unbalanced)",
+        "transfer",
+        ("plain", "test_task_2_2"),
+    ),
 ]
 
 
@@ -61,7 +73,9 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         summary = json.loads((seed_dir / "summary.json").read_text())
         stream_file = seed_dir / stream_dir / "eval_stream.json"
         stream = json.loads(stream_file.read_text()) if stream_file.exists() else None
-        seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream})
+        transfer_file = seed_dir / "verdict_transfer.json"
+        transfer = json.loads(transfer_file.read_text()) if transfer_file.exists() else None
+        seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer})
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
     return seeds

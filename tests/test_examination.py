@@ -29,7 +29,7 @@ from qlung_edge.streaming import Decision, ExamBoundary, ExamConfig, SignalPath
 from qlung_edge.windows import pad_segment, window_label, window_starts
 from training.metrics import record_scores
 from training.records import Cycle
-from training.verdicts import calibrate
+from training.verdicts import calibrate, patient_draws, weighted_scores
 
 RATE = 16_000
 
@@ -107,6 +107,44 @@ def test_calibration_finds_the_separating_thresholds() -> None:
     lax = VerdictRule(rule.statistic, das_threshold=0.0, cas_threshold=rule.cas_threshold)
     assert any(decide(lax, windows[r], None, CLASS_NAMES).task_2_2 != truth[r] for r in windows)
     assert rule.calibrated_on == "40 synthetic records"
+
+
+def test_weighted_scores_count_each_record_as_often_as_it_is_weighted() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.choice(TASK_2_2, 60)
+    predicted = np.where(rng.random(60) < 0.6, truth, rng.choice(TASK_2_2, 60))
+    plain = weighted_scores(truth, predicted, "Normal", np.ones((1, 60)))
+    assert plain[0] == pytest.approx(record_scores(list(truth), list(predicted), TASK_2_2).score)
+    counts = rng.integers(0, 3, 60)  # the same as the records listed that many times
+    repeated = record_scores(list(np.repeat(truth, counts)), list(np.repeat(predicted, counts)), TASK_2_2).score
+    assert weighted_scores(truth, predicted, "Normal", counts[None].astype(float))[0] == pytest.approx(repeated)
+
+
+def test_patient_draws_bring_whole_patients() -> None:
+    recordings = ["a1", "a2", "b1", "c1", "c2", "c3"]
+    patients = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "c2": "C", "c3": "C"}
+    weights = patient_draws(recordings, patients, 500)
+    assert weights.shape == (500, 6)
+    assert np.all(weights[:, 0] == weights[:, 1]) and np.all(weights[:, 3] == weights[:, 5])
+    per_patient = weights[:, [0, 2, 3]]
+    assert np.all(per_patient.sum(1) == 3), "three patients drawn each time"
+    assert per_patient.mean() == pytest.approx(1.0, abs=0.1) and (per_patient == 0).any()
+
+
+def test_calibration_over_patient_resamples_holds_on_separable_records() -> None:
+    rng = np.random.default_rng(1)
+    windows, truth, patients = {}, {}, {}
+    for i in range(40):
+        label = ["Normal", "DAS", "CAS", "CAS & DAS"][i % 4]
+        das = 0.7 if "DAS" in label else 0.1
+        cas = 0.65 if "CAS" in label else 0.05
+        rows = [_p(1 - das - cas, das, cas, 0.0) + rng.normal(0, 0.02, 4) for _ in range(5)]
+        windows[f"r{i}"], truth[f"r{i}"], patients[f"r{i}"] = np.clip(np.array(rows), 0, 1), label, f"p{i // 3}"
+    rule, figures = calibrate(windows, truth, "40 synthetic records", patients=patients, resamples=50)
+    assert figures["task_2_2"]["score"] == pytest.approx(1.0)
+    assert rule.calibrated_on.endswith("the mean over 50 resamples of its patients")
+    with pytest.raises(ValueError, match="patient of every labelled recording"):
+        calibrate(windows, truth, "x", resamples=50)
 
 
 def test_identifiers_are_checked() -> None:
@@ -280,7 +318,7 @@ def test_eval_stream_scores_records_as_sprsound_does(bundle: Path, synth_root: P
     from click.testing import CliRunner
 
     from qlung_edge.cli import cli
-    from qlung_edge.evalstream import eval_stream
+    from qlung_edge.evalstream import eval_stream, verdicts_from_table
 
     report = eval_stream(bundle, synth_root / "sprsound", "test", progress=False, out_dir=tmp_path / "out")
     verdicts = report["verdicts"]
@@ -305,6 +343,11 @@ def test_eval_stream_scores_records_as_sprsound_does(bundle: Path, synth_root: P
     assert other["windows"] == len(good) and other["gated"] == sum(r["status"] == "gated" for r in good)
     low, high = other["gated_fraction_patients_95"]
     assert 0.0 <= low <= other["gated_fraction"] <= high <= 1.0
+    # The table holds what a verdict needs: another rule can be judged on the same stream without streaming it.
+    again = verdicts_from_table(table, VerdictRule.from_manifest({"verdict": report["verdict_rule"]}))
+    assert {v["recording"]: v["task_2_2"] for v in verdicts} == {k: v.task_2_2 for k, v in again.items()}
+    lax = verdicts_from_table(table, VerdictRule(das_threshold=0.0, cas_threshold=0.0))
+    assert all(v.task_2_2 in ("CAS & DAS", "Poor Quality") for v in lax.values())
     result = CliRunner().invoke(
         cli, ["eval-stream", str(bundle), "--data", str(synth_root / "sprsound"), "--limit", "4"]
     )

@@ -309,6 +309,18 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert "central 95 % over patient resamples" in result.output
     low, high = again["quality_estimate"]["figures"]["good_windows_refused_patients_95"]
     assert 0.0 <= low <= again["quality_estimate"]["figures"]["good_windows_refused"] <= high <= 1.0
+    # The verdict rule alone calibrated again: the model and gate untouched, the rule and its test figures new.
+    shifted = dict(again, verdict=VerdictRule(das_threshold=0.95, cas_threshold=0.95).to_dict())
+    save_checkpoint(tmp_path / "shifted.pt", shifted)
+    result = CliRunner().invoke(
+        cli, ["calibrate-verdict", str(tmp_path / "shifted.pt"), "--out", str(tmp_path / "v.pt")]
+    )
+    assert result.exit_code == 0, result.output
+    recalibrated = load_checkpoint(tmp_path / "v.pt")
+    assert recalibrated["verdict"] == again["verdict"] and "validation patients" in result.output
+    assert recalibrated["metrics"]["test_records"] == again["metrics"]["test_records"]
+    assert recalibrated["quality_estimate"] == again["quality_estimate"]
+    assert all(torch.equal(v, again["weights"][k]) for k, v in recalibrated["weights"].items())
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(

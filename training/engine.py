@@ -31,7 +31,7 @@ from qlung_edge import CLASS_NAMES
 from qlung_edge.batches import in_batches
 from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
-from training.checkpoint import build_model, checkpoint_payload, load_checkpoint, save_checkpoint
+from training.checkpoint import build_model, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import RunConfig
 from training.dataset import ExampleDataset, Geometry, Prepared, prepare, recording_windows
 from training.datasets import LAYOUTS, scan_folder
@@ -159,6 +159,17 @@ def load_splits(config: RunConfig, progress: bool = True) -> Splits:
         geometry,
         train_parts,
     )
+
+
+def load_trained(checkpoint: str | Path, data_root: str | None = None, progress: bool = True
+                 ) -> tuple[dict[str, Any], torch.nn.Module, RunConfig, Splits]:  # fmt: skip
+    """A trained checkpoint, its model and recipe (`data_root` in place of the recipe's data folder) and the
+    splits it was trained on: what refitting a part of it without training again starts from."""
+    payload = load_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(payload, checkpoint)
+    if data_root:
+        config = replace(config, data=replace(config.data, root=data_root))
+    return payload, model, config, load_splits(config, progress=progress)
 
 
 def _loader(dataset: ExampleDataset, batch: int, process: Process, seed: int, workers: int, train: bool) -> DataLoader:
@@ -514,6 +525,29 @@ def _record_headline(scores: dict[str, Any]) -> dict[str, float]:
     return {k: scores[k] for k in ("sensitivity", "specificity", "average", "harmonic", "score")}
 
 
+def record_outputs(
+    config: RunConfig,
+    splits: Splits,
+    model: torch.nn.Module,
+    prepared: Any,
+    device: torch.device,
+    process: Process,
+    part: str,
+    smoothing: int = 1,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Every window of one part's recordings through the model: class probabilities by recording and, when the
+    model has a quality estimate, P(poor) pooled over `smoothing` windows as the daemon pools it."""
+    from qlung_edge.reporter import trailing_means
+
+    geometry = geometry_of(config, "window")
+    data = prepared(all_windows(splits.recordings[part], geometry), geometry, f"{part} record windows")
+    out = predict_outputs(model, ExampleDataset(data), device, 32, process)
+    if "poor" not in out:
+        return by_recording(data, out["probabilities"]), None
+    poor = {rec: trailing_means(v, smoothing) for rec, v in by_recording(data, out["poor"]).items()}
+    return by_recording(data, out["probabilities"]), poor
+
+
 def record_level(
     config: RunConfig,
     splits: Splits,
@@ -527,18 +561,9 @@ def record_level(
     """The verdict rule calibrated on every window of the validation patients' recordings, and its Task 2-1 and
     2-2 figures on the test recordings (offline: the learned quality gate applies when the model has one, on
     P(poor) pooled over `smoothing` windows as the daemon pools it; the AQS reasons do not)."""
-    from qlung_edge.reporter import trailing_means
-
-    geometry = geometry_of(config, "window")
     windows, poor = {}, {}
     for part in ("validation", "test"):
-        recordings = splits.recordings[part]
-        data = prepared(all_windows(recordings, geometry), geometry, f"{part} record windows")
-        out = predict_outputs(model, ExampleDataset(data), device, 32, process)
-        windows[part] = by_recording(data, out["probabilities"])
-        poor[part] = None
-        if "poor" in out:
-            poor[part] = {rec: trailing_means(v, smoothing) for rec, v in by_recording(data, out["poor"]).items()}
+        windows[part], poor[part] = record_outputs(config, splits, model, prepared, device, process, part, smoothing)
     truth = {r.id: r.record_label for part in ("validation", "test") for r in splits.recordings[part] if r.record_label}
     where = f"{len(windows['validation'])} recordings of validation patients ({splits.selection})"
     rule, validation = calibrate(windows["validation"], truth, where, poor["validation"], threshold)

@@ -261,16 +261,11 @@ def refit_gate(
     """Fit the quality estimate and the gate's thresholds again on a trained checkpoint's training recordings
     (its classifier untouched), calibrate the verdict rule again under the new gate on the validation patients,
     and write the checkpoint to `out`: a new budget, or a new device's recordings, without training again."""
-    from dataclasses import replace
+    from training.checkpoint import save_checkpoint
+    from training.engine import geometry_of, load_trained
+    from training.verdicts import recalibrated
 
-    from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from training.engine import Process, geometry_of, load_splits, record_level
-
-    payload = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(payload, checkpoint)
-    if data_root:
-        config = replace(config, data=replace(config.data, root=data_root))
-    splits = load_splits(config, progress=progress)
+    payload, model, config, splits = load_trained(checkpoint, data_root, progress)
     recordings = splits.recordings["train"] + splits.recordings["validation"]
     if not any(r.record_label == POOR_QUALITY for r in recordings):
         raise QLungError(f"no training recording of {config.data.root} is labelled {POOR_QUALITY!r}: nothing to fit",
@@ -281,18 +276,8 @@ def refit_gate(
     attach(model, fit)
     estimate = fit.manifest_record()
 
-    def prepared(examples: list[Any], geometry: Geometry, name: str) -> Prepared:
-        return prepare(examples, splits.scan.recordings, config.data.cache_dir, config.quality, geometry,
-                       features=config.train.cache_features, progress=progress, desc=f"prepare {name}")  # fmt: skip
-
     update: dict[str, Any] = {"weights": model.state_dict(), "quality_estimate": estimate}
-    if any(r.record_label for r in splits.recordings["validation"]):
-        rule, records = record_level(config, splits, model, prepared, torch.device("cpu"), Process(),
-                                     fit.threshold, fit.smoothing_windows)  # fmt: skip
-        update["verdict"] = rule.to_dict()
-        test = {task: {k: s[k] for k in ("sensitivity", "specificity", "average", "harmonic", "score")}
-                for task, s in records["test_records"].items()}  # fmt: skip
-        update["metrics"] = {**payload.get("metrics", {}), "test_records": test}
+    update.update(recalibrated(payload, config, splits, model, fit.threshold, fit.smoothing_windows, progress))
     save_checkpoint(Path(out), {**payload, **update})
     return {**estimate, **({"verdict": update["verdict"], "test_records": update["metrics"]["test_records"]}
                            if "verdict" in update else {})}  # fmt: skip
