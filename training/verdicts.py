@@ -3,7 +3,8 @@ patients, and SPRSound's Task 2-1 / 2-2 figures of a rule on a set of recordings
 
 The rule itself (`qlung_edge.examination`) is device code: the daemon applies it when an examination ends.
 Here it is fitted, by a grid search over pooling statistic and thresholds that maximises the mean of the
-Task 2-1 and Task 2-2 Scores on the validation patients' recordings, and never looks at the test set.
+Task 2-1 and Task 2-2 Scores on the validation patients' recordings, each kind of abnormal record weighing the
+same (`calibrate`), and never looks at the test set.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def calibrate(
 
     With `balanced`, every kind of non-normal record (CAS, DAS, CAS & DAS, Poor Quality) weighs the same in SE
     however common it is here: the mix of abnormal records differs from one population to another (SPRSound's
-    training set has 13 % DAS and 5 % CAS records, its 2022 inter-patient test set 7 % and 18 %), and a rule fitted
-    to one mix trades SP for whichever kind is common in it."""
+    training recordings are 12.6 % DAS and 5.5 % CAS records, its 2022 inter-patient test set 6.8 % and 18.3 %), and
+    a rule fitted to one mix trades SP for whichever kind is common in it."""
     labelled = [rec for rec in windows if truth.get(rec)]
     if not labelled:
         raise ValueError("no recordings with record labels to calibrate the verdict on")
