@@ -1,18 +1,17 @@
 """Does a verdict rule calibrated on the validation patients hold on other patients?
 
-For each trained run (a folder with best.pt and eval-stream/windows.csv from `qlung-edge eval-stream`), four ways
-of calibrating the rule are compared, all fitted on the validation patients only:
+For each trained run (a folder with best.pt and eval-stream/windows.csv from `qlung-edge eval-stream`), two ways
+of calibrating the rule are compared, both fitted on the validation patients only:
 
 - plain: the grid point that maximises the mean Task 2-1 / 2-2 Score on the validation recordings;
-- resampled: the grid point that maximises that objective averaged over resamples of the validation patients;
-- balanced (training's rule): each kind of abnormal record weighing the same in SE; and both together.
+- balanced (training's rule): the same with each kind of abnormal record weighing the same in SE.
 
 They are judged twice: within validation (calibrate on half the patients, score on the other half, over random
 halvings: no test data involved), and on the inter-patient test set through the deployed stream (the run's
 windows.csv re-decided under each rule, as the daemon would decide it).
 
 Writes RUN/verdict_transfer.json (which scripts/results.py reads) and prints a line per run.
-Usage: python scripts/verdict_transfer.py RUN [RUN ...] [--halvings 20] [--resamples 200] [--json OUT]
+Usage: python scripts/verdict_transfer.py RUN [RUN ...] [--halvings 20] [--json OUT]
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ def _subset(mapping: dict[str, Any] | None, keys: set[str]) -> dict[str, Any] | 
     return None if mapping is None else {k: v for k, v in mapping.items() if k in keys}
 
 
-def transfer(run: Path, halvings: int, resamples: int) -> dict[str, Any]:
+def transfer(run: Path, halvings: int) -> dict[str, Any]:
     from qlung_edge.evalstream import read_table, verdicts_from_table
     from qlung_edge.examination import TASK_2_1, TASK_2_2, VerdictRule, task_2_1
     from training.metrics import record_scores
@@ -74,9 +73,7 @@ def transfer(run: Path, halvings: int, resamples: int) -> dict[str, Any]:
     payload, windows, poor, threshold, truth, patients = _validation_outputs(run)
     methods = {
         "plain": {"balanced": False},
-        "resampled": {"balanced": False, "patients": patients, "resamples": resamples},
         "balanced": {"balanced": True},
-        "balanced+resampled": {"balanced": True, "patients": patients, "resamples": resamples},
     }
     rules = {name: calibrate(windows, truth, "validation", poor, threshold, **kw)[0] for name, kw in methods.items()}
     within: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
@@ -118,19 +115,18 @@ def transfer(run: Path, halvings: int, resamples: int) -> dict[str, Any]:
     return result
 
 
-METHODS = ("plain", "resampled", "balanced", "balanced+resampled")
+METHODS = ("plain", "balanced")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--halvings", type=int, default=20)
-    parser.add_argument("--resamples", type=int, default=200)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = []
     for run in args.runs:
-        r = transfer(run, args.halvings, args.resamples)
+        r = transfer(run, args.halvings)
         results.append(r)
         (run / "verdict_transfer.json").write_text(json.dumps(r, indent=1))
         line = [

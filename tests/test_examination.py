@@ -29,7 +29,7 @@ from qlung_edge.streaming import Decision, ExamBoundary, ExamConfig, SignalPath
 from qlung_edge.windows import pad_segment, window_label, window_starts
 from training.metrics import record_scores
 from training.records import Cycle
-from training.verdicts import calibrate, patient_draws, weighted_scores
+from training.verdicts import calibrate, weighted_score
 
 RATE = 16_000
 
@@ -113,38 +113,11 @@ def test_weighted_scores_count_each_record_as_often_as_it_is_weighted() -> None:
     rng = np.random.default_rng(3)
     truth = rng.choice(TASK_2_2, 60)
     predicted = np.where(rng.random(60) < 0.6, truth, rng.choice(TASK_2_2, 60))
-    plain = weighted_scores(truth, predicted, "Normal", np.ones((1, 60)))
-    assert plain[0] == pytest.approx(record_scores(list(truth), list(predicted), TASK_2_2).score)
+    plain = weighted_score(truth, predicted, "Normal", np.ones(60))
+    assert plain == pytest.approx(record_scores(list(truth), list(predicted), TASK_2_2).score)
     counts = rng.integers(0, 3, 60)  # the same as the records listed that many times
     repeated = record_scores(list(np.repeat(truth, counts)), list(np.repeat(predicted, counts)), TASK_2_2).score
-    assert weighted_scores(truth, predicted, "Normal", counts[None].astype(float))[0] == pytest.approx(repeated)
-
-
-def test_patient_draws_bring_whole_patients() -> None:
-    recordings = ["a1", "a2", "b1", "c1", "c2", "c3"]
-    patients = {"a1": "A", "a2": "A", "b1": "B", "c1": "C", "c2": "C", "c3": "C"}
-    weights = patient_draws(recordings, patients, 500)
-    assert weights.shape == (500, 6)
-    assert np.all(weights[:, 0] == weights[:, 1]) and np.all(weights[:, 3] == weights[:, 5])
-    per_patient = weights[:, [0, 2, 3]]
-    assert np.all(per_patient.sum(1) == 3), "three patients drawn each time"
-    assert per_patient.mean() == pytest.approx(1.0, abs=0.1) and (per_patient == 0).any()
-
-
-def test_calibration_over_patient_resamples_holds_on_separable_records() -> None:
-    rng = np.random.default_rng(1)
-    windows, truth, patients = {}, {}, {}
-    for i in range(40):
-        label = ["Normal", "DAS", "CAS", "CAS & DAS"][i % 4]
-        das = 0.7 if "DAS" in label else 0.1
-        cas = 0.65 if "CAS" in label else 0.05
-        rows = [_p(1 - das - cas, das, cas, 0.0) + rng.normal(0, 0.02, 4) for _ in range(5)]
-        windows[f"r{i}"], truth[f"r{i}"], patients[f"r{i}"] = np.clip(np.array(rows), 0, 1), label, f"p{i // 3}"
-    rule, figures = calibrate(windows, truth, "40 synthetic records", patients=patients, resamples=50)
-    assert figures["task_2_2"]["score"] == pytest.approx(1.0)
-    assert rule.calibrated_on.endswith("the mean over 50 resamples of its patients")
-    with pytest.raises(ValueError, match="patient of every labelled recording"):
-        calibrate(windows, truth, "x", resamples=50)
+    assert weighted_score(truth, predicted, "Normal", counts.astype(float)) == pytest.approx(repeated)
 
 
 def test_a_balanced_calibration_does_not_follow_the_mix_of_abnormal_records() -> None:

@@ -83,25 +83,15 @@ def score(
     }
 
 
-def weighted_scores(truth: np.ndarray, predicted: np.ndarray, normal: str, weights: np.ndarray) -> np.ndarray:
-    """SPRSound's record Score (`training.metrics.record_scores`) with each record counted `weights[k, r]` times,
-    for every row k at once: one row of ones is the plain Score, rows of patient draws a resample of patients."""
+def weighted_score(truth: np.ndarray, predicted: np.ndarray, normal: str, weights: np.ndarray) -> float:
+    """SPRSound's record Score (`training.metrics.record_scores`) with record r counted `weights[r]` times:
+    ones give the plain Score, 1 / (records of its kind) the Score with every kind of record weighing the same."""
     right = truth == predicted
     is_normal = truth == normal
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sp = (weights @ (right & is_normal)) / (weights @ is_normal)
-        se = (weights @ (right & ~is_normal)) / (weights @ ~is_normal)
-        harmonic = np.where(se + sp > 0, 2 * se * sp / (se + sp), 0.0)
+    sp = float(weights @ (right & is_normal)) / float(weights @ is_normal) if is_normal.any() else float("nan")
+    se = float(weights @ (right & ~is_normal)) / float(weights @ ~is_normal) if (~is_normal).any() else float("nan")
+    harmonic = 2 * se * sp / (se + sp) if se + sp > 0 else 0.0
     return ((se + sp) / 2 + harmonic) / 2
-
-
-def patient_draws(recordings: Sequence[str], patients: dict[str, str], draws: int, seed: int = 0) -> np.ndarray:
-    """[draws, recordings] weights: how many times each recording's patient was drawn, patients drawn with
-    replacement (each brings all of its recordings)."""
-    names, index = np.unique([patients[r] for r in recordings], return_inverse=True)
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=draws)
-    return counts[:, index].astype(np.float64)
 
 
 def calibrate(
@@ -110,17 +100,11 @@ def calibrate(
     where: str,
     poor: dict[str, np.ndarray] | None = None,
     threshold: float | None = None,
-    patients: dict[str, str] | None = None,
-    resamples: int = 0,
     balanced: bool = True,
 ) -> tuple[VerdictRule, dict[str, Any]]:
     """The pooling statistic, DAS/CAS thresholds and (with a quality estimate) the least share of accepted
     windows that maximise the mean Task 2-1 and 2-2 Score on these (validation) recordings; ties go to the
     more conservative (higher) thresholds.
-
-    With `resamples` (and `patients`: recording -> patient), the mean of that objective over as many resamples
-    of the patients: a rule that wins on a few patients' records only scores lower there, so the choice leans
-    to one that holds across patients rather than to a sharp optimum of this one group.
 
     With `balanced`, every kind of non-normal record (CAS, DAS, CAS & DAS, Poor Quality) weighs the same in SE
     however common it is here: the mix of abnormal records differs from one population to another (SPRSound's
@@ -129,12 +113,7 @@ def calibrate(
     labelled = [rec for rec in windows if truth.get(rec)]
     if not labelled:
         raise ValueError("no recordings with record labels to calibrate the verdict on")
-    if resamples:
-        if patients is None or any(rec not in patients for rec in labelled):
-            raise ValueError("resampling patients needs the patient of every labelled recording")
-        weights = patient_draws(labelled, patients, resamples)
-    else:
-        weights = np.ones((1, len(labelled)))
+    weights = np.ones(len(labelled))
     accepted, refused = gate(windows, poor, threshold)
     t22 = np.array([truth[rec] for rec in labelled])
     t21 = np.array([task_2_1(t) for t in t22])
@@ -160,15 +139,13 @@ def calibrate(
                     p22 = np.where(has_d & has_c, "CAS & DAS", np.where(has_d, "DAS", np.where(has_c, "CAS", "Normal")))
                     p22 = np.where(unusable, "Poor Quality", p22)
                     p21 = np.where(unusable, "Poor Quality", np.where(has_d | has_c, "Adventitious", "Normal"))
-                    s21 = float(np.nanmean(weighted_scores(t21, p21, TASK_2_1[0], weights)))
-                    s22 = float(np.nanmean(weighted_scores(t22, p22, TASK_2_2[0], weights)))
+                    s21 = weighted_score(t21, p21, TASK_2_1[0], weights)
+                    s22 = weighted_score(t22, p22, TASK_2_2[0], weights)
                     key = ((s21 + s22) / 2, s21, d + c, statistic, d, c, fraction)
                     if best is None or key[:3] > best[:3]:
                         best = key
     assert best is not None
-    how = (", each kind of abnormal record weighing the same" if balanced else "") + (
-        f", the mean over {resamples} resamples of its patients" if resamples else ""
-    )
+    how = ", each kind of abnormal record weighing the same" if balanced else ""
     rule = VerdictRule(statistic=best[3], das_threshold=float(best[4]), cas_threshold=float(best[5]),
                        min_accepted_fraction=float(best[6]), calibrated_on=where + how)  # fmt: skip
     figures = {name: s.as_dict() for name, s in score(rule, windows, truth, poor, threshold).items()}
