@@ -136,6 +136,17 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str) -> str:
             gaps.append(f"{name} {spread([d - o for d, o in zip(deployed, offline)])}")
     if gaps:
         lines += ["", "Deployed window level minus offline cycle level, same checkpoints: " + "; ".join(gaps) + "."]
+    for task in ("task_2_1", "task_2_2"):
+        gains = []
+        for name in names:
+            pairs = [(s["stream"], s["transfer"]) for s in groups[name] if s["stream"] and s["transfer"]]
+            diffs = [_get(st, ("records", task, "score")) - _get(tr, ("plain", f"test_{task}")) for st, tr in pairs]
+            if diffs:
+                gains.append(f"{name} {spread(diffs)} ({', '.join(f'{d:+.2f}' for d in diffs)})")
+        if gains:
+            title = "Task " + task.removeprefix("task_").replace("_", "-")
+            gain = "; ".join(gains)
+            lines += ["", f"Balanced minus unbalanced verdict rule, {title} Score, same streams: {gain}."]
     return "\n".join(lines) + "\n"
 
 
