@@ -43,6 +43,8 @@ def test_data_summary_on_real_sprsound(shared_data: Path) -> None:
     result = CliRunner().invoke(cli, ["data-summary", str(shared_data / "sprsound")])
     assert result.exit_code == 0, result.output
     assert "Poor Quality 152" in result.output and "1892 recordings" in result.output
+    # The abnormal mix per split (it differs between SPRSound's training and test patients).
+    assert "train: CAS 84 (5.5 %)" in result.output and "test: CAS 65 (18.3 %)" in result.output
 
 
 def test_user_errors_are_one_line_naming_the_file(tmp_path: Path) -> None:

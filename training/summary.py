@@ -27,6 +27,7 @@ def summarize(scan: DatasetScan) -> dict[str, Any]:
             "patients": len({r.patient for r in these}),
             "cycles": len(cycles),
             "classes": _class_counts([c.label for c in cycles]),
+            "record_labels": dict(sorted(Counter(r.record_label for r in these if r.record_label).items())),
         }
     per_device = {}
     for device in sorted({r.device for r in recs}):
@@ -81,6 +82,11 @@ def format_summary(summary: dict[str, Any], max_problems: int = 10) -> str:
         lines.append("  " + f"{device:<14}{d['recordings']:>6}{d['cycles']:>8}  {rates}")
     if summary["record_labels"]:
         lines += ["", "  record labels: " + ", ".join(f"{k} {v}" for k, v in summary["record_labels"].items())]
+        for split, d in summary["splits"].items():  # the mix differs between splits: say it per split
+            total = sum(d["record_labels"].values())
+            if total:
+                shares = ", ".join(f"{k} {v} ({100 * v / total:.1f} %)" for k, v in d["record_labels"].items())
+                lines.append(f"    {split}: {shares}")
     problems = summary["problems"]
     lines += ["", f"  problems: {len(problems)}" + (" (nothing skipped)" if not problems else "")]
     lines += [f"    {p}" for p in problems[:max_problems]]
