@@ -78,6 +78,8 @@ def transfer(run: Path, halvings: int) -> dict[str, Any]:
     rules = {name: calibrate(windows, truth, "validation", poor, threshold, **kw)[0] for name, kw in methods.items()}
     within: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for fit_on, judge_on in _halves(patients, halvings):
+        if not any(truth.get(r) for r in fit_on) or not any(truth.get(r) for r in judge_on):
+            continue  # a half without record labels (a small validation set) can neither fit nor judge
         for name, kw in methods.items():
             rule, _ = calibrate(_subset(windows, fit_on), truth, "half", _subset(poor, fit_on), threshold, **kw)
             s = score(rule, _subset(windows, judge_on), truth, _subset(poor, judge_on), threshold)
@@ -104,11 +106,12 @@ def transfer(run: Path, halvings: int) -> dict[str, Any]:
         t22, p22 = [test_truth[r] for r in ids], [decided[r].task_2_2 for r in ids]
         t21 = record_scores([task_2_1(t) for t in t22], [task_2_1(p) for p in p22], TASK_2_1)
         t2 = record_scores(t22, p22, TASK_2_2)
-        halves = np.array(within[name])
+        halves = np.array(within[name]).reshape(-1, 2)
         result[name] = {
             "rule": rule.to_dict(),
-            "within_validation_task_2_1": float(halves[:, 0].mean()),
-            "within_validation_task_2_2": float(halves[:, 1].mean()),
+            "halvings": len(halves),
+            "within_validation_task_2_1": float(halves[:, 0].mean()) if len(halves) else float("nan"),
+            "within_validation_task_2_2": float(halves[:, 1].mean()) if len(halves) else float("nan"),
             "test_task_2_1": t21.score, "test_task_2_1_se": t21.sensitivity, "test_task_2_1_sp": t21.specificity,
             "test_task_2_2": t2.score,
         }  # fmt: skip

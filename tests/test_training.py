@@ -321,6 +321,17 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert recalibrated["metrics"]["test_records"] == again["metrics"]["test_records"]
     assert recalibrated["quality_estimate"] == again["quality_estimate"]
     assert all(torch.equal(v, again["weights"][k]) for k, v in recalibrated["weights"].items())
+    # The same stream judged under the plain and the balanced calibration, without streaming it again.
+    from qlung_edge.evalstream import eval_stream
+
+    eval_stream(bundle, synth_root / "sprsound", progress=False, out_dir=tmp_path / "run" / "eval-stream")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from verdict_transfer import transfer
+
+    judged = transfer(tmp_path / "run", halvings=4)
+    assert judged["shipped_rule_reproduced"] and "balanced" in judged["trained_rule_is"]
+    for method in ("plain", "balanced"):
+        assert 0.0 <= judged[method]["test_task_2_1"] <= 1.0 and judged[method]["halvings"] <= 4
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(
