@@ -30,17 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def _validation_outputs(run: Path) -> tuple[Any, ...]:
     import torch
 
-    from training.dataset import prepare
     from training.engine import Process, load_trained, record_outputs
+    from training.verdicts import checkpoint_gate, preparer
 
     payload, model, config, splits = load_trained(run / "best.pt", progress=False)
-    estimate = payload.get("quality_estimate") or {}
-    threshold, smoothing = estimate.get("threshold"), int(estimate.get("smoothing_windows", 1))
-
-    def prepared(examples: list[Any], geometry: Any, name: str) -> Any:
-        return prepare(examples, splits.scan.recordings, config.data.cache_dir, config.quality, geometry,
-                       features=config.train.cache_features, progress=False, desc=name)  # fmt: skip
-
+    threshold, smoothing = checkpoint_gate(payload)
+    prepared = preparer(config, splits, progress=False)
     windows, poor = record_outputs(config, splits, model, prepared, torch.device("cpu"), Process(), "validation",
                                    smoothing)  # fmt: skip
     validation = splits.recordings["validation"]

@@ -152,6 +152,23 @@ def calibrate(
     return rule, figures
 
 
+def preparer(config: Any, splits: Any, progress: bool = True) -> Any:
+    """`prepare` for a trained checkpoint's recordings in one process (what `record_level` takes)."""
+    from training.dataset import prepare
+
+    def prepared(examples: list[Any], geometry: Geometry, name: str) -> Prepared:
+        return prepare(examples, splits.scan.recordings, config.data.cache_dir, config.quality, geometry,
+                       features=config.train.cache_features, progress=progress, desc=f"prepare {name}")  # fmt: skip
+
+    return prepared
+
+
+def checkpoint_gate(payload: dict[str, Any]) -> tuple[float | None, int]:
+    """The learned gate's P(poor) threshold and smoothing of a checkpoint (None and 1 without an estimate)."""
+    estimate = payload.get("quality_estimate") or {}
+    return estimate.get("threshold"), int(estimate.get("smoothing_windows", 1))
+
+
 def recalibrated(
     payload: dict[str, Any], config: Any, splits: Any, model: Any, threshold: float | None, smoothing: int,
     progress: bool = True,
@@ -160,16 +177,11 @@ def recalibrated(
     test figures that go with it (the checkpoint keys to update); nothing when no validation record is labelled."""
     import torch
 
-    from training.dataset import prepare
     from training.engine import Process, record_level
 
     if not any(r.record_label for r in splits.recordings["validation"]):
         return {}
-
-    def prepared(examples: list[Any], geometry: Geometry, name: str) -> Prepared:
-        return prepare(examples, splits.scan.recordings, config.data.cache_dir, config.quality, geometry,
-                       features=config.train.cache_features, progress=progress, desc=f"prepare {name}")  # fmt: skip
-
+    prepared = preparer(config, splits, progress)
     rule, records = record_level(config, splits, model, prepared, torch.device("cpu"), Process(), threshold, smoothing)
     test = {task: {k: s[k] for k in ("sensitivity", "specificity", "average", "harmonic", "score")}
             for task, s in records["test_records"].items()}  # fmt: skip
@@ -186,9 +198,7 @@ def recalibrate_verdict(checkpoint: str | Path, out: str | Path, data_root: str 
     from training.engine import load_trained
 
     payload, model, config, splits = load_trained(checkpoint, data_root, progress)
-    estimate = payload.get("quality_estimate") or {}
-    update = recalibrated(payload, config, splits, model, estimate.get("threshold"),
-                          int(estimate.get("smoothing_windows", 1)), progress)  # fmt: skip
+    update = recalibrated(payload, config, splits, model, *checkpoint_gate(payload), progress)
     if not update:
         raise QLungError("no validation recording has a record label: nothing to calibrate a verdict on",
                          path=checkpoint)  # fmt: skip
