@@ -204,6 +204,10 @@ def quality_scan(
         raise SystemExit(1)
 
 
+MOST_REFUSED = 6
+"""How many of the good records the learned estimate refuses most quality-scan names and draws."""
+
+
 def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[str, object]:
     """quality-scan --bundle: the bundle's P(poor) per record (mean over its windows) against the labels."""
     import numpy as np
@@ -233,12 +237,27 @@ def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[s
             f" {pooled}) {100 * refused:.1f} %"
         )
         figures: dict[str, object] = {"records": len(part), "good_windows_refused": refused}
+        shares = [(float(np.mean(trailing_means(estimates[r.id], pooled) >= threshold)), r)
+                  for r in part if r.record_label != "Poor Quality"]  # fmt: skip
+        most = sorted((s for s in shares if s[0] > 0), key=lambda s: (-s[0], s[1].id))[:MOST_REFUSED]
+        figures["most_refused_good_records"] = [{"recording": r.id, "label": r.record_label, "refused": share}
+                                                for share, r in most]  # fmt: skip
         if poor.any() and not poor.all():
             low, high = bootstrap_auroc(scores, poor)
             figures.update(record_auroc=auroc(scores, poor), record_auroc_95=[low, high])
             line += f"; record AUROC {figures['record_auroc']:.3f} (95 % {low:.3f}-{high:.3f}, {int(poor.sum())} poor)"
         click.echo(line)
+        if most:
+            named = (f"{r.id} ({r.record_label or 'unlabelled'}) {100 * share:.0f} %" for share, r in most)
+            click.echo("  good records it refuses most: " + ", ".join(named))
         out[split] = figures
+        if png_out is not None and most:
+            from training.quality_report import plot_refused_records
+
+            target = png_out.with_name(f"{png_out.stem}-refused-{split}{png_out.suffix or '.png'}")
+            title = f"good records the learned estimate of {bundle.name} refuses most, {split}"
+            plot_refused_records([(r, share) for share, r in most], target, title)
+            click.echo(f"  their spectrograms: {target}")
         if png_out is not None:
             import matplotlib
 

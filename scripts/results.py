@@ -6,7 +6,10 @@
 Each group folder holds `seed<k>/summary.json` (from `qlung-edge train --seeds`) and
 `seed<k>/eval-stream/eval_stream.json` (from `qlung-edge eval-stream BUNDLE --out ...`, the exported bundle of
 that seed), and optionally `seed<k>/verdict_transfer.json` (from `scripts/verdict_transfer.py`: the same stream
-judged under other ways of calibrating the verdict rule). Figures are mean ± sample std over the seeds; the last
+judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer.json` (from
+`scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients) and
+`seed_ensemble.json` (from `scripts/seed_ensemble.py`:
+the seeds averaged into one model, offline). Figures are mean ± sample std over the seeds; the last
 sections give the paired per-seed differences between the first group and each other one. The README quotes
 this file (scripts/readme_figures.py).
 """
@@ -20,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+AS_TRAINED = "as trained (L2 1, with synthetic degradations)"
+WITHOUT_SYNTHETIC = "without synthetic degradations"
+"""Variants of `scripts/gate_transfer.py` (its VARIANTS) that RESULTS.md quotes."""
 
 ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
@@ -55,6 +62,36 @@ ROWS = [
         "transfer",
         ("plain", "test_task_2_2"),
     ),
+    (
+        "learned gate as trained, % of good records' windows refused, out of fold on the training patients",
+        "gate",
+        (AS_TRAINED, "good_windows_refused_out_of_fold"),
+    ),
+    (
+        "learned gate as trained, % of good records' windows refused, validation patients",
+        "gate",
+        (AS_TRAINED, "good_windows_refused_validation"),
+    ),
+    (
+        "learned gate as trained, % of good records' windows refused, test patients (offline)",
+        "gate",
+        (AS_TRAINED, "good_windows_refused_test"),
+    ),
+    (
+        "quality head without synthetic degradations, % of good records' windows refused, test patients (offline)",
+        "gate",
+        (WITHOUT_SYNTHETIC, "good_windows_refused_test"),
+    ),
+    (
+        "learned quality estimate, record AUROC out of fold on the training recordings (x 100)",
+        "gate",
+        (AS_TRAINED, "cv_record_auroc"),
+    ),
+    (
+        "quality head without synthetic degradations, record AUROC out of fold on the training recordings (x 100)",
+        "gate",
+        (WITHOUT_SYNTHETIC, "cv_record_auroc"),
+    ),
 ]
 
 
@@ -75,7 +112,10 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         stream = json.loads(stream_file.read_text()) if stream_file.exists() else None
         transfer_file = seed_dir / "verdict_transfer.json"
         transfer = json.loads(transfer_file.read_text()) if transfer_file.exists() else None
-        seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer})
+        gate_file = seed_dir / "gate_transfer.json"
+        gate = json.loads(gate_file.read_text()) if gate_file.exists() else None
+        seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
+                      "gate": gate})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
     return seeds
@@ -93,8 +133,10 @@ def spread(xs: list[float]) -> str:
     return f"{np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f}"
 
 
-def render(groups: dict[str, list[dict[str, Any]]], command: str) -> str:
+def render(groups: dict[str, list[dict[str, Any]]], command: str,
+           ensembles: dict[str, dict[str, Any]] | None = None) -> str:  # fmt: skip
     names = list(groups)
+    ensembles = ensembles or {}
     lines = [
         "# Results",
         "",
@@ -147,6 +189,19 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str) -> str:
             title = "Task " + task.removeprefix("task_").replace("_", "-")
             gain = "; ".join(gains)
             lines += ["", f"Balanced minus unbalanced verdict rule, {title} Score, same streams: {gain}."]
+    for task in ("task_2_1", "task_2_2"):
+        found = []
+        for name in names:
+            if name in ensembles:
+                e = ensembles[name]
+                alone = spread([100 * m[task]["score"] for m in e["members"]])
+                together = 100 * e["ensemble"][task]["score"]
+                found.append(f"{name} {together:.2f} (its {len(e['members'])} seeds alone {alone})")
+        if found:
+            title = "Task " + task.removeprefix("task_").replace("_", "-")
+            what = "the mean of the seeds' class probabilities and P(poor), offline, learned gate only"
+            lines += ["", f"Seed ensemble ({what}, `scripts/seed_ensemble.py`), record level, {title} Score: "
+                      + "; ".join(found) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -156,14 +211,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     parser.add_argument("--stream-dir", default="eval-stream", help="each seed's eval-stream folder name")
     args = parser.parse_args()
-    groups = {}
+    groups, ensembles = {}, {}
     for item in args.group:
         name, _, folder = item.partition("=")
         groups[name] = load_group(Path(folder), args.stream_dir)
+        if (Path(folder) / "seed_ensemble.json").is_file():
+            ensembles[name] = json.loads((Path(folder) / "seed_ensemble.json").read_text())
     command = "python scripts/results.py " + " ".join(f'--group "{g}"' for g in args.group) + f" --out {args.out}"
     if args.stream_dir != "eval-stream":
         command += f" --stream-dir {args.stream_dir}"
-    args.out.write_text(render(groups, command))
+    args.out.write_text(render(groups, command, ensembles))
     print(f"wrote {args.out}")
     return 0
 

@@ -15,6 +15,7 @@ from training.quality_report import (
     RecordingQuality,
     calibrate,
     plot_distribution,
+    plot_refused_records,
     rescore,
     score_recordings,
     separation,
@@ -67,6 +68,11 @@ def test_scores_match_the_synthetic_ground_truth(synth_root: Path, tmp_path: Pat
         if not k:
             assert row.report.reasons == ()
     assert plot_distribution(rows, tmp_path / "q.png").stat().st_size > 5000
+    refused = [(r, share) for r, share in zip(scan.recordings[:3], (0.9, 0.5, 0.25))]
+    sheet = plot_refused_records(refused, tmp_path / "refused.png", "most refused")
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 20000
+    with pytest.raises(ValueError, match="no refused recordings"):
+        plot_refused_records([], tmp_path / "none.png")
 
 
 def test_quality_scan_command(synth_root: Path, tmp_path: Path) -> None:

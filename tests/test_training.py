@@ -289,6 +289,16 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert result.exit_code == 0, result.output
     assert "record AUROC" in result.output and "good records' windows it refuses (pooled over" in result.output
     assert (tmp_path / "q-learned-test.png").exists()
+    result = CliRunner().invoke(cli, [*arguments, "--json", str(tmp_path / "q.json")])
+    learned = json.loads((tmp_path / "q.json").read_text())["learned"]
+    splits_scanned = [k for k, v in learned.items() if isinstance(v, dict)]
+    assert "test" in splits_scanned
+    for split in splits_scanned:
+        most = learned[split]["most_refused_good_records"]
+        shares = [m["refused"] for m in most]
+        assert shares == sorted(shares, reverse=True) and all(0 < s <= 1 for s in shares)
+        assert bool(most) == (learned[split]["good_windows_refused"] > 0)
+        assert (tmp_path / f"q-refused-{split}.png").exists() == bool(most)
     # The gate fitted again on the trained classifier, with another budget; the classifier is untouched.
     refit = tmp_path / "refit.pt"
     result = CliRunner().invoke(
@@ -332,6 +342,21 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert judged["shipped_rule_reproduced"] and "balanced" in judged["trained_rule_is"]
     for method in ("plain", "balanced"):
         assert 0.0 <= judged[method]["test_task_2_1"] <= 1.0 and judged[method]["halvings"] <= 4
+    # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
+    import results
+    from seed_ensemble import ensemble
+
+    group = tmp_path / "group"
+    group.mkdir()
+    for seed in (0, 1):
+        (group / f"seed{seed}").symlink_to(tmp_path / "run", target_is_directory=True)
+    together = ensemble(group)
+    assert together["seeds"] == [0, 1] and together["members"][0]["rule"] == together["ensemble"]["rule"]
+    for task in ("task_2_1", "task_2_2"):
+        assert together["ensemble"][task] == together["members"][1][task]
+    text = results.render({"demo": results.load_group(group)}, "python scripts/results.py", {"demo": together})
+    alone = 100 * together["members"][0]["task_2_1"]["score"]
+    assert f"Task 2-1 Score: demo {alone:.2f} (its 2 seeds alone {alone:.2f} ± 0.00)" in text
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(

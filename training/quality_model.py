@@ -176,12 +176,7 @@ def fit_quality_estimate(
     patients = np.array(patients_real + patients_syn)
     real = np.arange(len(x)) < len(x_real)
 
-    out_of_fold = np.zeros(len(x))
-    for _, held_ids in patient_kfold(usable, k=folds):
-        held_patients = {by_id[i].patient for i in held_ids}
-        held = np.isin(patients, list(held_patients))
-        weight, bias = fit_logistic(x[~held], y[~held])
-        out_of_fold[held] = probability(x[held], weight, bias)
+    out_of_fold = out_of_fold_p_poor(x, y, patients, usable, folds)
     per_record = record_scores([rec_ids[i] for i in range(len(x_real))], out_of_fold[real])
     records = sorted(per_record)
     scores = np.array([per_record[r] for r in records])
@@ -190,14 +185,8 @@ def fit_quality_estimate(
     good = y_real == 0
     levels = np.array([r.rms_dbfs for r in reports])
     quiet_dbfs = float(np.floor(10 * np.percentile(levels[good], QUIET_PERCENTILE)) / 10)
-    refused_by_aqs = np.array([bool(set(r.reasons) - {"too_quiet"}) or r.rms_dbfs < quiet_dbfs for r in reports])
-    # What the gate compares with its threshold: each window's out-of-fold P(poor) pooled with the latest
-    # windows of its recording that the AQS reasons let through, as the daemon pools them.
-    gated_on = np.full(len(x_real), np.nan)
-    for indices in indices_by_recording(rec_ids).values():
-        passed = [i for i in indices if not refused_by_aqs[i]]
-        gated_on[passed] = trailing_means(out_of_fold[passed], smoothing)
-    gated_on = np.nan_to_num(gated_on, nan=0.0)  # refused by AQS: the estimate is not asked
+    refused_by_aqs = aqs_refused(reports, quiet_dbfs)
+    gated_on = pooled_as_gated(out_of_fold[real], rec_ids, refused_by_aqs, smoothing)
     threshold = budget_threshold(gated_on[good], refused_by_aqs[good], budget)
     refused_good = (gated_on[good] >= threshold) | refused_by_aqs[good]
     synthetic_caught = float(np.mean(out_of_fold[~real] >= threshold))
@@ -228,6 +217,37 @@ def fit_quality_estimate(
         else None,
     }
     return QualityFit(weight.astype(np.float32), bias, threshold, quiet_dbfs, smoothing, figures)
+
+
+def out_of_fold_p_poor(
+    x: np.ndarray, y: np.ndarray, patients: np.ndarray, recordings: Sequence[Recording], folds: int = 5,
+    l2: float = 1.0,
+) -> np.ndarray:  # fmt: skip
+    """Each row's P(poor) from a head fitted without its patient (`patients[i]` is row i's): the estimate as an
+    unseen patient would get it."""
+    by_id = {r.id: r for r in recordings}
+    out = np.zeros(len(x))
+    for _, held_ids in patient_kfold(recordings, k=folds):
+        held = np.isin(patients, list({by_id[i].patient for i in held_ids}))
+        weight, bias = fit_logistic(x[~held], y[~held], l2=l2)
+        out[held] = probability(x[held], weight, bias)
+    return out
+
+
+def aqs_refused(reports: Sequence[Any], quiet_dbfs: float) -> np.ndarray:
+    """The windows the AQS reasons refuse before the estimate is asked, "too quiet" at the calibrated level."""
+    return np.array([bool(set(r.reasons) - {"too_quiet"}) or r.rms_dbfs < quiet_dbfs for r in reports], dtype=bool)
+
+
+def pooled_as_gated(p_poor: np.ndarray, recording_ids: Sequence[str], refused_by_aqs: np.ndarray,
+                    smoothing: int) -> np.ndarray:  # fmt: skip
+    """What the gate compares with its threshold: each window's P(poor) pooled with the latest windows of its
+    recording that the AQS reasons let through, as the daemon pools them (0 where the AQS refused: not asked)."""
+    gated_on = np.zeros(len(p_poor))
+    for indices in indices_by_recording(recording_ids).values():
+        passed = [i for i in indices if not refused_by_aqs[i]]
+        gated_on[passed] = trailing_means(p_poor[passed], smoothing)
+    return gated_on
 
 
 def budget_threshold(p_poor: np.ndarray, refused: np.ndarray, budget: float) -> float:

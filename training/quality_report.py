@@ -172,6 +172,39 @@ def plot_distribution(rows: list[RecordingQuality], path: str | Path, title: str
     return path
 
 
+def plot_refused_records(
+    refused: list[tuple[Recording, float]], path: str | Path, title: str = "", seconds: float = 15.0
+) -> Path:
+    """Spectrograms of the recordings the gate refuses most (with the share it refuses): a person judges a
+    gate by looking at, or listening to, what it throws away."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not refused:
+        raise ValueError("no refused recordings to plot")
+    fig, axes = plt.subplots(len(refused), 1, figsize=(10, 1.9 * len(refused) + 0.6), dpi=100, squeeze=False)
+    for ax, (recording, share) in zip(axes[:, 0], refused):
+        assert recording.audio_path is not None
+        decoded = read_audio(recording.audio_path)
+        rate = decoded.sample_rate
+        audio = np.asarray(decoded.samples[: int(seconds * rate)], np.float64)
+        level = 20 * np.log10(np.sqrt(np.mean(audio**2)) + 1e-12)
+        ax.specgram(audio, NFFT=256, Fs=rate, noverlap=128, cmap="magma")
+        ax.set_ylabel("Hz")
+        label = recording.record_label or "unlabelled"
+        ax.set_title(f"{recording.id} ({label}): {100 * share:.0f} % of windows refused, {level:.1f} dBFS", fontsize=9)
+    axes[-1, 0].set_xlabel("s")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def format_separation(result: dict[str, Any]) -> str:
     if not result:
         return "  no 'Poor Quality' labels to compare against"
