@@ -117,6 +117,7 @@ def data_summary(
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write rows and figures.")
 @click.option("--png", "png_out", type=click.Path(dir_okay=False, path_type=Path), help="AQS histogram per split.")
 @click.option("--list", "list_rows", is_flag=True, help="Print each recording's score, level and reasons.")
+@click.option("--split", "only_split", help="Score only this split's recordings (e.g. test).")
 @click.option(
     "--bundle",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -129,9 +130,11 @@ def quality_scan(
     json_out: Path | None,
     png_out: Path | None,
     list_rows: bool,
+    only_split: str | None,
     bundle: Path | None,
 ) -> None:
     """Score every recording's quality; AUROC against SPRSound's "Poor Quality" labels."""
+    import dataclasses
     from dataclasses import asdict
 
     from qlung_edge.quality import QualityConfig
@@ -144,9 +147,21 @@ def quality_scan(
         separation,
     )
 
+    for target in (json_out, png_out):
+        if target is not None:  # the figures come after the whole scan: lose none of it to a missing folder
+            target.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scan = scan_folder(data_dir, dataset)
+    if only_split is not None:
+        if calibrate_on is not None and calibrate_on != only_split:
+            raise click.BadParameter(f"--calibrate-on {calibrate_on} is not the split scanned", param_hint="--split")
+        chosen = [r for r in scan.recordings if r.split == only_split]
+        if not chosen:
+            found = ", ".join(sorted({r.split or "none" for r in scan.recordings}))
+            message = f"no recordings in split {only_split!r} (there are: {found})"
+            raise click.BadParameter(message, param_hint="--split")
+        scan = dataclasses.replace(scan, recordings=chosen)
     config = QualityConfig()
     skipped: list[str] = []
     rows = score_recordings(scan.recordings, config, skipped=skipped)
@@ -330,12 +345,16 @@ def train(
 @click.option("--data", "data_root", help="Data folder (default: the checkpoint recipe's data.root).")
 @click.option("--budget", type=click.FloatRange(0.0, 0.5, min_open=True), default=None,
               help="Share of acceptable training windows the whole gate may refuse (default 0.03).")  # fmt: skip
-def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float | None) -> None:
+@click.option("--synthetic-windows", "synthetic", type=click.IntRange(0), default=None,
+              help="Synthetically degraded windows among the quality head's positives (default 600; 0: only the "
+                   "real Poor Quality records).")  # fmt: skip
+def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float | None, synthetic: int | None) -> None:
     """Fit the learned quality estimate and the gate's thresholds again on a trained checkpoint."""
     needs_torch("fit-gate")
-    from training.quality_model import GATE_BUDGET, refit_gate
+    from training.quality_model import GATE_BUDGET, SYNTHETIC_WINDOWS, refit_gate
 
-    estimate = refit_gate(checkpoint, out, data_root, GATE_BUDGET if budget is None else budget)
+    estimate = refit_gate(checkpoint, out, data_root, GATE_BUDGET if budget is None else budget,
+                          synthetic_windows=SYNTHETIC_WINDOWS if synthetic is None else synthetic)  # fmt: skip
     f = estimate["figures"]
     if f.get("estimate_off"):
         share = 100 * f["good_windows_refused_by_aqs"]

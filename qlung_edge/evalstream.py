@@ -140,6 +140,7 @@ def eval_stream(
                         "accepted": accepted_window,
                         "aqs": window.report.aqs,
                         "poor": None if estimate is None else float(estimate),
+                        "confidence": float(np.max(p)),
                     }
                 )
             end = max((d.window.end for d in decisions), default=0.0)
@@ -189,6 +190,7 @@ def eval_stream(
         }
     report["verdicts"] = verdicts
     report["risk_coverage"] = risk_coverage(rows)
+    report["risk_coverage_confidence"] = risk_coverage(rows, by_confidence=True)
     labels = {r.id: r.record_label == "Poor Quality" for r in recordings}
     if record_poor and 0 < sum(labels[k] for k in record_poor) < len(record_poor):
         from training.metrics import auroc
@@ -203,7 +205,7 @@ def eval_stream(
                                       "threshold": threshold}  # fmt: skip
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        plot_risk_coverage(report["risk_coverage"], out_dir / "risk_coverage.png")
+        plot_risk_coverage(report["risk_coverage"], out_dir / "risk_coverage.png", report["risk_coverage_confidence"])
         for task, scores in report.get("records", {}).items():
             title = f"eval-stream, records, {task.replace('_', ' ')}"
             png = out_dir / f"records_{task}.png"
@@ -260,22 +262,46 @@ def verdicts_from_table(table: list[dict[str, str]], rule: VerdictRule) -> dict[
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
-def risk_coverage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+CONFIDENCE = "classifier confidence"
+
+
+def risk_coverage(rows: list[dict[str, Any]], by_confidence: bool = False) -> list[dict[str, Any]]:
     """ICBHI Score of the scored windows kept when the gate keeps only the best share of them by quality: the
-    learned estimate (lowest P(poor) first) where the bundle has one, else AQS (highest first)."""
+    learned estimate (lowest P(poor) first) where the bundle has one, else AQS (highest first). With
+    `by_confidence`, by the classifier's top class probability instead (highest first): the reference a quality
+    gate is read against, since the windows a classifier is unsure of are those it gets wrong most often."""
     if not rows:
         return []
     learned = all(r.get("poor") is not None for r in rows)
-    order = sorted(rows, key=(lambda r: r["poor"]) if learned else (lambda r: -r["aqs"]))
+    if by_confidence:
+        by, key = CONFIDENCE, (lambda r: -r["confidence"])
+    else:
+        by, key = ("P(poor)", lambda r: r["poor"]) if learned else ("AQS", lambda r: -r["aqs"])
+    order = sorted(rows, key=key)
     out = []
     for coverage in COVERAGES:
         kept = order[: max(1, int(round(coverage * len(order))))]
         scores = _scores([r["truth"] for r in kept], [r["predicted"] for r in kept])
-        out.append({"coverage": coverage, "by": "P(poor)" if learned else "AQS", **scores})
+        out.append({"coverage": coverage, "by": by, **scores})
     return out
 
 
-def plot_risk_coverage(rows: list[dict[str, Any]], path: Path) -> None:
+def scored_rows(table: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """windows.csv's scored windows (those overlapping annotated events) as `risk_coverage` takes them: a curve
+    drawn again, or by another ranking, without streaming again."""
+    probabilities = [f"p_{name}" for name in CLASS_NAMES]
+    rows = []
+    for row in table:
+        if row["truth"] == "":
+            continue
+        rows.append({"truth": int(row["truth"]), "predicted": int(row["predicted"]), "aqs": float(row["aqs"]),
+                     "accepted": row["status"] == WindowStatus.CLASSIFIED.value,
+                     "poor": float(row["poor"]) if row["poor"] != "" else None,
+                     "confidence": max(float(row[k]) for k in probabilities)})  # fmt: skip
+    return rows
+
+
+def plot_risk_coverage(rows: list[dict[str, Any]], path: Path, reference: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,8 +310,13 @@ def plot_risk_coverage(rows: list[dict[str, Any]], path: Path) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    ax.plot([100 * r["coverage"] for r in rows], [100 * r["score"] for r in rows], marker="o")
-    ax.set_xlabel(f"coverage (% of windows kept, best by {rows[0]['by']})")
+    ax.plot([100 * r["coverage"] for r in rows], [100 * r["score"] for r in rows], marker="o",
+            label=f"kept by {rows[0]['by']}")  # fmt: skip
+    if reference:
+        ax.plot([100 * r["coverage"] for r in reference], [100 * r["score"] for r in reference], marker="s",
+                linestyle="--", label=f"kept by {reference[0]['by']} (reference)")  # fmt: skip
+        ax.legend()
+    ax.set_xlabel("coverage (% of scored windows kept, best first)")
     ax.set_ylabel("ICBHI Score of kept windows (%)")
     ax.set_title("risk-coverage of the quality gate")
     ax.invert_xaxis()
@@ -359,10 +390,11 @@ def format_report(report: dict[str, Any]) -> list[str]:
                 "  offline (every window, learned gate only, no AQS reasons; from the manifest): "
                 + ", ".join(f"{k.replace('_', ' ')} Score {pct(v['score'])}" for k, v in offline.items())
             )
-    curve = report.get("risk_coverage") or []
-    if curve:
-        lines.append(f"risk-coverage (scored windows kept, best first by {curve[0]['by']}):")
-        lines += [f"  {100 * r['coverage']:5.0f} %  Score {pct(r['score'])}  ({r['windows']} windows)" for r in curve]
+    for curve in (report.get("risk_coverage") or [], report.get("risk_coverage_confidence") or []):
+        if curve:
+            lines.append(f"risk-coverage (scored windows kept, best first by {curve[0]['by']}):")
+            lines += [f"  {100 * r['coverage']:5.0f} %  Score {pct(r['score'])}  ({r['windows']} windows)"
+                      for r in curve]  # fmt: skip
     return lines
 
 

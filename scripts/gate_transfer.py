@@ -8,7 +8,8 @@ of fold, for the run's gate budget. Reported per variant:
 - record AUROC of P(poor) against "Poor Quality", out of fold on the training recordings and on the test set;
 - the share of good records' windows the whole gate (AQS reasons and estimate) refuses: out of fold over all
   training windows (the budget), on the validation patients, and on the inter-patient test set;
-- the share of Poor Quality records' windows refused on test;
+- the share of Poor Quality records' windows refused on test, and of the synthetic degradations' windows
+  the estimate catches (scored by a head that never saw them);
 - the record-level Task 2-1 / 2-2 Score on test with the verdict rule calibrated on the validation patients
   under that gate (offline, AQS reasons applied as the daemon applies them).
 
@@ -127,10 +128,13 @@ def transfer(run: Path) -> dict[str, Any]:
         n = len(train["x"]) + (len(x_synthetic) if synthetic else 0)
         x = np.vstack([train["x"], x_synthetic])[:n]
         y = np.concatenate([train["poor"], np.ones(len(x_synthetic))])[:n].astype(float)
-        oof = out_of_fold_p_poor(x, y, patients[:n], train["recordings"], l2=l2)[: len(train["x"])]
+        everything = out_of_fold_p_poor(x, y, patients[:n], train["recordings"], l2=l2)
+        oof = everything[: len(train["x"])]
         oof_gated = pooled_as_gated(oof, train["ids"], refused["train"], smoothing)
         threshold = budget_threshold(oof_gated[good], refused["train"][good], budget)
         weight, bias = fit_logistic(x, y, l2=l2)
+        # Synthetic windows never seen by the head that scores them: out of fold, or all of them when left out.
+        synthetic_p = everything[len(train["x"]) :] if synthetic else probability(x_synthetic, weight, bias)
         gated = {"train": pooled_as_gated(probability(train["x"], weight, bias), train["ids"], refused["train"],
                                           smoothing),
                  "test": pooled_as_gated(probability(test["x"], weight, bias), test["ids"], refused["test"],
@@ -148,6 +152,7 @@ def transfer(run: Path) -> dict[str, Any]:
             "good_windows_refused_validation": float(np.mean(refusal["train"][good & in_validation])),
             "good_windows_refused_test": float(np.mean(refusal["test"][~test["poor"]])),
             "poor_windows_refused_test": float(np.mean(refusal["test"][test["poor"]])) if test["poor"].any() else None,
+            "synthetic_windows_caught": float(np.mean(synthetic_p >= threshold)),
             "test_task_2_1": verdict["task_2_1"].score, "test_task_2_2": verdict["task_2_2"].score,
         }  # fmt: skip
     return result
@@ -168,7 +173,8 @@ def main() -> None:
                   f"{v['test_record_auroc']:.3f}; good windows refused out of fold "
                   f"{100 * v['good_windows_refused_out_of_fold']:.1f} %, validation "
                   f"{100 * v['good_windows_refused_validation']:.1f} %, test {100 * v['good_windows_refused_test']:.1f}"
-                  f" %; poor windows refused on test {poor} %; test Task 2-1 {100 * v['test_task_2_1']:.2f}, "
+                  f" %; poor windows refused on test {poor} %; synthetic windows caught "
+                  f"{100 * v['synthetic_windows_caught']:.1f} %; test Task 2-1 {100 * v['test_task_2_1']:.2f}, "
                   f"2-2 {100 * v['test_task_2_2']:.2f}")  # fmt: skip
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 AS_TRAINED = "as trained (L2 1, with synthetic degradations)"
 WITHOUT_SYNTHETIC = "without synthetic degradations"
 """Variants of `scripts/gate_transfer.py` (its VARIANTS) that RESULTS.md quotes."""
@@ -52,6 +54,18 @@ ROWS = [
         ("poor_quality_records", "gated_fraction"),
     ),
     ("learned quality estimate, record AUROC vs Poor Quality (x 100)", "stream", ("quality_estimate", "record_auroc")),
+    (
+        "risk-coverage: window Score of the 80 % of scored windows with the lowest P(poor), minus all (points)",
+        "risk",
+        ("quality", "score"),
+    ),
+    ("risk-coverage: the same for window SE (points)", "risk", ("quality", "sensitivity")),
+    ("risk-coverage: the same for window SP (points)", "risk", ("quality", "specificity")),
+    (
+        "risk-coverage reference: the 80 % the classifier is surest of, Score minus all (points)",
+        "risk",
+        ("confidence", "score"),
+    ),
     (
         "deployed, record level, Task 2-1 Score, rule fitted to the validation mix of abnormal records (unbalanced)",
         "transfer",
@@ -83,6 +97,16 @@ ROWS = [
         (WITHOUT_SYNTHETIC, "good_windows_refused_test"),
     ),
     (
+        "learned gate as trained, % of synthetically degraded windows the estimate catches (out of fold)",
+        "gate",
+        (AS_TRAINED, "synthetic_windows_caught"),
+    ),
+    (
+        "quality head without synthetic degradations, % of synthetically degraded windows it catches",
+        "gate",
+        (WITHOUT_SYNTHETIC, "synthetic_windows_caught"),
+    ),
+    (
         "learned quality estimate, record AUROC out of fold on the training recordings (x 100)",
         "gate",
         (AS_TRAINED, "cv_record_auroc"),
@@ -101,6 +125,27 @@ def _get(data: dict[str, Any], path: tuple[str, ...]) -> float:
     return 100.0 * float(data)  # type: ignore[arg-type]
 
 
+def risk_coverage_change(curve: list[dict[str, Any]], coverage: float = 0.8) -> dict[str, float] | None:
+    """Window-level figures of the `coverage` share of scored windows ranked best, minus those of all of them:
+    what keeping only those would buy."""
+    points = {round(p["coverage"], 4): p for p in curve}
+    if 1.0 not in points or coverage not in points:
+        return None
+    return {k: points[coverage][k] - points[1.0][k] for k in ("score", "sensitivity", "specificity")}
+
+
+def risk(stream_dir: Path) -> dict[str, Any] | None:
+    """The risk-coverage changes at 80 % from a seed's windows.csv: ranked by the gate's quality score, and by the
+    classifier's confidence for reference."""
+    from qlung_edge.evalstream import read_table, risk_coverage, scored_rows
+
+    if not (stream_dir / "windows.csv").is_file():
+        return None
+    rows = scored_rows(read_table(stream_dir / "windows.csv"))
+    return {"quality": risk_coverage_change(risk_coverage(rows)),
+            "confidence": risk_coverage_change(risk_coverage(rows, by_confidence=True))}  # fmt: skip
+
+
 def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, Any]]:
     seeds = []
     finished = [  # a seed still training has no summary yet
@@ -115,7 +160,7 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         gate_file = seed_dir / "gate_transfer.json"
         gate = json.loads(gate_file.read_text()) if gate_file.exists() else None
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
-                      "gate": gate})  # fmt: skip
+                      "gate": gate, "risk": risk(seed_dir / stream_dir)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
     return seeds

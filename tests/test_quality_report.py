@@ -78,16 +78,31 @@ def test_scores_match_the_synthetic_ground_truth(synth_root: Path, tmp_path: Pat
 def test_quality_scan_command(synth_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.json"
     args = ["quality-scan", str(synth_root / "sprsound"), "--calibrate-on", "train", "--list"]
-    args += ["--json", str(out), "--png", str(tmp_path / "h.png")]
+    args += ["--json", str(out), "--png", str(tmp_path / "figures" / "h.png")]  # a folder not made yet
     result = subprocess.run(
         [sys.executable, "-m", "qlung_edge.cli", *args], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
     assert len(doc["recordings"]) == 40 and set(doc["separation"]) == {"train", "test"}
-    assert "calibrated on" in result.stdout and (tmp_path / "h-train.png").exists()
+    assert "calibrated on" in result.stdout and (tmp_path / "figures" / "h-train.png").exists()
     levels = [r["rms_dbfs"] for r in doc["recordings"] if r["split"] == "train" and r["label"] != "Poor Quality"]
     assert doc["config"]["quiet_dbfs"] == np.floor(np.percentile(levels, 1))
+    from click.testing import CliRunner
+
+    from qlung_edge.cli import cli
+
+    only = tmp_path / "test-only.json"
+    result = CliRunner().invoke(
+        cli, ["quality-scan", str(synth_root / "sprsound"), "--split", "test", "--json", str(only)]
+    )
+    assert result.exit_code == 0, result.output
+    scanned = json.loads(only.read_text())["recordings"]
+    assert {r["split"] for r in scanned} == {"test"} and len(scanned) == sum(
+        r["split"] == "test" for r in doc["recordings"]
+    )
+    result = CliRunner().invoke(cli, ["quality-scan", str(synth_root / "sprsound"), "--split", "dev"])
+    assert result.exit_code == 2 and "no recordings in split 'dev' (there are: test, train)" in result.output
 
 
 def test_model_info_and_bench_commands() -> None:

@@ -315,6 +315,13 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     for name, value in again["weights"].items():
         if not name.startswith("quality_head."):
             assert torch.equal(value, before[name]), name
+    # Only the real Poor Quality records as positives: no synthetic window is made, the budget still holds.
+    real_only = tmp_path / "real-only.pt"
+    arguments = ["fit-gate", str(tmp_path / "run" / "best.pt"), "--out", str(real_only), "--synthetic-windows", "0"]
+    assert CliRunner().invoke(cli, arguments).exit_code == 0
+    figures = load_checkpoint(real_only)["quality_estimate"]["figures"]
+    assert figures["synthetic_windows"] == 0 and figures["synthetic_windows_caught"] is None
+    assert figures["synthetic_kinds"] == {} and figures["good_windows_refused"] <= figures["budget"] + 1e-9
     # The share of good windows refused comes with its spread over resamples of the training patients.
     assert "central 95 % over patient resamples" in result.output
     low, high = again["quality_estimate"]["figures"]["good_windows_refused_patients_95"]
@@ -334,7 +341,21 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     # The same stream judged under the plain and the balanced calibration, without streaming it again.
     from qlung_edge.evalstream import eval_stream
 
-    eval_stream(bundle, synth_root / "sprsound", progress=False, out_dir=tmp_path / "run" / "eval-stream")
+    streamed = eval_stream(bundle, synth_root / "sprsound", progress=False, out_dir=tmp_path / "run" / "eval-stream")
+    # The risk-coverage curves: ranked by the gate's P(poor), and by the classifier's confidence for reference;
+    # windows.csv gives the same scored windows back.
+    from qlung_edge.evalstream import read_table, risk_coverage, scored_rows
+
+    by_quality, by_confidence = streamed["risk_coverage"], streamed["risk_coverage_confidence"]
+    assert by_quality[0]["by"] == "P(poor)" and by_confidence[0]["by"] == "classifier confidence"
+    assert {k: v for k, v in by_quality[0].items() if k != "by"} == {
+        k: v for k, v in by_confidence[0].items() if k != "by"
+    }
+    again = scored_rows(read_table(tmp_path / "run" / "eval-stream" / "windows.csv"))
+    assert len(again) == streamed["scored_windows"]
+    assert risk_coverage(again, by_confidence=True)[0] == by_confidence[0]
+    kept = risk_coverage(again, by_confidence=True)[-1]
+    assert kept["windows"] == round(0.5 * len(again)) and kept["coverage"] == 0.5
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from verdict_transfer import transfer
 
