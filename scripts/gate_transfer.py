@@ -7,7 +7,8 @@ of fold, for the run's gate budget. Reported per variant:
 
 - record AUROC of P(poor) against "Poor Quality", out of fold on the training recordings and on the test set;
 - the share of good records' windows the whole gate (AQS reasons and estimate) refuses: out of fold over all
-  training windows (the budget), on the validation patients, and on the inter-patient test set;
+  training windows (the budget), on the validation patients (whose windows the head is fitted on, as in
+  training: the classifier never trained on them), and on the inter-patient test set;
 - the share of Poor Quality records' windows refused on test, and of the synthetic degradations' windows
   the estimate catches (scored by a head that never saw them);
 - the record-level Task 2-1 / 2-2 Score on test with the verdict rule calibrated on the validation patients
