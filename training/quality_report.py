@@ -204,7 +204,7 @@ def plot_refused_records(
     plt.close(fig)
     from PIL import Image  # matplotlib's own dependency
 
-    with Image.open(path) as image:  # 64 colours: a sheet of noise-like spectrograms is 4x smaller, alike to the eye
+    with Image.open(path) as image:  # 64 colours: a sheet of noise-like spectrograms is 3x smaller, alike to the eye
         quantized = image.convert("RGB").quantize(colors=64)
     quantized.save(path, optimize=True)
     return path
