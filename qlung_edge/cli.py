@@ -244,16 +244,15 @@ def _learned_quality(bundle: Path, scan: object, png_out: Path | None) -> dict[s
         scores = np.array([float(np.mean(estimates[r.id])) for r in part])
         # Each record is one examination: P(poor) pooled over its latest windows, as the daemon's gate pools it
         # (here over all of them: the AQS reasons are not applied).
-        good = [trailing_means(estimates[r.id], pooled) for r in part if r.record_label != "Poor Quality"]
-        good_windows = np.concatenate(good) if good else np.zeros(0)
+        good = {r.id: trailing_means(estimates[r.id], pooled) for r in part if r.record_label != "Poor Quality"}
+        good_windows = np.concatenate(list(good.values())) if good else np.zeros(0)
         refused = float(np.mean(good_windows >= threshold)) if len(good_windows) else float("nan")
         line = (
             f"\n{split}: learned quality estimate of {bundle.name}: good records' windows it refuses (pooled over"
             f" {pooled}) {100 * refused:.1f} %"
         )
         figures: dict[str, object] = {"records": len(part), "good_windows_refused": refused}
-        shares = [(float(np.mean(trailing_means(estimates[r.id], pooled) >= threshold)), r)
-                  for r in part if r.record_label != "Poor Quality"]  # fmt: skip
+        shares = [(float(np.mean(good[r.id] >= threshold)), r) for r in part if r.id in good]
         most = sorted((s for s in shares if s[0] > 0), key=lambda s: (-s[0], s[1].id))[:MOST_REFUSED]
         figures["most_refused_good_records"] = [{"recording": r.id, "label": r.record_label, "refused": share}
                                                 for share, r in most]  # fmt: skip

@@ -42,6 +42,7 @@ VARIANTS = {
 def _windows(model: Any, config: Any, recordings: list[Any], geometry: Any) -> dict[str, Any]:
     import torch
 
+    from qlung_edge.batches import in_batches
     from training.dataset import prepare, window_reports
     from training.verdicts import all_windows
 
@@ -49,18 +50,17 @@ def _windows(model: Any, config: Any, recordings: list[Any], geometry: Any) -> d
     prepared = prepare(all_windows(usable, geometry), usable, config.data.cache_dir, config.quality, geometry,
                        progress=False)  # fmt: skip
     reports = window_reports(prepared.examples, usable, config.data.cache_dir, config.quality, geometry, progress=False)
-    embedding, probabilities = [], []
     model.eval()
-    with torch.no_grad():
-        for i in range(0, len(prepared.inputs), 64):
-            out = model(torch.tensor(np.asarray(prepared.inputs[i : i + 64], np.float32)))
-            embedding.append(out["embedding"].numpy())
-            probabilities.append(out["probabilities"].numpy())
+
+    @torch.no_grad()
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        out = model(torch.from_numpy(x))
+        return {"x": out["embedding"].numpy(), "probabilities": out["probabilities"].numpy()}
+
     by_id = {r.id: r for r in usable}
     poor = np.array([by_id[e.recording].record_label == "Poor Quality" for e in prepared.examples])
-    return {"recordings": usable, "prepared": prepared, "reports": reports, "x": np.concatenate(embedding),
-            "probabilities": np.concatenate(probabilities), "poor": poor,
-            "ids": [e.recording for e in prepared.examples]}  # fmt: skip
+    return {"recordings": usable, "prepared": prepared, "reports": reports, **in_batches(run, prepared.inputs, 64),
+            "poor": poor, "ids": [e.recording for e in prepared.examples]}  # fmt: skip
 
 
 def _record_auroc(p_poor: np.ndarray, part: dict[str, Any]) -> float:
@@ -91,7 +91,6 @@ def transfer(run: Path) -> dict[str, Any]:
     from training.dataset import Geometry
     from training.engine import geometry_of, load_trained
     from training.quality_model import (
-        QUIET_PERCENTILE,
         aqs_refused,
         budget_threshold,
         degraded_windows,
@@ -100,6 +99,7 @@ def transfer(run: Path) -> dict[str, Any]:
         out_of_fold_p_poor,
         pooled_as_gated,
         probability,
+        quiet_level,
     )
     from training.verdicts import calibrate, score
 
@@ -117,8 +117,7 @@ def transfer(run: Path) -> dict[str, Any]:
                                                     estimate["figures"]["synthetic_windows"])  # fmt: skip
     x_synthetic = embeddings(model, waves)
     good = ~train["poor"]
-    levels = np.array([r.rms_dbfs for r in train["reports"]])
-    quiet_dbfs = float(np.floor(10 * np.percentile(levels[good], QUIET_PERCENTILE)) / 10)
+    quiet_dbfs = quiet_level(train["reports"], good)
     refused = {"train": aqs_refused(train["reports"], quiet_dbfs), "test": aqs_refused(test["reports"], quiet_dbfs)}
     validation_ids = {r.id for r in splits.recordings["validation"]}
     in_validation = np.array([rec in validation_ids for rec in train["ids"]])

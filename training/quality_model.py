@@ -194,8 +194,7 @@ def fit_quality_estimate(
     poor = np.array([by_id[r].record_label == POOR_QUALITY for r in records])
     poor_windows = out_of_fold[real][y_real == 1]
     good = y_real == 0
-    levels = np.array([r.rms_dbfs for r in reports])
-    quiet_dbfs = float(np.floor(10 * np.percentile(levels[good], QUIET_PERCENTILE)) / 10)
+    quiet_dbfs = quiet_level(reports, good)
     refused_by_aqs = aqs_refused(reports, quiet_dbfs)
     gated_on = pooled_as_gated(out_of_fold[real], rec_ids, refused_by_aqs, smoothing)
     threshold = budget_threshold(gated_on[good], refused_by_aqs[good], budget)
@@ -243,6 +242,12 @@ def out_of_fold_p_poor(
         weight, bias = fit_logistic(x[~held], y[~held], l2=l2)
         out[held] = probability(x[held], weight, bias)
     return out
+
+
+def quiet_level(reports: Sequence[Any], good: np.ndarray) -> float:
+    """The "too quiet" level: the `QUIET_PERCENTILE` of the good records' windows' levels, down to 0.1 dB."""
+    levels = np.array([r.rms_dbfs for r in reports])
+    return float(np.floor(10 * np.percentile(levels[good], QUIET_PERCENTILE)) / 10)
 
 
 def aqs_refused(reports: Sequence[Any], quiet_dbfs: float) -> np.ndarray:
