@@ -120,6 +120,7 @@ def transfer(run: Path) -> dict[str, Any]:
     quiet_dbfs = quiet_level(train["reports"], good)
     refused = {"train": aqs_refused(train["reports"], quiet_dbfs), "test": aqs_refused(test["reports"], quiet_dbfs)}
     validation_ids = {r.id for r in splits.recordings["validation"]}
+    patient_of = {r.id: r.patient for r in splits.recordings["validation"]}
     in_validation = np.array([rec in validation_ids for rec in train["ids"]])
     truth = {r.id: r.record_label for p in ("validation", "test") for r in splits.recordings[p] if r.record_label}
     patients = np.array([e.patient for e in train["prepared"].examples] + list(synthetic_patients))
@@ -141,7 +142,7 @@ def transfer(run: Path) -> dict[str, Any]:
                                          smoothing)}  # fmt: skip
         refusal = {part: (gated[part] >= threshold) | refused[part] for part in gated}
         windows, poor = _by_recording(train, gated["train"], refused["train"], validation_ids)
-        rule, _ = calibrate(windows, truth, "validation patients", poor, threshold)
+        rule, _ = calibrate(windows, truth, "validation patients", poor, threshold, patients=patient_of)
         windows, poor = _by_recording(test, gated["test"], refused["test"], None)
         verdict = score(rule, windows, truth, poor, threshold)
         result[name] = {

@@ -41,8 +41,9 @@ def member_outputs(run: Path) -> dict[str, Any]:
                for part in PARTS}  # fmt: skip
     truth = {r.id: r.record_label for part in PARTS for r in splits.recordings[part] if r.record_label}
     patients = {part: sorted({r.patient for r in splits.recordings[part]}) for part in PARTS}
+    patient_of = {r.id: r.patient for part in PARTS for r in splits.recordings[part]}
     return {"run": run, "outputs": outputs, "threshold": threshold, "smoothing": smoothing, "truth": truth,
-            "patients": patients}  # fmt: skip
+            "patients": patients, "patient_of": patient_of}  # fmt: skip
 
 
 def combined(members: list[dict[str, Any]], part: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
@@ -68,7 +69,8 @@ def judged(members: list[dict[str, Any]]) -> dict[str, Any]:
     threshold = None if any(t is None for t in thresholds) else float(np.mean(thresholds))
     (val_windows, val_poor), (test_windows, test_poor) = (combined(members, part) for part in PARTS)
     truth = members[0]["truth"]
-    rule, _ = calibrate(val_windows, truth, "validation patients", val_poor, threshold)
+    rule, _ = calibrate(val_windows, truth, "validation patients", val_poor, threshold,
+                        patients=members[0]["patient_of"])  # fmt: skip
     figures = score(rule, test_windows, truth, test_poor, threshold)
     return {"rule": rule.to_dict(), "threshold": threshold,
             **{task: {"score": s.score, "sensitivity": s.sensitivity, "specificity": s.specificity}

@@ -29,7 +29,7 @@ from qlung_edge.streaming import Decision, ExamBoundary, ExamConfig, SignalPath
 from qlung_edge.windows import pad_segment, window_label, window_starts
 from training.metrics import record_scores
 from training.records import Cycle
-from training.verdicts import calibrate, weighted_score
+from training.verdicts import _resampled_weights, calibrate, least_fraction, weighted_score
 
 RATE = 16_000
 
@@ -143,6 +143,56 @@ def test_a_balanced_calibration_does_not_follow_the_mix_of_abnormal_records() ->
     assert thresholds(more, more_truth, False)[1] < thresholds(windows, truth, False)[1]
     rule, _ = calibrate(windows, truth, "60 records")
     assert rule.calibrated_on == "60 records, each kind of abnormal record weighing the same"
+
+
+def test_the_poor_quality_share_needs_more_than_noise_to_refuse_more_examinations() -> None:
+    """A share that turns one more Poor Quality record into "Poor Quality" but also one normal record scores a
+    hair higher on validation, inside the resampling noise: the least share is kept. A share that catches all the
+    Poor Quality records and breaks nothing is chosen."""
+    t22 = np.array(["Normal"] * 30 + ["DAS"] * 10 + ["Poor Quality"] * 10)
+    t21 = np.array([task_2_1(t) for t in t22])
+    least = t22.copy()
+    least[40:] = "Normal"  # no Poor Quality record caught
+    hair = least.copy()
+    hair[[40, 41]] = "Poor Quality"
+    hair[0] = "Poor Quality"  # ... at the cost of a normal record
+    clean = t22.copy()
+    _, index, counts = np.unique(t22, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[index]
+    resampled = _resampled_weights(t22, np.array([f"patient{i // 2}" for i in range(len(t22))]), True, 200)
+
+    def as_candidate(p22: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([task_2_1(p) for p in p22]), p22
+
+    def score(p22: np.ndarray) -> float:
+        p21 = as_candidate(p22)[0]
+        return (weighted_score(t21, p21, "Normal", weights) + weighted_score(t22, p22, "Normal", weights)) / 2
+
+    assert score(hair) > score(least)
+    assert least_fraction({0.0: as_candidate(least), 0.5: as_candidate(hair)}, t21, t22, weights, resampled) == 0.0
+    assert least_fraction({0.0: as_candidate(least), 0.5: as_candidate(clean)}, t21, t22, weights, resampled) == 0.5
+    # Every draw weighs each kind of record it holds the same: a patient drawn twice counts its records twice.
+    for draw in resampled[:20]:
+        for kind in ("Normal", "DAS", "Poor Quality"):
+            assert draw[t22 == kind].sum() in (pytest.approx(1.0), 0.0)
+
+
+def test_the_calibrated_rule_says_how_its_poor_quality_share_was_chosen() -> None:
+    rng = np.random.default_rng(1)
+    windows, truth, poor, patients = {}, {}, {}, {}
+    for i in range(48):
+        label = ["Normal", "Normal", "DAS", "Poor Quality"][i % 4]
+        das = 0.7 if label == "DAS" else 0.1
+        rows = [_p(1 - das, das, 0.0, 0.0) + rng.normal(0, 0.02, 4) for _ in range(8)]
+        windows[f"r{i}"], truth[f"r{i}"] = np.clip(np.array(rows), 0, 1), label
+        poor[f"r{i}"] = np.where(np.arange(8) < (6 if label == "Poor Quality" else 0), 0.9, 0.1)
+        patients[f"r{i}"] = f"p{i // 4}"
+    rule, figures = calibrate(windows, truth, "48 records", poor, 0.5, patients=patients)
+    assert rule.min_accepted_fraction == 0.5  # the least share that catches 2 accepted of 8; 0.75 is no better
+    assert figures["task_2_2"]["score"] == pytest.approx(1.0)
+    assert rule.calibrated_on.endswith("one-standard-error rule over 200 resamples of its patients")
+    best, _ = calibrate(windows, truth, "48 records", poor, 0.5, least_share=False)
+    assert best.calibrated_on.endswith("Poor Quality share scoring best here")
 
 
 def test_identifiers_are_checked() -> None:

@@ -566,7 +566,8 @@ def record_level(
         windows[part], poor[part] = record_outputs(config, splits, model, prepared, device, process, part, smoothing)
     truth = {r.id: r.record_label for part in ("validation", "test") for r in splits.recordings[part] if r.record_label}
     where = f"{len(windows['validation'])} recordings of validation patients ({splits.selection})"
-    rule, validation = calibrate(windows["validation"], truth, where, poor["validation"], threshold)
+    patients = {r.id: r.patient for r in splits.recordings["validation"]}
+    rule, validation = calibrate(windows["validation"], truth, where, poor["validation"], threshold, patients=patients)
     test = {task: s.as_dict() for task, s in score(rule, windows["test"], truth, poor["test"], threshold).items()}
     return rule, {"validation_records": validation, "test_records": test}
 

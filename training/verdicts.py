@@ -4,7 +4,8 @@ patients, and SPRSound's Task 2-1 / 2-2 figures of a rule on a set of recordings
 The rule itself (`qlung_edge.examination`) is device code: the daemon applies it when an examination ends.
 Here it is fitted, by a grid search over pooling statistic and thresholds that maximises the mean of the
 Task 2-1 and Task 2-2 Scores on the validation patients' recordings, each kind of abnormal record weighing the
-same (`calibrate`), and never looks at the test set.
+same, the share of accepted windows below which an examination is "Poor Quality" by the one-standard-error rule
+(`calibrate`), and never looks at the test set.
 """
 
 from __future__ import annotations
@@ -88,10 +89,63 @@ def weighted_score(truth: np.ndarray, predicted: np.ndarray, normal: str, weight
     ones give the plain Score, 1 / (records of its kind) the Score with every kind of record weighing the same."""
     right = truth == predicted
     is_normal = truth == normal
-    sp = float(weights @ (right & is_normal)) / float(weights @ is_normal) if is_normal.any() else float("nan")
-    se = float(weights @ (right & ~is_normal)) / float(weights @ ~is_normal) if (~is_normal).any() else float("nan")
+    normal_weight, other_weight = float(weights @ is_normal), float(weights @ ~is_normal)
+    sp = float(weights @ (right & is_normal)) / normal_weight if normal_weight > 0 else float("nan")
+    se = float(weights @ (right & ~is_normal)) / other_weight if other_weight > 0 else float("nan")
     harmonic = 2 * se * sp / (se + sp) if se + sp > 0 else 0.0
     return ((se + sp) / 2 + harmonic) / 2
+
+
+FRACTIONS = (0.0, 0.25, 0.5, 0.75)
+"""Candidate least shares of accepted windows below which an examination is "Poor Quality"."""
+RESAMPLES = 200
+"""Patient resamples behind the one-standard-error choice of that share."""
+
+
+def _resampled_weights(
+    kinds: np.ndarray, patients: np.ndarray, balanced: bool, draws: int, seed: int = 0
+) -> np.ndarray:  # fmt: skip
+    """[draws, records] weights of patient resamples (a patient drawn twice counts its records twice), each kind
+    of record weighing the same within a draw when `balanced`."""
+    names, index = np.unique(patients, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    times = np.stack([np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)) for _ in range(draws)])
+    weights = times[:, index].astype(float)
+    if balanced:
+        for kind in np.unique(kinds):
+            rows = kinds == kind
+            total = weights[:, rows].sum(axis=1, keepdims=True)
+            weights[:, rows] = np.divide(weights[:, rows], total, out=np.zeros_like(weights[:, rows]), where=total > 0)
+    return weights
+
+
+def least_fraction(
+    candidates: dict[float, tuple[np.ndarray, np.ndarray]],
+    t21: np.ndarray,
+    t22: np.ndarray,
+    weights: np.ndarray,
+    resampled: np.ndarray,
+) -> float:
+    """The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani & Friedman, The Elements of
+    Statistical Learning, 2nd ed., section 7.10) for the Poor Quality share: the least share whose score is
+    within one standard error, over patient resamples, of the best share's. A handful of validation patients'
+    Poor Quality records cannot tell a share that refuses more examinations from one that refuses fewer, and
+    the gate refuses more windows on other patients than on these: where the data cannot choose, turn fewer
+    examinations into "Poor Quality". `candidates` maps each share to its best rule's (Task 2-1, Task 2-2)
+    predictions."""
+
+    def scores(w: np.ndarray) -> dict[float, float]:
+        return {f: (weighted_score(t21, p21, TASK_2_1[0], w) + weighted_score(t22, p22, TASK_2_2[0], w)) / 2
+                for f, (p21, p22) in candidates.items()}  # fmt: skip
+
+    full = scores(weights)
+    best = max(full, key=lambda f: (full[f], -f))
+    draws = [scores(w) for w in resampled]
+    for fraction in sorted(candidates):
+        gaps = np.array([d[best] - d[fraction] for d in draws])
+        if full[best] - full[fraction] <= float(np.nanstd(gaps)):
+            return fraction
+    return best
 
 
 def calibrate(
@@ -101,10 +155,14 @@ def calibrate(
     poor: dict[str, np.ndarray] | None = None,
     threshold: float | None = None,
     balanced: bool = True,
+    patients: dict[str, str] | None = None,
+    least_share: bool = True,
 ) -> tuple[VerdictRule, dict[str, Any]]:
-    """The pooling statistic, DAS/CAS thresholds and (with a quality estimate) the least share of accepted
-    windows that maximise the mean Task 2-1 and 2-2 Score on these (validation) recordings; ties go to the
-    more conservative (higher) thresholds.
+    """The pooling statistic and DAS/CAS thresholds that maximise the mean Task 2-1 and 2-2 Score on these
+    (validation) recordings; ties go to the more conservative (higher) thresholds. With a quality estimate, the
+    least share of accepted windows is chosen too, by the one-standard-error rule over resamples of the
+    `patients` (recording id to patient; each recording its own patient when not given): `least_fraction`.
+    `least_share=False` takes the share that scores best here instead (the rule before stop 27, for comparison).
 
     With `balanced`, every kind of non-normal record (CAS, DAS, CAS & DAS, Poor Quality) weighs the same in SE
     however common it is here: the mix of abnormal records differs from one population to another (SPRSound's
@@ -122,8 +180,8 @@ def calibrate(
         weights = weights / counts[index]
     n_accepted = np.array([len(accepted[rec]) for rec in labelled])
     n_total = n_accepted + np.array([sum(refused[rec].values()) for rec in labelled])
-    fractions = (0.0, 0.25, 0.5, 0.75) if poor is not None else (0.0,)
-    best: tuple[Any, ...] | None = None
+    fractions = FRACTIONS if poor is not None else (0.0,)
+    best: dict[float, tuple[Any, ...]] = {}
     for statistic in STATISTICS:
         evidence = [
             (pool(d, statistic), pool(c, statistic))
@@ -141,13 +199,24 @@ def calibrate(
                     p21 = np.where(unusable, "Poor Quality", np.where(has_d | has_c, "Adventitious", "Normal"))
                     s21 = weighted_score(t21, p21, TASK_2_1[0], weights)
                     s22 = weighted_score(t22, p22, TASK_2_2[0], weights)
-                    key = ((s21 + s22) / 2, s21, d + c, statistic, d, c, fraction)
-                    if best is None or key[:3] > best[:3]:
-                        best = key
-    assert best is not None
+                    key = ((s21 + s22) / 2, s21, d + c, statistic, d, c, p21, p22)
+                    if fraction not in best or key[:3] > best[fraction][:3]:
+                        best[fraction] = key
     how = ", each kind of abnormal record weighing the same" if balanced else ""
-    rule = VerdictRule(statistic=best[3], das_threshold=float(best[4]), cas_threshold=float(best[5]),
-                       min_accepted_fraction=float(best[6]), calibrated_on=where + how)  # fmt: skip
+    chosen = 0.0
+    if len(best) > 1 and not least_share:
+        chosen = max(best, key=lambda f: (best[f][:3], -f))
+        how += ", Poor Quality share scoring best here"
+    elif len(best) > 1:
+        ids = np.array([(patients or {}).get(rec, rec) for rec in labelled])
+        resampled = _resampled_weights(t22, ids, balanced, RESAMPLES)
+        candidates = {f: (key[6], key[7]) for f, key in best.items()}
+        chosen = least_fraction(candidates, t21, t22, weights, resampled)
+        who = "patients" if patients else "recordings"
+        how += f", Poor Quality share by the one-standard-error rule over {RESAMPLES} resamples of its {who}"
+    key = best[chosen]
+    rule = VerdictRule(statistic=key[3], das_threshold=float(key[4]), cas_threshold=float(key[5]),
+                       min_accepted_fraction=float(chosen), calibrated_on=where + how)  # fmt: skip
     figures = {name: s.as_dict() for name, s in score(rule, windows, truth, poor, threshold).items()}
     return rule, figures
 
