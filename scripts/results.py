@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 AS_TRAINED = "as trained (L2 1, with synthetic degradations)"
 WITHOUT_SYNTHETIC = "without synthetic degradations"
 """Variants of `scripts/gate_transfer.py` (its VARIANTS) that RESULTS.md quotes."""
+BEST_SHARE = "balanced, best share"
+"""`scripts/verdict_transfer.py`'s rule with the Poor Quality share that scores best on validation."""
 
 ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
@@ -38,6 +40,7 @@ ROWS = [
     ("deployed, record level, Task 2-2 Score", "stream", ("records", "task_2_2", "score")),
     ("deployed, record level, Task 2-1 SE", "stream", ("records", "task_2_1", "sensitivity")),
     ("deployed, record level, Task 2-1 SP", "stream", ("records", "task_2_1", "specificity")),
+    ("deployed, record level, % of normal records called Poor Quality", "derived", ("normal_called_poor",)),
     (
         "offline, record level, Task 2-1 Score (every window, learned gate only, no AQS reasons)",
         "stream",
@@ -75,6 +78,16 @@ ROWS = [
         "deployed, record level, Task 2-2 Score, rule fitted to the validation mix of abnormal records (unbalanced)",
         "transfer",
         ("plain", "test_task_2_2"),
+    ),
+    (
+        "deployed, record level, Task 2-1 Score, Poor Quality share that scores best on validation (the rule before)",
+        "transfer",
+        (BEST_SHARE, "test_task_2_1"),
+    ),
+    (
+        "deployed, record level, Task 2-2 Score, Poor Quality share that scores best on validation (the rule before)",
+        "transfer",
+        (BEST_SHARE, "test_task_2_2"),
     ),
     (
         "learned gate as trained, % of good records' windows refused, out of fold on the training patients",
@@ -125,6 +138,26 @@ def _get(data: dict[str, Any], path: tuple[str, ...]) -> float:
     return 100.0 * float(data)  # type: ignore[arg-type]
 
 
+def _has(data: dict[str, Any] | None, path: tuple[str, ...]) -> bool:
+    """Whether `path` leads to a value (a file written before a figure existed lacks it)."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return data is not None
+
+
+def derived(stream: dict[str, Any] | None) -> dict[str, float] | None:
+    """Figures read off a seed's eval-stream report: the share of normal records whose verdict is Poor Quality
+    (a clinician would examine them again for nothing)."""
+    records = (stream or {}).get("records", {}).get("task_2_1")
+    if not records or "confusion" not in records:
+        return None
+    labels, confusion = records["labels"], np.array(records["confusion"])
+    normal, poor = labels.index("Normal"), labels.index("Poor Quality")
+    return {"normal_called_poor": float(confusion[normal, poor] / max(1, confusion[normal].sum()))}
+
+
 def risk_coverage_change(curve: list[dict[str, Any]], coverage: float = 0.8) -> dict[str, float] | None:
     """Window-level figures of the `coverage` share of scored windows ranked best, minus those of all of them:
     what keeping only those would buy."""
@@ -160,14 +193,14 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         gate_file = seed_dir / "gate_transfer.json"
         gate = json.loads(gate_file.read_text()) if gate_file.exists() else None
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
-                      "gate": gate, "risk": risk(seed_dir / stream_dir)})  # fmt: skip
+                      "gate": gate, "risk": risk(seed_dir / stream_dir), "derived": derived(stream)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
     return seeds
 
 
 def values(seeds: list[dict[str, Any]], source: str, path: tuple[str, ...]) -> list[float]:
-    return [_get(s[source], path) for s in seeds if s[source] is not None]
+    return [_get(s[source], path) for s in seeds if _has(s[source], path)]
 
 
 def spread(xs: list[float]) -> str:
@@ -211,7 +244,7 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str,
             diffs = [
                 _get(by_a[k][source], path) - _get(by_b[k][source], path)
                 for k in common
-                if by_a[k][source] is not None and by_b[k][source] is not None
+                if _has(by_a[k][source], path) and _has(by_b[k][source], path)
             ]
             per_seed = ", ".join(f"{d:+.2f}" for d in diffs) or "n/a"
             lines.append(f"| {label} | {per_seed} | {spread(diffs)} |")
@@ -223,17 +256,21 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str,
             gaps.append(f"{name} {spread([d - o for d, o in zip(deployed, offline)])}")
     if gaps:
         lines += ["", "Deployed window level minus offline cycle level, same checkpoints: " + "; ".join(gaps) + "."]
-    for task in ("task_2_1", "task_2_2"):
-        gains = []
-        for name in names:
-            pairs = [(s["stream"], s["transfer"]) for s in groups[name] if s["stream"] and s["transfer"]]
-            diffs = [_get(st, ("records", task, "score")) - _get(tr, ("plain", f"test_{task}")) for st, tr in pairs]
-            if diffs:
-                gains.append(f"{name} {spread(diffs)} ({', '.join(f'{d:+.2f}' for d in diffs)})")
-        if gains:
-            title = "Task " + task.removeprefix("task_").replace("_", "-")
-            gain = "; ".join(gains)
-            lines += ["", f"Balanced minus unbalanced verdict rule, {title} Score, same streams: {gain}."]
+    comparisons = (("Balanced minus unbalanced verdict rule", "plain"),
+                   ("Least Poor Quality share within one standard error minus the share scoring best on validation",
+                    BEST_SHARE))  # fmt: skip
+    for title, other in comparisons:
+        for task in ("task_2_1", "task_2_2"):
+            gains = []
+            for name in names:
+                pairs = [(s["stream"], s["transfer"]) for s in groups[name]
+                         if s["stream"] and _has(s["transfer"], (other, f"test_{task}"))]  # fmt: skip
+                diffs = [_get(st, ("records", task, "score")) - _get(tr, (other, f"test_{task}")) for st, tr in pairs]
+                if diffs:
+                    gains.append(f"{name} {spread(diffs)} ({', '.join(f'{d:+.2f}' for d in diffs)})")
+            if gains:
+                which = "Task " + task.removeprefix("task_").replace("_", "-")
+                lines += ["", f"{title}, {which} Score, same streams: {'; '.join(gains)}."]
     for task in ("task_2_1", "task_2_2"):
         found = []
         for name in names:

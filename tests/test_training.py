@@ -361,8 +361,10 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
 
     judged = transfer(tmp_path / "run", halvings=4)
     assert judged["shipped_rule_reproduced"] and "balanced" in judged["trained_rule_is"]
-    for method in ("plain", "balanced"):
+    for method in ("plain", "balanced", "balanced, best share"):
         assert 0.0 <= judged[method]["test_task_2_1"] <= 1.0 and judged[method]["halvings"] <= 4
+    assert judged["balanced, best share"]["rule"]["calibrated_on"].endswith("share scoring best here")
+    (tmp_path / "run" / "verdict_transfer.json").write_text(json.dumps(judged))
     # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
     import results
     from seed_ensemble import ensemble
@@ -378,6 +380,10 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     text = results.render({"demo": results.load_group(group)}, "python scripts/results.py", {"demo": together})
     alone = 100 * together["members"][0]["task_2_1"]["score"]
     assert f"Task 2-1 Score: demo {alone:.2f} (its 2 seeds alone {alone:.2f} ± 0.00)" in text
+    records = streamed["records"]["task_2_1"]
+    called_poor = 100 * records["confusion"][0][2] / sum(records["confusion"][0])
+    assert f"| deployed, record level, % of normal records called Poor Quality | {called_poor:.2f} ± 0.00 |" in text
+    assert "minus the share scoring best on validation, Task 2-1 Score, same streams: demo" in text
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(
