@@ -109,7 +109,7 @@ def eval_stream(
                 for reason in reasons:
                     gated_reasons[reason] = gated_reasons.get(reason, 0) + 1
                 window = decision.window
-                label = window_label(record.cycles, window.start, window.end)
+                label = window_label(record.cycles, window.start, window.end, unlabelled=record.unlabelled)
                 table.append(
                     {
                         "recording": record.id,

@@ -64,11 +64,18 @@ def pad_segment(samples: np.ndarray, length: int, rate: int = MODEL_SAMPLE_RATE)
 
 
 def window_label(
-    events: Iterable[Span], start: float, end: float, min_overlap: float = MIN_OVERLAP_SECONDS
+    events: Iterable[Span],
+    start: float,
+    end: float,
+    min_overlap: float = MIN_OVERLAP_SECONDS,
+    unlabelled: Iterable[tuple[float, float]] = (),
 ) -> int | None:
     """Class index of a window from the annotated events it overlaps: 'both' if any has crackles and any has
     wheezes, 'crackle' or 'wheeze' if one kind occurs, 'normal' if it overlaps only normal events, None if it
-    overlaps none (not scored, not trained on)."""
+    overlaps none (not scored, not trained on). None too if it overlaps an `unlabelled` span (an annotated event
+    of a kind the classes leave out, such as a rhonchus): calling that window normal would be wrong."""
+    if any(min(end, e) - max(start, s) >= min_overlap for s, e in unlabelled):
+        return None
     labels = {e.label for e in events if min(end, e.end) - max(start, e.start) >= min_overlap}
     if not labels:
         return None

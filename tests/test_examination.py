@@ -214,6 +214,9 @@ def test_windows_fall_where_the_daemon_cuts_them_and_labels_follow_events() -> N
     assert window_label(events, 0.0, 8.0) == 3
     assert window_label(events, 9.5, 12.0) is None
     assert window_label(events, 2.46, 5.0) is None, "an overlap under 50 ms does not count"
+    rhonchus = [(2.0, 3.0)]  # an event of a kind the classes leave out: the window's label is unknown
+    assert window_label(events, 0.0, 4.0, unlabelled=rhonchus) is None
+    assert window_label(events, 5.0, 9.0, unlabelled=rhonchus) == 2, "one elsewhere in the recording does not matter"
     padded = pad_segment(np.ones(4000, np.float32), 12_000)
     assert len(padded) == 12_000 and padded[0] == 0.0 and padded[2000] == 1.0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlung_edge.errors import DataError
+from training.dataset import NO_LABEL, Geometry, recording_windows
 from training.sprsound import DEFAULT_EVENT_MAPPING, parse_recording_name, scan_sprsound
 
 
@@ -57,6 +58,16 @@ def test_every_real_recording_is_read(shared_data: Path) -> None:
     for r in scan.recordings:
         excluded.update({k: int(v) for k, v in r.extra.items() if k.startswith("excluded:")})
     assert excluded == {"excluded:Rhonchi": 34, "excluded:Stridor": 15}
+    # Their spans are kept: a window over a rhonchus is not a normal window, whatever else it overlaps.
+    assert sum(len(r.unlabelled) for r in scan.recordings) == 49
+    with_rhonchi = [r for r in train if r.unlabelled and r.duration]
+    windows = [w for r in with_rhonchi for w in recording_windows(r, Geometry("window", 4.0, 1.0))]
+    by_id = {r.id: r for r in with_rhonchi}
+    over = [
+        w for w in windows if any(min(w.end, e) - max(w.start, s) >= 0.05 for s, e in by_id[w.recording].unlabelled)
+    ]
+    assert over and all(w.label == NO_LABEL for w in over)
+    assert any(w.label != NO_LABEL for w in windows), "the rest of those recordings is still labelled"
     assert all(not r.cycles for r in scan.recordings if r.record_label == "Poor Quality")
     # No patient is in both the training and the inter-patient test set.
     assert not {r.patient for r in train} & {r.patient for r in test}

@@ -83,7 +83,7 @@ def recording_windows(recording: Recording, geometry: Geometry, samples: int | N
     for start in window_starts(samples, geometry.samples, geometry.hop_samples):
         begin = start / MODEL_SAMPLE_RATE
         end = min(start + geometry.samples, samples) / MODEL_SAMPLE_RATE
-        label = window_label(recording.cycles, begin, end)
+        label = window_label(recording.cycles, begin, end, unlabelled=recording.unlabelled)
         out.append(recording.cycle(begin, end, NO_LABEL if label is None else label, f"{recording.id}@{begin:g}s"))
     return out
 

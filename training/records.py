@@ -68,6 +68,9 @@ class Recording:
     record_label: str | None = None
     """SPRSound's record-level annotation (Normal, CAS, DAS, CAS & DAS, Poor Quality)."""
     cycles: list[Cycle] = field(default_factory=list)
+    unlabelled: list[tuple[float, float]] = field(default_factory=list)
+    """(start, end) seconds of annotated events whose type the event mapping leaves out (SPRSound's Rhonchi and
+    Stridor by default): a window overlapping one is neither trained on nor scored, since its label is unknown."""
     extra: dict[str, str] = field(default_factory=dict)
 
     def cycle(self, start: float, end: float, label: int, source: str) -> Cycle:

@@ -93,6 +93,7 @@ def _event_cycles(
         label = mapping[kind]
         if label is None:
             rec.extra[f"excluded:{kind}"] = str(int(rec.extra.get(f"excluded:{kind}", "0")) + 1)
+            rec.unlabelled.append((start, end))
             continue
         fitted = scan.fit_to_audio(path, f"event {number}", start, end, audio.duration if audio else None)
         if fitted is not None:
