@@ -90,6 +90,11 @@ ROWS = [
         (BEST_SHARE, "test_task_2_2"),
     ),
     (
+        "deployed, record level, % of normal records called Poor Quality under the rule before",
+        "transfer",
+        (BEST_SHARE, "test_normal_called_poor"),
+    ),
+    (
         "learned gate as trained, % of good records' windows refused, out of fold on the training patients",
         "gate",
         (AS_TRAINED, "good_windows_refused_out_of_fold"),

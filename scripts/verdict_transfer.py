@@ -3,7 +3,8 @@
 For each trained run (a folder with best.pt and eval-stream/windows.csv from `qlung-edge eval-stream`), three ways
 of calibrating the rule are compared, all fitted on the validation patients only:
 
-- plain: the grid point that maximises the mean Task 2-1 / 2-2 Score on the validation recordings;
+- plain: the grid point that maximises the mean Task 2-1 / 2-2 Score on the validation recordings (its Poor
+  Quality share, like training's, by the one-standard-error rule);
 - balanced (training's rule): the same with each kind of abnormal record weighing the same in SE;
 - balanced, best share: the same, with the Poor Quality share of accepted windows that scores best on validation
   rather than the least share within one standard error of it (training's rule before stop 27).
@@ -55,6 +56,10 @@ def _halves(patients: dict[str, str], halvings: int, seed: int = 0) -> list[tupl
         first = set(order[: len(names) // 2])
         out.append(({r for r, p in patients.items() if p in first}, {r for r, p in patients.items() if p not in first}))
     return out
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 def _subset(mapping: dict[str, Any] | None, keys: set[str]) -> dict[str, Any] | None:
@@ -114,6 +119,7 @@ def transfer(run: Path, halvings: int) -> dict[str, Any]:
             "within_validation_task_2_2": float(halves[:, 1].mean()) if len(halves) else float("nan"),
             "test_task_2_1": t21.score, "test_task_2_1_se": t21.sensitivity, "test_task_2_1_sp": t21.specificity,
             "test_task_2_2": t2.score,
+            "test_normal_called_poor": _share([p == "Poor Quality" for t, p in zip(t22, p22) if t == "Normal"]),
         }  # fmt: skip
     return result
 

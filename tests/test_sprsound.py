@@ -77,6 +77,7 @@ def test_mapping_is_configurable(shared_data: Path) -> None:
     mapping = {**DEFAULT_EVENT_MAPPING, "Rhonchi": 2, "Stridor": 2}
     scan = _quiet_scan(shared_data / "sprsound", event_mapping=mapping, with_audio=False)
     assert Counter(c.label for c in scan.cycles("train"))[2] == 305 + 34 + 15
+    assert not any(r.unlabelled for r in scan.recordings), "mapped events are labelled spans, not unknown ones"
 
 
 @pytest.fixture()
@@ -104,6 +105,9 @@ def test_bad_inputs_are_reported_by_file(small_spr: Path) -> None:
     }
     jsons[2].write_text(json.dumps(doc))
     jsons[3].write_text(json.dumps({"record_annotation": "Great", "event_annotation": []}))
+    rhonchus = {"start": 2000, "end": "2600", "type": "Rhonchi"}
+    jsons[5].write_text(json.dumps({"record_annotation": "CAS", "event_annotation": [
+        {"start": 0, "end": 2000, "type": "Normal"}, rhonchus]}))  # fmt: skip
     shutil.copy(small_spr / "train_wav" / f"{jsons[4].stem}.wav", small_spr / "train_wav" / "40000000_1.0_0_p1_1.wav")
     scan = _quiet_scan(small_spr)
     found = [str(p) for p in scan.problems]
@@ -114,6 +118,9 @@ def test_bad_inputs_are_reported_by_file(small_spr: Path) -> None:
     assert any("40000000_1.0_0_p1_1.wav: audio has no annotation" in p for p in found)
     rec = next(r for r in scan.recordings if r.id == jsons[2].stem)
     assert [(c.start, c.end, c.label) for c in rec.cycles] == [(1.0, 1.5, 2)]
+    rec = next(r for r in scan.recordings if r.id == jsons[5].stem)
+    assert [(c.start, c.end, c.label) for c in rec.cycles] == [(0.0, 2.0, 0)] and rec.unlabelled == [(2.0, 2.6)]
+    assert rec.extra["excluded:Rhonchi"] == "1"
     assert {r.id for r in scan.recordings} == {jsons[2].stem, jsons[4].stem, jsons[5].stem}
     with pytest.raises(DataError, match="not valid JSON"):
         scan_sprsound(small_spr, strict=True, progress=False)

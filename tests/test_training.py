@@ -214,7 +214,7 @@ def test_window_examples_are_the_daemons_windows_with_cached_front_end(synth_roo
     assert [w.start for w in windows] == [float(i) for i in range(len(windows))]
     assert all(w.end - w.start == 4.0 for w in windows)
     for w in windows:
-        expected = window_label(recording.cycles, w.start, w.end)
+        expected = window_label(recording.cycles, w.start, w.end, unlabelled=recording.unlabelled)
         assert w.label == (NO_LABEL if expected is None else expected)
     prepared = prepare(windows, scan.recordings, tmp_path, geometry=geometry, progress=False)
     audio = CycleAudioLoader(scan.recordings).recording_audio(recording.id)
@@ -364,6 +364,9 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     for method in ("plain", "balanced", "balanced, best share"):
         assert 0.0 <= judged[method]["test_task_2_1"] <= 1.0 and judged[method]["halvings"] <= 4
     assert judged["balanced, best share"]["rule"]["calibrated_on"].endswith("share scoring best here")
+    normal = [v["task_2_1"] == "Poor Quality" for v in streamed["verdicts"] if v["truth"] == "Normal"]
+    assert normal, "the synthetic test split has normal records"
+    assert judged["balanced"]["test_normal_called_poor"] == pytest.approx(sum(normal) / len(normal))
     (tmp_path / "run" / "verdict_transfer.json").write_text(json.dumps(judged))
     # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
     import results

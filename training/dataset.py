@@ -76,7 +76,8 @@ class Prepared:
 
 
 def recording_windows(recording: Recording, geometry: Geometry, samples: int | None = None) -> list[Cycle]:
-    """The daemon's windows of one recording as labelled spans (`NO_LABEL` where no event is overlapped)."""
+    """The daemon's windows of one recording as labelled spans (`NO_LABEL` where no event is overlapped, or an
+    event of a kind the classes leave out)."""
     if samples is None:
         samples = int(round((recording.duration or 0.0) * MODEL_SAMPLE_RATE))
     out = []

@@ -127,12 +127,13 @@ def least_fraction(
     resampled: np.ndarray,
 ) -> float:
     """The one-standard-error rule (Breiman et al. 1984; Hastie, Tibshirani & Friedman, The Elements of
-    Statistical Learning, 2nd ed., section 7.10) for the Poor Quality share: the least share whose score is
-    within one standard error, over patient resamples, of the best share's. A handful of validation patients'
-    Poor Quality records cannot tell a share that refuses more examinations from one that refuses fewer, and
-    the gate refuses more windows on other patients than on these: where the data cannot choose, turn fewer
-    examinations into "Poor Quality". `candidates` maps each share to its best rule's (Task 2-1, Task 2-2)
-    predictions."""
+    Statistical Learning, 2nd ed., section 7.10) for the Poor Quality share, in its paired form: the least share
+    whose score falls short of the best share's by no more than the standard error of that shortfall over
+    patient resamples (both are scored on the same records in every draw, so their difference, not the best
+    score alone, carries the noise that matters). A handful of validation patients' Poor Quality records cannot
+    tell a share that refuses more examinations from one that refuses fewer, and the gate refuses more windows
+    on other patients than on these: where the data cannot choose, turn fewer examinations into "Poor Quality".
+    `candidates` maps each share to its best rule's (Task 2-1, Task 2-2) predictions."""
 
     def scores(w: np.ndarray) -> dict[float, float]:
         return {f: (weighted_score(t21, p21, TASK_2_1[0], w) + weighted_score(t22, p22, TASK_2_2[0], w)) / 2
@@ -162,7 +163,8 @@ def calibrate(
     (validation) recordings; ties go to the more conservative (higher) thresholds. With a quality estimate, the
     least share of accepted windows is chosen too, by the one-standard-error rule over resamples of the
     `patients` (recording id to patient; each recording its own patient when not given): `least_fraction`.
-    `least_share=False` takes the share that scores best here instead (the rule before stop 27, for comparison).
+    `least_share=False` takes the share that scores best here instead (the rule before stop 27, for comparison;
+    exact ties between shares then go to the least share, where the old search kept the first one it met).
 
     With `balanced`, every kind of non-normal record (CAS, DAS, CAS & DAS, Poor Quality) weighs the same in SE
     however common it is here: the mix of abnormal records differs from one population to another (SPRSound's
@@ -180,7 +182,7 @@ def calibrate(
         weights = weights / counts[index]
     n_accepted = np.array([len(accepted[rec]) for rec in labelled])
     n_total = n_accepted + np.array([sum(refused[rec].values()) for rec in labelled])
-    fractions = FRACTIONS if poor is not None else (0.0,)
+    fractions = FRACTIONS if poor is not None and threshold is not None else (0.0,)
     best: dict[float, tuple[Any, ...]] = {}
     for statistic in STATISTICS:
         evidence = [
@@ -208,11 +210,12 @@ def calibrate(
         chosen = max(best, key=lambda f: (best[f][:3], -f))
         how += ", Poor Quality share scoring best here"
     elif len(best) > 1:
-        ids = np.array([(patients or {}).get(rec, rec) for rec in labelled])
+        known = patients is not None and all(rec in patients for rec in labelled)
+        ids = np.array([patients[rec] if known else rec for rec in labelled])  # type: ignore[index]
         resampled = _resampled_weights(t22, ids, balanced, RESAMPLES)
         candidates = {f: (key[6], key[7]) for f, key in best.items()}
         chosen = least_fraction(candidates, t21, t22, weights, resampled)
-        who = "patients" if patients else "recordings"
+        who = "patients" if known else "recordings"
         how += f", Poor Quality share by the one-standard-error rule over {RESAMPLES} resamples of its {who}"
     key = best[chosen]
     rule = VerdictRule(statistic=key[3], das_threshold=float(key[4]), cas_threshold=float(key[5]),
