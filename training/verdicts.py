@@ -211,7 +211,7 @@ def calibrate(
         how += ", Poor Quality share scoring best here"
     elif len(best) > 1:
         known = patients is not None and all(rec in patients for rec in labelled)
-        ids = np.array([patients[rec] if known else rec for rec in labelled])  # type: ignore[index]
+        ids = np.array([patients[rec] for rec in labelled] if patients is not None and known else labelled)
         resampled = _resampled_weights(t22, ids, balanced, RESAMPLES)
         candidates = {f: (key[6], key[7]) for f, key in best.items()}
         chosen = least_fraction(candidates, t21, t22, weights, resampled)
