@@ -429,3 +429,30 @@ def test_a_mixed_recipe_trains_on_cycles_and_windows_and_is_judged_on_windows(sy
     assert [g.unit for g, _ in mixed.train_parts] == ["cycle", "window"]
     assert len(mixed.train) == len(cycles.train) + len(windows.train)
     assert mixed.validation == windows.validation and mixed.test == windows.test
+
+
+def test_event_mixing_lays_cycles_over_the_training_batches(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.event_mix mixes the run's own annotated cycles into its batches, and needs cycles to mix."""
+    import training.engine as engine
+    from training.augment import EventMixer
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Recording(EventMixer):
+        def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mixed, out = super().__call__(inputs, labels)
+            seen.append((labels, out))
+            return mixed, out
+
+    monkeypatch.setattr(engine, "EventMixer", Recording)
+    base = [f"data.root={synth_root / 'sprsound'}", "data.dataset=sprsound", "data.window_seconds=4.0",
+            "train.epochs=1", "train.max_steps=2", "train.event_mix=1.0", "data.quality_estimate=false"]  # fmt: skip
+    train(load_recipe("demo", [*base, "data.unit=mixed"]), tmp_path / "mixed", progress=False)
+    assert len(seen) == 2
+    before, after = (torch.cat(part) for part in zip(*seen))
+    assert (after > 0).all(), "every example mixed with a crackle or a wheeze is adventitious"
+    assert (after >= before).all() and (after != before).any()
+    with pytest.raises(QLungError, match="unit is 'window'"):
+        train(load_recipe("demo", [*base, "data.unit=window"]), tmp_path / "windows", progress=False)

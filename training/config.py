@@ -87,6 +87,10 @@ class TrainConfig:
     """Torch CPU threads; 0 leaves torch's default."""
     max_steps: int = 0
     """Stop after this many optimiser steps in total (0: no limit); for smoke tests."""
+    event_mix: float = 0.0
+    """Share of training examples with an annotated crackle or wheeze (a cycle of the training patients) laid
+    over them, labelled by both sounds (training.augment); needs cycles among the training examples (unit: cycle
+    or mixed). 0: off."""
     cache_features: bool = True
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""

@@ -31,6 +31,7 @@ from qlung_edge import CLASS_NAMES
 from qlung_edge.batches import in_batches
 from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
+from training.augment import EventMixConfig, EventMixer
 from training.checkpoint import build_model, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import RunConfig
 from training.dataset import ExampleDataset, Geometry, Prepared, prepare, recording_windows
@@ -244,6 +245,17 @@ def _cosine(total_steps: int) -> Any:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
+def _event_mixer(config: RunConfig, splits: Splits, training_sets: list[ExampleDataset]) -> EventMixer | None:
+    if config.train.event_mix <= 0:
+        return None
+    cycles = [d.prepared for (g, _), d in zip(splits.train_parts, training_sets) if g.unit == "cycle"]
+    if not cycles:
+        raise QLungError(f"train.event_mix needs annotated cycles to mix in: unit is {config.data.unit!r}, "
+                         "make it 'mixed' or 'cycle'")  # fmt: skip
+    donors = cycles[0]
+    return EventMixer(donors.inputs, donors.labels, EventMixConfig(config.train.event_mix), features=donors.features)
+
+
 def train(
     config: RunConfig,
     out_dir: str | Path,
@@ -287,6 +299,7 @@ def train(
     quality_source = _margin_quality(config, training_sets, show)
     datasets["train"] = training_sets[0] if len(training_sets) == 1 else torch.utils.data.ConcatDataset(training_sets)
     counts = splits.class_counts()
+    mixer = _event_mixer(config, splits, training_sets)
 
     # channels_last: oneDNN's (and cuDNN's) fastest layout for these convolutions, 1.5x on this CPU.
     model = build_model(config).to(device, memory_format=torch.channels_last)
@@ -350,6 +363,8 @@ def train(
             train_loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", disable=not show, leave=False
         )
         for waves, labels, aqs, _ in bar:
+            if mixer is not None:
+                waves, labels = mixer(waves, labels)
             waves, labels, aqs = waves.to(device), labels.to(device), aqs.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 output = trained(waves)

@@ -1,0 +1,109 @@
+"""Event mixing: an annotated crackle or wheeze laid over another training example, as the two sounds add.
+
+SPRSound's training windows hold few wheezes (about 4 % of them) and fewer windows with both crackles and
+wheezes, while the inter-patient test set holds four times the share of wheeze windows; the window model
+then calls most wheeze windows normal or crackle. Mixing the sound of an annotated event (a cycle example,
+repeated to the input length as cycles are) into a window of another recording makes new wheeze windows and
+new "both" windows from the recordings there are: the label is the union of the two examples' sounds.
+
+Sounds add in power, not in log power: on log-mel frames the mix is `log(exp(a) + g * exp(b))` per band,
+exact for the mel energies of uncorrelated signals, computed after undoing AST's normalisation. On waveforms
+(`cache_features: false`) it is the sum of the samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qlung_edge import CLASS_NAMES
+from training.frontend import AST_MEAN, AST_STD
+
+CRACKLE, WHEEZE, BOTH = (CLASS_NAMES.index(name) for name in ("crackle", "wheeze", "both"))
+DONOR_CLASSES = (CRACKLE, WHEEZE)
+"""The events laid over windows; 'both' follows from mixing one into a window that has the other."""
+
+
+def combined_label(base: int, added: int) -> int:
+    """The class of a window holding the sounds of both labels: crackle + wheeze is 'both'."""
+    crackle = base in (CRACKLE, BOTH) or added in (CRACKLE, BOTH)
+    wheeze = base in (WHEEZE, BOTH) or added in (WHEEZE, BOTH)
+    if crackle and wheeze:
+        return BOTH
+    return CRACKLE if crackle else WHEEZE if wheeze else CLASS_NAMES.index("normal")
+
+
+def add_in_power(base: torch.Tensor, added: torch.Tensor, gain_db: torch.Tensor) -> torch.Tensor:
+    """Normalised log-mel frames of the sum of two sounds, the second scaled by `gain_db` (power dB) [B]."""
+    scale = 2.0 * AST_STD
+    shift = (gain_db * (math.log(10.0) / 10.0)).view(-1, *([1] * (base.dim() - 1)))
+    mixed = torch.logaddexp(base * scale + AST_MEAN, added * scale + AST_MEAN + shift)
+    return (mixed - AST_MEAN) / scale
+
+
+@dataclass(frozen=True)
+class EventMixConfig:
+    probability: float = 0.0
+    """Share of training examples that get an event laid over them; 0 turns mixing off."""
+    gain_db: tuple[float, float] = (-6.0, 0.0)
+    """The added event's level relative to its own recording, drawn uniformly in this range (dB)."""
+    min_fraction: float = 0.25
+    """Shortest stretch of the input the event covers, as a fraction of it; the longest is all of it."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"event mixing probability must lie in [0, 1], got {self.probability}")
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ValueError(f"event mixing min_fraction must lie in (0, 1], got {self.min_fraction}")
+        if self.gain_db[0] > self.gain_db[1]:
+            raise ValueError(f"event mixing gain range must be (low, high), got {self.gain_db}")
+
+
+class EventMixer:
+    """Lays annotated events (donor examples) over a batch, with the torch random generator (so a resumed run
+    continues the same draws)."""
+
+    def __init__(self, donors: np.ndarray, donor_labels: np.ndarray, config: EventMixConfig, *, features: bool):
+        self.donors, self.config, self.features = donors, config, features
+        labels = np.asarray(donor_labels)
+        self.by_class = {c: np.flatnonzero(labels == c) for c in DONOR_CLASSES}
+        missing = [CLASS_NAMES[c] for c, rows in self.by_class.items() if not len(rows)]
+        if missing:
+            raise ValueError(f"event mixing needs annotated {' and '.join(missing)} cycles to lay over windows")
+
+    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed inputs, their labels); examples without a label (negative) are left alone."""
+        config = self.config
+        chosen = (torch.rand(len(labels)) < config.probability) & (labels.cpu() >= 0)
+        rows = torch.nonzero(chosen).flatten()
+        if not len(rows):
+            return inputs, labels
+        # Donor classes drawn evenly: wheezes, the rarer sound, are laid over as often as crackles.
+        kinds = torch.randint(len(DONOR_CLASSES), (len(rows),)).tolist()
+        picks = [int(self.by_class[DONOR_CLASSES[k]][torch.randint(len(self.by_class[DONOR_CLASSES[k]]), ()).item()])
+                 for k in kinds]  # fmt: skip
+        donors = torch.from_numpy(np.stack([np.asarray(self.donors[p], np.float32) for p in picks])).to(inputs.device)
+        length = inputs.shape[1]
+        shortest = max(1, int(round(config.min_fraction * length)))
+        spans = torch.randint(shortest, length + 1, (len(rows),))
+        starts = (torch.rand(len(rows)) * (length - spans + 1)).long()
+        positions = torch.arange(length)[None, :]
+        inside = ((positions >= starts[:, None]) & (positions < (starts + spans)[:, None])).to(inputs.device)
+        low, high = config.gain_db
+        gain_db = (low + (high - low) * torch.rand(len(rows))).to(inputs.device)
+        base = inputs[rows.to(inputs.device)]
+        if self.features:
+            mixed = add_in_power(base, donors, gain_db)
+            mixed = torch.where(inside[:, :, None], mixed, base)
+        else:
+            amplitude = torch.pow(10.0, gain_db / 20.0)[:, None]
+            mixed = base + torch.where(inside, donors * amplitude, torch.zeros_like(donors))
+        out_inputs, out_labels = inputs.clone(), labels.clone()
+        out_inputs[rows.to(inputs.device)] = mixed.to(inputs.dtype)
+        added = [DONOR_CLASSES[k] for k in kinds]
+        for row, kind in zip(rows.tolist(), added):
+            out_labels[row] = combined_label(int(labels[row]), kind)
+        return out_inputs, out_labels
