@@ -217,9 +217,17 @@ def spread(xs: list[float]) -> str:
 
 
 def render(groups: dict[str, list[dict[str, Any]]], command: str,
-           ensembles: dict[str, dict[str, Any]] | None = None) -> str:  # fmt: skip
+           ensembles: dict[str, dict[str, Any]] | None = None,
+           pairs: list[tuple[str, str]] | None = None) -> str:  # fmt: skip
+    """`pairs`: (a, b) groups whose per-seed differences a − b are tabled; by default the first group against
+    each other one."""
     names = list(groups)
     ensembles = ensembles or {}
+    if pairs is None:
+        pairs = [(names[0], b) for b in names[1:]]
+    unknown = sorted({n for pair in pairs for n in pair} - set(names))
+    if unknown:
+        raise SystemExit(f"--pair names no group called {', '.join(unknown)}")
     lines = [
         "# Results",
         "",
@@ -238,8 +246,7 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str,
     lines += ["", "| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for label, source, path in ROWS:
         lines.append(f"| {label} | " + " | ".join(spread(values(groups[n], source, path)) for n in names) + " |")
-    a = names[0]
-    for b in names[1:]:
+    for a, b in pairs:
         lines += ["", f"Paired per-seed differences, {a} − {b} (seeds present in both):", ""]
         lines += ["| figure | per seed | mean ± std |", "| --- | --- | ---: |"]
         common = sorted({s["seed"] for s in groups[a]} & {s["seed"] for s in groups[b]})
@@ -295,6 +302,12 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--group", action="append", required=True, help="NAME=FOLDER (repeat)")
+    parser.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        help="A,B: table the per-seed differences A − B (repeat); default: the first group against each other",
+    )
     parser.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     parser.add_argument("--stream-dir", default="eval-stream", help="each seed's eval-stream folder name")
     args = parser.parse_args()
@@ -304,10 +317,15 @@ def main() -> int:
         groups[name] = load_group(Path(folder), args.stream_dir)
         if (Path(folder) / "seed_ensemble.json").is_file():
             ensembles[name] = json.loads((Path(folder) / "seed_ensemble.json").read_text())
-    command = "python scripts/results.py " + " ".join(f'--group "{g}"' for g in args.group) + f" --out {args.out}"
+    split = [p.partition(",") for p in args.pair]
+    if any(not a or not b for a, _, b in split):
+        raise SystemExit("--pair takes A,B")
+    pairs = [(a, b) for a, _, b in split] or None
+    command = "python scripts/results.py " + " ".join(f'--group "{g}"' for g in args.group)
+    command += "".join(f' --pair "{p}"' for p in args.pair) + f" --out {args.out}"
     if args.stream_dir != "eval-stream":
         command += f" --stream-dir {args.stream_dir}"
-    args.out.write_text(render(groups, command, ensembles))
+    args.out.write_text(render(groups, command, ensembles, pairs))
     print(f"wrote {args.out}")
     return 0
 

@@ -387,6 +387,11 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     called_poor = 100 * records["confusion"][0][2] / sum(records["confusion"][0])
     assert f"| deployed, record level, % of normal records called Poor Quality | {called_poor:.2f} ± 0.00 |" in text
     assert "minus the share scoring best on validation, Task 2-1 Score, same streams: demo" in text
+    loaded = results.load_group(group)
+    paired = results.render({"a": loaded, "b": loaded, "c": loaded}, "cmd", pairs=[("b", "c")])
+    assert "Paired per-seed differences, b − c" in paired and "differences, a − b" not in paired
+    with pytest.raises(SystemExit, match="no group called d"):
+        results.render({"a": loaded}, "cmd", pairs=[("a", "d")])
 
 
 def test_a_quality_teacher_scores_examples_as_the_whole_window_graph_does(
