@@ -82,9 +82,9 @@ class EventMixer:
         if not len(rows):
             return inputs, labels
         # Donor classes drawn evenly: wheezes, the rarer sound, are laid over as often as crackles.
-        kinds = torch.randint(len(DONOR_CLASSES), (len(rows),)).tolist()
-        picks = [int(self.by_class[DONOR_CLASSES[k]][torch.randint(len(self.by_class[DONOR_CLASSES[k]]), ()).item()])
-                 for k in kinds]  # fmt: skip
+        added = [DONOR_CLASSES[k] for k in torch.randint(len(DONOR_CLASSES), (len(rows),)).tolist()]
+        pools = [self.by_class[kind] for kind in added]
+        picks = [int(pool[torch.randint(len(pool), ()).item()]) for pool in pools]
         donors = torch.from_numpy(np.stack([np.asarray(self.donors[p], np.float32) for p in picks])).to(inputs.device)
         length = inputs.shape[1]
         shortest = max(1, int(round(config.min_fraction * length)))
@@ -103,7 +103,6 @@ class EventMixer:
             mixed = base + torch.where(inside, donors * amplitude, torch.zeros_like(donors))
         out_inputs, out_labels = inputs.clone(), labels.clone()
         out_inputs[rows.to(inputs.device)] = mixed.to(inputs.dtype)
-        added = [DONOR_CLASSES[k] for k in kinds]
         for row, kind in zip(rows.tolist(), added):
             out_labels[row] = combined_label(int(labels[row]), kind)
         return out_inputs, out_labels
