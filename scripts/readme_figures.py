@@ -76,10 +76,43 @@ def results_block(results: str) -> str:
     return source + "\n\n" + body
 
 
+EVENT_MIX_FIGURES = (
+    "offline, cycle level (one prediction per annotated event)",
+    "deployed (eval-stream), window level, accepted windows",
+    *(f"deployed, window level, recall of accepted {name} windows" for name in ("normal", "crackle", "wheeze", "both")),
+    "deployed, record level, Task 2-1 Score",
+    "deployed, record level, Task 2-2 Score",
+    "deployed, record level, % of normal records called Poor Quality",
+    "deployed, % of windows of records not labelled poor that the gate refuses",
+    "learned quality estimate, record AUROC vs Poor Quality (x 100)",
+)
+"""The rows of RESULTS-event-mix.md the README quotes."""
+
+
+def headline_block(results: str, source: str, figures: tuple[str, ...]) -> str:
+    """A results file's table rows whose figure is one of `figures`, with its headings and its
+    window-minus-cycle line, below where they come from."""
+    command = re.search(r"- command: `(.+)`", results)
+    body = results.split("\n\n", 2)[-1] if results.count("\n\n") >= 2 else results
+    lines = [f"From [{source}]({source}) (`{command.group(1) if command else source}`):", ""]
+    for line in body.splitlines():
+        if line.startswith("| ") and not line.startswith(("| figure |", "| --- |")):
+            if line[2:].split(" | ")[0] not in figures:
+                continue
+        elif line.startswith(("- command:", "Balanced minus", "Least Poor Quality", "Seed ensemble")):
+            continue
+        lines.append(line)
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def blocks() -> dict[str, str]:
     out = {"bench": bench_block((REPO / "BENCHMARKS.md").read_text())}
     if (REPO / "RESULTS.md").exists():
         out["results"] = results_block((REPO / "RESULTS.md").read_text())
+    if (REPO / "RESULTS-event-mix.md").exists():
+        out["results-event-mix"] = headline_block(
+            (REPO / "RESULTS-event-mix.md").read_text(), "RESULTS-event-mix.md", EVENT_MIX_FIGURES
+        )
     return out
 
 

@@ -9,7 +9,8 @@ that seed), and optionally `seed<k>/verdict_transfer.json` (from `scripts/verdic
 judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer.json` (from
 `scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
-the seeds averaged into one model, offline). Figures are mean ± sample std over the seeds; the last
+the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
+gzipped) serves as well as the run itself. Figures are mean ± sample std over the seeds; the last
 sections give the paired per-seed differences between the first group and each other one. The README quotes
 this file (scripts/readme_figures.py).
 """
@@ -26,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from qlung_edge import CLASS_NAMES
+
 AS_TRAINED = "as trained (L2 1, with synthetic degradations)"
 WITHOUT_SYNTHETIC = "without synthetic degradations"
 """Variants of `scripts/gate_transfer.py` (its VARIANTS) that RESULTS.md quotes."""
@@ -36,6 +39,10 @@ ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
     ("offline, window level", "summary", ("test", "score")),
     ("deployed (eval-stream), window level, accepted windows", "stream", ("accepted", "score")),
+    *(
+        (f"deployed, window level, recall of accepted {name} windows", "windows", ("recall", name))
+        for name in CLASS_NAMES
+    ),
     ("deployed, record level, Task 2-1 Score", "stream", ("records", "task_2_1", "score")),
     ("deployed, record level, Task 2-2 Score", "stream", ("records", "task_2_2", "score")),
     ("deployed, record level, Task 2-1 SE", "stream", ("records", "task_2_1", "sensitivity")),
@@ -172,16 +179,47 @@ def risk_coverage_change(curve: list[dict[str, Any]], coverage: float = 0.8) -> 
     return {k: points[coverage][k] - points[1.0][k] for k in ("score", "sensitivity", "specificity")}
 
 
+def windows_table(stream_dir: Path) -> list[dict[str, str]] | None:
+    """A seed's eval-stream windows.csv, or the gzipped copy scripts/archive_runs.py keeps; None if neither."""
+    import csv
+    import gzip
+
+    from qlung_edge.evalstream import read_table
+
+    if (stream_dir / "windows.csv").is_file():
+        return read_table(stream_dir / "windows.csv")
+    if (stream_dir / "windows.csv.gz").is_file():
+        with gzip.open(stream_dir / "windows.csv.gz", "rt", newline="") as f:
+            return list(csv.DictReader(f))
+    return None
+
+
 def risk(stream_dir: Path) -> dict[str, Any] | None:
     """The risk-coverage changes at 80 % from a seed's windows.csv: ranked by the gate's quality score, and by the
     classifier's confidence for reference."""
-    from qlung_edge.evalstream import read_table, risk_coverage, scored_rows
+    from qlung_edge.evalstream import risk_coverage, scored_rows
 
-    if not (stream_dir / "windows.csv").is_file():
+    table = windows_table(stream_dir)
+    if table is None:
         return None
-    rows = scored_rows(read_table(stream_dir / "windows.csv"))
+    rows = scored_rows(table)
     return {"quality": risk_coverage_change(risk_coverage(rows)),
             "confidence": risk_coverage_change(risk_coverage(rows, by_confidence=True))}  # fmt: skip
+
+
+def window_recall(stream_dir: Path) -> dict[str, Any] | None:
+    """Each class's recall among a seed's accepted scored windows (windows.csv): where the window Score is lost."""
+    from qlung_edge.evalstream import scored_rows
+
+    table = windows_table(stream_dir)
+    if table is None:
+        return None
+    rows = [r for r in scored_rows(table) if r["accepted"]]
+    recall = {}
+    for index, name in enumerate(CLASS_NAMES):
+        of_class = [r for r in rows if r["truth"] == index]
+        recall[name] = sum(r["predicted"] == index for r in of_class) / len(of_class) if of_class else None
+    return {"recall": recall}
 
 
 def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, Any]]:
@@ -198,7 +236,8 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         gate_file = seed_dir / "gate_transfer.json"
         gate = json.loads(gate_file.read_text()) if gate_file.exists() else None
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
-                      "gate": gate, "risk": risk(seed_dir / stream_dir), "derived": derived(stream)})  # fmt: skip
+                      "gate": gate, "risk": risk(seed_dir / stream_dir), "derived": derived(stream),
+                      "windows": window_recall(seed_dir / stream_dir)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
     return seeds

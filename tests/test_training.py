@@ -387,7 +387,21 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     called_poor = 100 * records["confusion"][0][2] / sum(records["confusion"][0])
     assert f"| deployed, record level, % of normal records called Poor Quality | {called_poor:.2f} ± 0.00 |" in text
     assert "minus the share scoring best on validation, Task 2-1 Score, same streams: demo" in text
+    # Per-class recall read off windows.csv: the normal windows' recall is the stream's window-level SP.
+    normal_recall = 100 * streamed["accepted"]["specificity"]
+    assert f"| deployed, window level, recall of accepted normal windows | {normal_recall:.2f} ± 0.00 |" in text
     loaded = results.load_group(group)
+    # The reports kept in the repository (windows.csv gzipped, no checkpoints) give the same figures.
+    from archive_runs import archive_seed
+
+    for seed in (0, 1):
+        kept = archive_seed(group / f"seed{seed}", tmp_path / "kept")
+        assert not list(kept.glob("*.pt")) and (kept / "eval-stream" / "windows.csv.gz").is_file()
+    assert results.render({"demo": results.load_group(tmp_path / "kept" / "group")}, "cmd") == results.render(
+        {"demo": loaded}, "cmd"
+    )
+    with pytest.raises(FileNotFoundError, match="no eval-stream"):
+        archive_seed(tmp_path / "group-without-stream" / "seed0", tmp_path / "kept")
     paired = results.render({"a": loaded, "b": loaded, "c": loaded}, "cmd", pairs=[("b", "c")])
     assert "Paired per-seed differences, b − c" in paired and "differences, a − b" not in paired
     with pytest.raises(SystemExit, match="no group called d"):

@@ -1,0 +1,62 @@
+"""Keep the figures of trained runs in the repository, so that seeds trained in different sessions add up.
+
+runs/ and bundles/ are build outputs (checkpoints, engines: megabytes per seed) and do not outlive the machine
+that trained them. scripts/results.py needs only each seed's small reports, which this copies into the
+repository (windows.csv gzipped):
+
+    python scripts/archive_runs.py runs/qlung-edge-sprsound-windows-event-mix ... --to results
+
+giving results/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
+eval-stream/eval_stream.json, eval-stream/windows.csv.gz}. A seed already archived is replaced. A seed without an
+eval-stream report is left out, with a line saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import sys
+from pathlib import Path
+
+FILES = ("summary.json", "config.yaml", "verdict_transfer.json", "gate_transfer.json", "eval-stream/eval_stream.json")
+
+
+def archive_seed(seed_dir: Path, to: Path) -> Path:
+    """Copy one seed's reports into `to`/RECIPE/seed<k> and return that folder."""
+    if not (seed_dir / "eval-stream" / "eval_stream.json").is_file():
+        raise FileNotFoundError(f"{seed_dir}: no eval-stream/eval_stream.json (run qlung-edge eval-stream first)")
+    target = to / seed_dir.parent.name / seed_dir.name
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "eval-stream").mkdir(parents=True)
+    for name in FILES:
+        if (seed_dir / name).is_file():
+            shutil.copyfile(seed_dir / name, target / name)
+    table = seed_dir / "eval-stream" / "windows.csv"
+    if table.is_file():
+        with table.open("rb") as src, gzip.GzipFile(target / "eval-stream" / "windows.csv.gz", "wb", mtime=0) as dst:
+            shutil.copyfileobj(src, dst)
+    return target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("groups", nargs="+", type=Path, help="run folders holding seed<k>/ (runs/RECIPE)")
+    parser.add_argument("--to", type=Path, default=Path("results"))
+    args = parser.parse_args()
+    for group in args.groups:
+        seeds = sorted(p for p in group.glob("seed*") if p.name[4:].isdigit())
+        if not seeds:
+            print(f"{group}: no seed<k> folders", file=sys.stderr)
+            return 1
+        for seed_dir in seeds:
+            try:
+                print(f"{seed_dir} -> {archive_seed(seed_dir, args.to)}")
+            except FileNotFoundError as e:
+                print(f"skipped: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One seed of one recipe on the real SPRSound recordings, as RESULTS.md's figures need it: train, export the
+# bundle, stream the inter-patient test set through it, judge the verdict rule's calibration and the quality
+# gate's transfer. A step whose output is already there is skipped, so a stopped series resumes where it stopped.
+# Usage: bash scripts/sprsound-run.sh RECIPE SEED [DATA]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+recipe=$1
+seed=$2
+data=${3:-../shared/data/sprsound}
+q=.venv/bin/qlung-edge
+run="runs/$recipe/seed$seed"
+bundle="bundles/$recipe-seed$seed"
+[ -f "$run/best.pt" ] || $q train --config "$recipe" "data.root=$data" --seeds "$seed" --out "runs/$recipe"
+[ -f "$bundle/manifest.json" ] || $q export "$run/best.pt" --out "$bundle" --force --check-audio "$data/test_wav"
+[ -f "$run/eval-stream/eval_stream.json" ] || $q eval-stream "$bundle" --data "$data" --out "$run/eval-stream"
+[ -f "$run/verdict_transfer.json" ] || .venv/bin/python scripts/verdict_transfer.py "$run"
+[ -f "$run/gate_transfer.json" ] || .venv/bin/python scripts/gate_transfer.py "$run"
