@@ -3,7 +3,7 @@
 # cross-entropy? Each seed trains the four recipes in turn (with and without mixing, both losses), so a series
 # stopped early still leaves every pair of the paired differences; a rerun resumes where it stopped. Each seed's
 # reports are kept in results/ (scripts/archive_runs.py), so seeds trained on another day or machine add up.
-# About 50 minutes per seed on a 2-core CPU. Usage: bash scripts/event-mix-results.sh [DATA] [SEEDS]
+# About 80 minutes per seed (four runs) on a 2-core CPU. Usage: bash scripts/event-mix-results.sh [DATA] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data/sprsound}
