@@ -4,9 +4,9 @@ runs/ and bundles/ are build outputs (checkpoints, engines: megabytes per seed) 
 that trained them. scripts/results.py needs only each seed's small reports, which this copies into the
 repository (windows.csv gzipped):
 
-    python scripts/archive_runs.py runs/qlung-edge-sprsound-windows-event-mix ... --to results
+    python scripts/archive_runs.py runs/qlung-edge-sprsound-windows-event-mix ... --to seed-reports
 
-giving results/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
+giving seed-reports/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
 eval-stream/eval_stream.json, eval-stream/windows.csv.gz}. A seed already archived is replaced. A seed without an
 eval-stream report is left out, with a line saying so.
 """
@@ -43,7 +43,7 @@ def archive_seed(seed_dir: Path, to: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("groups", nargs="+", type=Path, help="run folders holding seed<k>/ (runs/RECIPE)")
-    parser.add_argument("--to", type=Path, default=Path("results"))
+    parser.add_argument("--to", type=Path, default=Path("seed-reports"))
     args = parser.parse_args()
     for group in args.groups:
         seeds = sorted(p for p in group.glob("seed*") if p.name[4:].isdigit())

@@ -2,7 +2,7 @@
 # RESULTS-event-mix.md from scratch: does event mixing (training/augment.py) help, for QLung and for
 # cross-entropy? Each seed trains the four recipes in turn (with and without mixing, both losses), so a series
 # stopped early still leaves every pair of the paired differences; a rerun resumes where it stopped. Each seed's
-# reports are kept in results/ (scripts/archive_runs.py), so seeds trained on another day or machine add up.
+# reports are kept in seed-reports/ (scripts/archive_runs.py), so seeds trained on another day or machine add up.
 # About 80 minutes per seed (four runs) on a 2-core CPU. Usage: bash scripts/event-mix-results.sh [DATA] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +17,10 @@ for seed in ${seeds//,/ }; do
 done
 base=qlung-edge-sprsound-windows
 ce=ce-edge-sprsound-windows
-.venv/bin/python scripts/archive_runs.py "runs/$mix" "runs/$base" "runs/$ce_mix" "runs/$ce" --to results
+.venv/bin/python scripts/archive_runs.py "runs/$mix" "runs/$base" "runs/$ce_mix" "runs/$ce" --to seed-reports
 .venv/bin/python scripts/results.py \
-    --group "QLung + mixing=results/$mix" --group "QLung=results/$base" \
-    --group "CE + mixing=results/$ce_mix" --group "cross-entropy=results/$ce" \
+    --group "QLung + mixing=seed-reports/$mix" --group "QLung=seed-reports/$base" \
+    --group "CE + mixing=seed-reports/$ce_mix" --group "cross-entropy=seed-reports/$ce" \
     --pair "QLung + mixing,QLung" --pair "CE + mixing,cross-entropy" --pair "QLung + mixing,CE + mixing" \
     --out RESULTS-event-mix.md
 .venv/bin/python scripts/readme_figures.py
