@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 data=${1:-../shared/data/sprsound}
 seeds=${2:-0,1,2}
 mix=qlung-edge-sprsound-windows-event-mix
+base=qlung-edge-sprsound-windows
 ce_mix=ce-edge-sprsound-windows-event-mix
+ce=ce-edge-sprsound-windows
 for seed in ${seeds//,/ }; do
-  for recipe in $mix qlung-edge-sprsound-windows $ce_mix ce-edge-sprsound-windows; do
+  for recipe in $mix $base $ce_mix $ce; do
     bash scripts/sprsound-run.sh "$recipe" "$seed" "$data"
   done
 done
-base=qlung-edge-sprsound-windows
-ce=ce-edge-sprsound-windows
 .venv/bin/python scripts/archive_runs.py "runs/$mix" "runs/$base" "runs/$ce_mix" "runs/$ce" --to seed-reports
 .venv/bin/python scripts/results.py \
     --group "QLung + mixing=seed-reports/$mix" --group "QLung=seed-reports/$base" \

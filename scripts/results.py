@@ -194,35 +194,28 @@ def windows_table(stream_dir: Path) -> list[dict[str, str]] | None:
     return None
 
 
-def risk(stream_dir: Path) -> dict[str, Any] | None:
-    """The risk-coverage changes at 80 % from a seed's windows.csv: ranked by the gate's quality score, and by the
-    classifier's confidence for reference."""
-    from qlung_edge.evalstream import risk_coverage, scored_rows
+def risk(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The risk-coverage changes at 80 % from a seed's scored windows: ranked by the gate's quality score, and by
+    the classifier's confidence for reference."""
+    from qlung_edge.evalstream import risk_coverage
 
-    table = windows_table(stream_dir)
-    if table is None:
-        return None
-    rows = scored_rows(table)
     return {"quality": risk_coverage_change(risk_coverage(rows)),
             "confidence": risk_coverage_change(risk_coverage(rows, by_confidence=True))}  # fmt: skip
 
 
-def window_recall(stream_dir: Path) -> dict[str, Any] | None:
-    """Each class's recall among a seed's accepted scored windows (windows.csv): where the window Score is lost."""
-    from qlung_edge.evalstream import scored_rows
-
-    table = windows_table(stream_dir)
-    if table is None:
-        return None
-    rows = [r for r in scored_rows(table) if r["accepted"]]
+def window_recall(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each class's recall among a seed's accepted scored windows: where the window Score is lost."""
+    accepted = [r for r in rows if r["accepted"]]
     recall = {}
     for index, name in enumerate(CLASS_NAMES):
-        of_class = [r for r in rows if r["truth"] == index]
+        of_class = [r for r in accepted if r["truth"] == index]
         recall[name] = sum(r["predicted"] == index for r in of_class) / len(of_class) if of_class else None
     return {"recall": recall}
 
 
 def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, Any]]:
+    from qlung_edge.evalstream import scored_rows
+
     seeds = []
     finished = [  # a seed still training has no summary yet
         p for p in folder.glob("seed*") if p.name[4:].isdigit() and (p / "summary.json").is_file()
@@ -235,9 +228,11 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         transfer = json.loads(transfer_file.read_text()) if transfer_file.exists() else None
         gate_file = seed_dir / "gate_transfer.json"
         gate = json.loads(gate_file.read_text()) if gate_file.exists() else None
+        table = windows_table(seed_dir / stream_dir)  # read once: the risk and recall rows both need it
+        rows = None if table is None else scored_rows(table)
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
-                      "gate": gate, "risk": risk(seed_dir / stream_dir), "derived": derived(stream),
-                      "windows": window_recall(seed_dir / stream_dir)})  # fmt: skip
+                      "gate": gate, "risk": None if rows is None else risk(rows), "derived": derived(stream),
+                      "windows": None if rows is None else window_recall(rows)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
     return seeds
