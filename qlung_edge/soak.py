@@ -280,10 +280,24 @@ def run_soak(
     stop_chaos = threading.Event()
 
     def disk(full: bool) -> None:
-        events.unlink()
-        events.symlink_to("/dev/full" if full else folder / "events.real.jsonl")
+        """Swap the link in one rename: an unlink-then-link leaves a moment in which the sink's next append
+        creates a plain events.jsonl and the swap fails."""
+        swap = folder / "events.swap"
+        swap.unlink(missing_ok=True)
+        swap.symlink_to("/dev/full" if full else folder / "events.real.jsonl")
+        swap.replace(events)
+
+    chaos_errors: list[BaseException] = []
 
     def chaos() -> None:
+        """A fault in the chaos itself stops the daemon and fails the soak at once instead of leaving it running."""
+        try:
+            inject_faults()
+        except BaseException as error:  # handed to the main thread, re-raised there
+            chaos_errors.append(error)
+            daemon.stop()
+
+    def inject_faults() -> None:
         """One audio minute: unplug at 10 %, disk full from 30 % to 63 %, SIGHUP at 70 %; the broker restarts on
         its own wall clock."""
         started = time.monotonic()
@@ -338,6 +352,8 @@ def run_soak(
         status = daemon.run()
         stop_chaos.set()
         chaos_thread.join(30)
+        if chaos_errors:
+            raise RuntimeError(f"the soak's fault injection failed: {chaos_errors[0]!r}") from chaos_errors[0]
         produced = daemon._seq
         _wait_until(lambda: listener.count() >= produced, 30)
     finally:

@@ -31,3 +31,20 @@ def test_a_short_soak_balances(shared_data: Path) -> None:
     assert report.disk_full_seconds > 0 and report.jsonl_spooled_max > 0, "the full disk was felt"
     assert report.sink_dropped == {"collect": 0, "jsonl": 0, "mqtt": 0}
     assert lines, "progress is shown per audio minute"
+
+
+def test_a_fault_injection_that_breaks_fails_the_soak_at_once(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken chaos thread used to leave the daemon running until CI's timeout; it now stops it and says why."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("mosquitto not installed (scripts/setup.sh installs it)")
+    from firmware_bridge.simulator import DeviceSimulator
+
+    def broken_unplug(self: DeviceSimulator, seconds: float) -> None:
+        raise OSError("the unplug could not be simulated")
+
+    monkeypatch.setattr(DeviceSimulator, "unplug", broken_unplug)
+    wav = shared_data / "sprsound" / "test_wav" / "40890405_3.3_0_p1_3652.wav"
+    with pytest.raises(RuntimeError, match=r"fault injection failed.*could not be simulated"):
+        run_soak(SHIPPED_BUNDLE, wav, minutes=1.5, speed=20, broker_every=2.0, log_line=lambda line: None)
