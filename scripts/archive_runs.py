@@ -7,7 +7,8 @@ repository (windows.csv gzipped):
     python scripts/archive_runs.py runs/qlung-edge-sprsound-windows-event-mix ... --to seed-reports
 
 giving seed-reports/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
-eval-stream/eval_stream.json, eval-stream/windows.csv.gz}. A seed already archived is replaced. A seed without an
+window_decision.json, eval-stream/eval_stream.json, eval-stream/windows.csv.gz}. A seed already archived is
+replaced. A seed without an
 eval-stream report is left out, with a line saying so.
 """
 
@@ -19,7 +20,14 @@ import shutil
 import sys
 from pathlib import Path
 
-FILES = ("summary.json", "config.yaml", "verdict_transfer.json", "gate_transfer.json", "eval-stream/eval_stream.json")
+FILES = (
+    "summary.json",
+    "config.yaml",
+    "verdict_transfer.json",
+    "gate_transfer.json",
+    "window_decision.json",
+    "eval-stream/eval_stream.json",
+)
 
 
 def archive_seed(seed_dir: Path, to: Path) -> Path:

@@ -89,8 +89,8 @@ class TrainConfig:
     """Stop after this many optimiser steps in total (0: no limit); for smoke tests."""
     event_mix: float = 0.0
     """Share of training examples with an annotated crackle or wheeze (a cycle of the training patients) laid
-    over them, labelled by both sounds (training.augment); needs cycles among the training examples (unit: cycle
-    or mixed). 0: off."""
+    over them, labelled by both sounds (training.augment); a window-only recipe (unit: window) draws them from its
+    training patients' annotated cycles without training on those alone. 0: off."""
     cache_features: bool = True
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""

@@ -245,14 +245,22 @@ def _cosine(total_steps: int) -> Any:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def _event_mixer(config: RunConfig, splits: Splits, training_sets: list[ExampleDataset]) -> EventMixer | None:
+def _event_mixer(
+    config: RunConfig, splits: Splits, training_sets: list[ExampleDataset], prepared: Any
+) -> EventMixer | None:
+    """The mixer that lays annotated events over training examples: the training cycles when the recipe trains
+    on them, else (unit window) the training patients' cycles prepared as donors only, never trained on alone."""
     if config.train.event_mix <= 0:
         return None
     cycles = [d.prepared for (g, _), d in zip(splits.train_parts, training_sets) if g.unit == "cycle"]
-    if not cycles:
-        raise QLungError(f"train.event_mix needs annotated cycles to mix in: unit is {config.data.unit!r}, "
-                         "make it 'mixed' or 'cycle'")  # fmt: skip
-    donors = cycles[0]
+    if cycles:
+        donors = cycles[0]
+    else:
+        geometry = geometry_of(config, "cycle")
+        examples = examples_of(splits.recordings["train"], geometry)
+        if not examples:
+            raise QLungError("train.event_mix needs annotated cycles to mix in: the training recordings have none")
+        donors = prepared(examples, geometry, "event donors (cycles)")
     return EventMixer(donors.inputs, donors.labels, EventMixConfig(config.train.event_mix), features=donors.features)
 
 
@@ -299,7 +307,7 @@ def train(
     quality_source = _margin_quality(config, training_sets, show)
     datasets["train"] = training_sets[0] if len(training_sets) == 1 else torch.utils.data.ConcatDataset(training_sets)
     counts = splits.class_counts()
-    mixer = _event_mixer(config, splits, training_sets)
+    mixer = _event_mixer(config, splits, training_sets, prepared)
 
     # channels_last: oneDNN's (and cuDNN's) fastest layout for these convolutions, 1.5x on this CPU.
     model = build_model(config).to(device, memory_format=torch.channels_last)

@@ -1,0 +1,43 @@
+"""Decision offsets on window log-probabilities: the Score they are fitted for and the fit itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.window_decision import decide, fit_offsets, window_score
+
+
+def test_zero_offsets_are_the_argmax() -> None:
+    p = np.random.default_rng(0).dirichlet(np.ones(4), size=50)
+    assert np.array_equal(decide(p, (0, 0, 0, 0)), p.argmax(1))
+
+
+def test_the_score_is_icbhi_and_balanced_weighs_each_abnormal_class_the_same() -> None:
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 0, 0, 1, 1, 1, 0, 0])
+    # SP 3/4; SE over abnormal windows 2/4; balanced SE (2/3 + 0/1) / 2.
+    assert window_score(truth, predicted) == pytest.approx((0.75 + 0.5) / 2)
+    assert window_score(truth, predicted, balanced=True) == pytest.approx((0.75 + 1 / 3) / 2)
+    assert np.isnan(window_score(np.array([1, 2]), np.array([1, 2])))
+
+
+def test_the_fit_undoes_a_known_bias_against_one_class() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 4, 400)
+    logits = rng.normal(0, 0.3, (400, 4))
+    logits[np.arange(400), truth] += 1.5
+    logits[:, 2] -= 2.0  # the model under-calls class 2 by e^-2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    before = window_score(truth, p.argmax(1))
+    fitted = fit_offsets(p, truth)
+    assert fitted.offsets[0] == 0.0
+    assert 1.25 <= fitted.offsets[2] <= 3.0
+    assert fitted.score == pytest.approx(window_score(truth, decide(p, fitted.offsets)))
+    assert fitted.score > before + 0.1
+
+
+def test_ties_go_to_the_plain_argmax() -> None:
+    truth = np.array([0, 1, 2, 3])
+    p = np.eye(4) * 0.9 + 0.025
+    assert fit_offsets(p, truth).offsets == (0.0, 0.0, 0.0, 0.0)
