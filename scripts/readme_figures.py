@@ -82,6 +82,8 @@ EVENT_MIX_FIGURES = (
     *(f"deployed, window level, recall of accepted {name} windows" for name in ("normal", "crackle", "wheeze", "both")),
     "deployed, record level, Task 2-1 Score",
     "deployed, record level, Task 2-2 Score",
+    "validation patients, record level, Task 2-1 Score (offline; the verdict rule is fitted on them)",
+    "validation patients, record level, Task 2-2 Score (offline; the verdict rule is fitted on them)",
     "deployed, record level, % of normal records called Poor Quality",
     "deployed, % of windows of records not labelled poor that the gate refuses",
     "learned quality estimate, record AUROC vs Poor Quality (x 100)",

@@ -45,6 +45,16 @@ ROWS = [
     ),
     ("deployed, record level, Task 2-1 Score", "stream", ("records", "task_2_1", "score")),
     ("deployed, record level, Task 2-2 Score", "stream", ("records", "task_2_2", "score")),
+    (
+        "validation patients, record level, Task 2-1 Score (offline; the verdict rule is fitted on them)",
+        "summary",
+        ("validation_records", "task_2_1", "score"),
+    ),
+    (
+        "validation patients, record level, Task 2-2 Score (offline; the verdict rule is fitted on them)",
+        "summary",
+        ("validation_records", "task_2_2", "score"),
+    ),
     ("deployed, record level, Task 2-1 SE", "stream", ("records", "task_2_1", "sensitivity")),
     ("deployed, record level, Task 2-1 SP", "stream", ("records", "task_2_1", "specificity")),
     ("deployed, record level, % of normal records called Poor Quality", "derived", ("normal_called_poor",)),
