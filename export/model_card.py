@@ -172,6 +172,8 @@ def render_card(manifest: dict[str, Any]) -> str:
             " records, Poor Quality included, SP over the normal ones, Score = (AS + HS) / 2); the official"
             " scorer is not public. Windows are scored as ICBHI scores cycles (Score = (Sp + Se) / 2).",
         ]
+    if manifest.get("selection"):
+        lines += ["", f"How this model was chosen: {manifest['selection']}"]
     lines += [
         "",
         "## Known limits",
@@ -204,12 +206,20 @@ def render_card(manifest: dict[str, Any]) -> str:
 
 
 def write_card(
-    bundle_path: Path, report_path: Path | None, command: str, other: Path | None = None, other_command: str = ""
+    bundle_path: Path,
+    report_path: Path | None,
+    command: str,
+    other: Path | None = None,
+    other_command: str = "",
+    selection: str | None = None,
 ) -> Path:
     """Record the evaluation (and the out-of-domain check on `other`) in the manifest, write MODEL_CARD.md,
-    rehash the bundle; returns the card."""
+    rehash the bundle; returns the card. `selection` says how the model was picked: a reader needs it to know
+    whether the card's figures are an unbiased estimate."""
     bundle = load_bundle(bundle_path)
     manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "manifest_sha256")}
+    if selection is not None:
+        manifest["selection"] = selection
     if report_path is not None:
         manifest["evaluation"] = evaluation_record(json.loads(report_path.read_text()), command)
     if other is not None:
@@ -227,9 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-stream", type=Path, help="eval_stream.json of `qlung-edge eval-stream BUNDLE`")
     parser.add_argument("--command", default="qlung-edge eval-stream BUNDLE --data ../shared/data/sprsound")
     parser.add_argument("--out-of-domain", type=Path, help="a folder of recordings from other stethoscopes")
+    parser.add_argument("--selection", help="how the model was chosen, in a sentence (kept in the manifest)")
     args = parser.parse_args(argv)
     other_command = f"qlung-edge predict {args.out_of_domain} --bundle {args.bundle}" if args.out_of_domain else ""
-    card = write_card(args.bundle, args.eval_stream, args.command, args.out_of_domain, other_command)
+    card = write_card(args.bundle, args.eval_stream, args.command, args.out_of_domain, other_command, args.selection)
     print(f"wrote {card} and {args.bundle / MANIFEST}")
 
 

@@ -142,6 +142,7 @@ def test_the_shipped_model_verifies_and_its_card_matches_its_manifest() -> None:
     from export.model_card import render_card
 
     assert card == render_card(bundle.manifest)
+    assert "How this model was chosen: " in card, "the card must say whether its test figures are unbiased"
     sizes = sum(record["bytes"] for record in bundle.manifest["files"].values())
     assert sizes < 8e6, f"the shipped bundle is {sizes / 1e6:.1f} MB"
 
