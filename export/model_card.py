@@ -172,8 +172,8 @@ def render_card(manifest: dict[str, Any]) -> str:
             " records, Poor Quality included, SP over the normal ones, Score = (AS + HS) / 2); the official"
             " scorer is not public. Windows are scored as ICBHI scores cycles (Score = (Sp + Se) / 2).",
         ]
-    if manifest.get("selection"):
-        lines += ["", f"How this model was chosen: {manifest['selection']}"]
+    if manifest.get("model_choice"):
+        lines += ["", f"How this model was chosen: {manifest['model_choice']}"]
     lines += [
         "",
         "## Known limits",
@@ -211,15 +211,15 @@ def write_card(
     command: str,
     other: Path | None = None,
     other_command: str = "",
-    selection: str | None = None,
+    model_choice: str | None = None,
 ) -> Path:
     """Record the evaluation (and the out-of-domain check on `other`) in the manifest, write MODEL_CARD.md,
-    rehash the bundle; returns the card. `selection` says how the model was picked: a reader needs it to know
-    whether the card's figures are an unbiased estimate."""
+    rehash the bundle; returns the card. `model_choice` says how the model was picked among runs (the manifest's
+    `selection` is how its epoch was): a reader needs it to know whether the card's figures are unbiased."""
     bundle = load_bundle(bundle_path)
     manifest = {k: v for k, v in bundle.manifest.items() if k not in ("files", "manifest_sha256")}
-    if selection is not None:
-        manifest["selection"] = selection
+    if model_choice is not None:
+        manifest["model_choice"] = model_choice
     if report_path is not None:
         manifest["evaluation"] = evaluation_record(json.loads(report_path.read_text()), command)
     if other is not None:
@@ -237,10 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-stream", type=Path, help="eval_stream.json of `qlung-edge eval-stream BUNDLE`")
     parser.add_argument("--command", default="qlung-edge eval-stream BUNDLE --data ../shared/data/sprsound")
     parser.add_argument("--out-of-domain", type=Path, help="a folder of recordings from other stethoscopes")
-    parser.add_argument("--selection", help="how the model was chosen, in a sentence (kept in the manifest)")
+    parser.add_argument("--model-choice", help="how the model was chosen among runs (kept in the manifest)")
     args = parser.parse_args(argv)
     other_command = f"qlung-edge predict {args.out_of_domain} --bundle {args.bundle}" if args.out_of_domain else ""
-    card = write_card(args.bundle, args.eval_stream, args.command, args.out_of_domain, other_command, args.selection)
+    card = write_card(args.bundle, args.eval_stream, args.command, args.out_of_domain, other_command, args.model_choice)
     print(f"wrote {card} and {args.bundle / MANIFEST}")
 
 

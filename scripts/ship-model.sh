@@ -17,6 +17,6 @@ $q eval-stream "$out" --data "$data" --out "$run/eval-stream-shipped"
 .venv/bin/python -m export.model_card "$out" --eval-stream "$run/eval-stream-shipped/eval_stream.json" \
     --command "qlung-edge eval-stream qlung_edge/bundles/sprsound-edge --data ../shared/data/sprsound" \
     --out-of-domain "$(dirname "$data")/icbhi-sample" \
-    --selection "its recipe won among those of RESULTS-event-mix.md on their paired seeds' figures for this\
+    --model-choice "its recipe won among those of RESULTS-event-mix.md on their paired seeds' figures for this\
  same test split, so the figures above are optimistic for new patients; the model is that recipe's seed 0, not\
  the best of its seeds."

@@ -45,10 +45,14 @@ def _validation_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _test_windows(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """The accepted, labelled windows of the run's eval-stream: what its window-level Score counts."""
-    from qlung_edge import CLASS_NAMES
-    from qlung_edge.evalstream import read_table
+    from results import windows_table
 
-    rows = [r for r in read_table(run / "eval-stream" / "windows.csv") if r["truth"] and r["status"] == "classified"]
+    from qlung_edge import CLASS_NAMES
+
+    table = windows_table(run / "eval-stream")
+    if table is None:
+        raise SystemExit(f"{run / 'eval-stream'}: no windows.csv (run qlung-edge eval-stream first)")
+    rows = [r for r in table if r["truth"] and r["status"] == "classified"]
     probabilities = np.array([[float(r[f"p_{name}"]) for name in CLASS_NAMES] for r in rows])
     return probabilities, np.array([int(r["truth"]) for r in rows])
 
@@ -81,10 +85,12 @@ def transfer(run: Path, halvings: int) -> dict[str, Any]:
             other = ~first
             gains.append(window_score(truth[other], decide(probabilities[other], half.offsets))
                          - window_score(truth[other], decide(probabilities[other], argmax)))  # fmt: skip
+        finite = [g for g in gains if np.isfinite(g)]
         result[name] = {
             "offsets": list(fitted.offsets),
-            "validation": fitted.score,
-            "within_validation_gain": float(np.mean(gains)) if gains else float("nan"),
+            "fitted_objective": fitted.score,  # the balanced Score for "balanced"; the others are plain Scores
+            "validation": window_score(truth, decide(probabilities, fitted.offsets)),
+            "within_validation_gain": float(np.mean(finite)) if finite else float("nan"),
             "test": window_score(test_t, decide(test_p, fitted.offsets)),
         }
     ceiling = fit_offsets(test_p, test_t)

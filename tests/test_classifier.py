@@ -4,6 +4,7 @@ answers the daemon and eval-stream give for the same file."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,11 @@ def test_the_shipped_model_verifies_and_its_card_matches_its_manifest() -> None:
     from export.model_card import render_card
 
     assert card == render_card(bundle.manifest)
-    assert "How this model was chosen: " in card, "the card must say whether its test figures are unbiased"
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "ship-model.sh").read_text()
+    choice = re.search(r'--model-choice "(.*?)"', script, re.S)
+    assert choice, "scripts/ship-model.sh must say how the shipped model was chosen"
+    assert bundle.manifest["model_choice"] == choice.group(1).replace("\\\n", "")
+    assert f"How this model was chosen: {bundle.manifest['model_choice']}" in card
     sizes = sum(record["bytes"] for record in bundle.manifest["files"].values())
     assert sizes < 8e6, f"the shipped bundle is {sizes / 1e6:.1f} MB"
 

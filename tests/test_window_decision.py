@@ -41,3 +41,9 @@ def test_ties_go_to_the_plain_argmax() -> None:
     truth = np.array([0, 1, 2, 3])
     p = np.eye(4) * 0.9 + 0.025
     assert fit_offsets(p, truth).offsets == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_windows_that_cannot_be_scored_keep_the_plain_argmax() -> None:
+    p = np.full((3, 4), 0.25)
+    fitted = fit_offsets(p, np.array([0, 0, 0]))  # no abnormal window: no Score to maximise
+    assert fitted.offsets == (0.0, 0.0, 0.0, 0.0) and np.isnan(fitted.score)

@@ -15,6 +15,7 @@ import os
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,10 @@ def _cosine(total_steps: int) -> Any:
 
 
 def _event_mixer(
-    config: RunConfig, splits: Splits, training_sets: list[ExampleDataset], prepared: Any
+    config: RunConfig,
+    splits: Splits,
+    training_sets: list[ExampleDataset],
+    prepared: Callable[[list[Any], Geometry, str], Prepared],
 ) -> EventMixer | None:
     """The mixer that lays annotated events over training examples: the training cycles when the recipe trains
     on them, else (unit window) the training patients' cycles prepared as donors only, never trained on alone."""

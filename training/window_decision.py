@@ -47,7 +47,8 @@ def window_score(truth: np.ndarray, predicted: np.ndarray, balanced: bool = Fals
 def fit_offsets(
     probabilities: np.ndarray, truth: np.ndarray, balanced: bool = False, grid: np.ndarray = OFFSET_GRID
 ) -> Offsets:
-    """The grid point that scores best on these windows; ties go to the smallest total offset (nearest argmax)."""
+    """The grid point that scores best on these windows; ties go to the smallest total offset (nearest argmax).
+    Windows that cannot be scored (no normal or no abnormal one) keep the plain argmax, with a NaN score."""
     probabilities, truth = np.asarray(probabilities), np.asarray(truth)
     classes = probabilities.shape[1]
     logs = np.log(np.clip(probabilities, 1e-7, 1.0))
@@ -56,6 +57,8 @@ def fit_offsets(
     for rest in itertools.product(grid, repeat=classes - 1):
         offsets = (0.0, *map(float, rest))
         score = window_score(truth, np.argmax(logs + np.array(offsets), axis=1), balanced)
+        if not np.isfinite(score):
+            return Offsets((0.0,) * classes, float("nan"))
         key = (round(score, 9), -float(np.abs(offsets).sum()))
         if best is None or key > best:
             best, chosen = key, offsets
