@@ -79,6 +79,9 @@ def results_block(results: str) -> str:
 EVENT_MIX_FIGURES = (
     "offline, cycle level (one prediction per annotated event)",
     "deployed (eval-stream), window level, accepted windows",
+    "deployed, window level, accepted windows, each pooled with the window before it",
+    "validation patients, window level, every labelled window (offline)",
+    "validation patients, window level, the same, each pooled with the window before it",
     *(f"deployed, window level, recall of accepted {name} windows" for name in ("normal", "crackle", "wheeze", "both")),
     "deployed, record level, Task 2-1 Score",
     "deployed, record level, Task 2-2 Score",

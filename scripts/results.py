@@ -7,7 +7,8 @@ Each group folder holds `seed<k>/summary.json` (from `qlung-edge train --seeds`)
 `seed<k>/eval-stream/eval_stream.json` (from `qlung-edge eval-stream BUNDLE --out ...`, the exported bundle of
 that seed), and optionally `seed<k>/verdict_transfer.json` (from `scripts/verdict_transfer.py`: the same stream
 judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer.json` (from
-`scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients) and
+`scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients),
+`seed<k>/window_smoothing.json` (from `scripts/window_smoothing.py`: windows pooled with their neighbours) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
 the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
 gzipped) serves as well as the run itself. Figures are mean ± sample std over the seeds; the last
@@ -39,6 +40,17 @@ ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
     ("offline, window level", "summary", ("test", "score")),
     ("deployed (eval-stream), window level, accepted windows", "stream", ("accepted", "score")),
+    (
+        "deployed, window level, accepted windows, each pooled with the window before it",
+        "smoothing",
+        ("test", "causal, 2 windows"),
+    ),
+    ("validation patients, window level, every labelled window (offline)", "smoothing", ("validation", "plain")),
+    (
+        "validation patients, window level, the same, each pooled with the window before it",
+        "smoothing",
+        ("validation", "causal, 2 windows"),
+    ),
     *(
         (f"deployed, window level, recall of accepted {name} windows", "windows", ("recall", name))
         for name in CLASS_NAMES
@@ -238,10 +250,13 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         transfer = json.loads(transfer_file.read_text()) if transfer_file.exists() else None
         gate_file = seed_dir / "gate_transfer.json"
         gate = json.loads(gate_file.read_text()) if gate_file.exists() else None
+        smoothing_file = seed_dir / "window_smoothing.json"
+        smoothing = json.loads(smoothing_file.read_text()) if smoothing_file.exists() else None
         table = windows_table(seed_dir / stream_dir)  # read once: the risk and recall rows both need it
         rows = None if table is None else scored_rows(table)
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
-                      "gate": gate, "risk": None if rows is None else risk(rows), "derived": derived(stream),
+                      "gate": gate, "smoothing": smoothing, "risk": None if rows is None else risk(rows),
+                      "derived": derived(stream),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")

@@ -368,6 +368,14 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert normal, "the synthetic test split has normal records"
     assert judged["balanced"]["test_normal_called_poor"] == pytest.approx(sum(normal) / len(normal))
     (tmp_path / "run" / "verdict_transfer.json").write_text(json.dumps(judged))
+    # Windows pooled with their neighbours: unpooled, the figures are the stream's and the training run's own.
+    from window_smoothing import measure
+
+    pooled = measure(tmp_path / "run")
+    assert pooled["test"]["plain"] == pytest.approx(streamed["accepted"]["score"])
+    trained = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert pooled["validation"]["plain"] == pytest.approx(trained["validation"]["score"], nan_ok=True)
+    (tmp_path / "run" / "window_smoothing.json").write_text(json.dumps(pooled))
     # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
     import results
     from seed_ensemble import ensemble
@@ -390,6 +398,8 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     # Per-class recall read off windows.csv: the normal windows' recall is the stream's window-level SP.
     normal_recall = 100 * streamed["accepted"]["specificity"]
     assert f"| deployed, window level, recall of accepted normal windows | {normal_recall:.2f} ± 0.00 |" in text
+    causal = 100 * pooled["test"]["causal, 2 windows"]
+    assert f"| deployed, window level, accepted windows, each pooled with the window before it | {causal:.2f} ±" in text
     loaded = results.load_group(group)
     # The reports kept in the repository (windows.csv gzipped, no checkpoints) give the same figures.
     from archive_runs import archive_seed

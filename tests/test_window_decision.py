@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.window_decision import decide, fit_offsets, window_score
+from training.window_decision import decide, fit_offsets, smooth, window_score
 
 
 def test_zero_offsets_are_the_argmax() -> None:
@@ -47,3 +47,17 @@ def test_windows_that_cannot_be_scored_keep_the_plain_argmax() -> None:
     p = np.full((3, 4), 0.25)
     fitted = fit_offsets(p, np.array([0, 0, 0]))  # no abnormal window: no Score to maximise
     assert fitted.offsets == (0.0, 0.0, 0.0, 0.0) and np.isnan(fitted.score)
+
+
+def test_smoothing_averages_neighbours_of_the_same_recording_only() -> None:
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(4), 7)
+    recordings = np.array(["a", "a", "a", "a", "b", "b", "b"])
+    causal = smooth(p, recordings, before=2)
+    centred = smooth(p, recordings, before=1, after=1)
+    np.testing.assert_allclose(causal[3], p[1:4].mean(0))
+    np.testing.assert_allclose(causal[4], p[4])  # a new recording starts afresh
+    np.testing.assert_allclose(causal[6], p[4:7].mean(0))
+    np.testing.assert_allclose(centred[0], p[0:2].mean(0))
+    np.testing.assert_allclose(centred[5], p[4:7].mean(0))
+    np.testing.assert_allclose(smooth(p, recordings, before=0), p)

@@ -4,6 +4,8 @@ The model's argmax is tuned to its training mix; a window that holds a short cra
 score just below "normal". Adding an offset per class to log p before the argmax trades specificity for
 sensitivity, the way a decision threshold does for two classes. Whether offsets fitted on validation patients
 carry to other patients is what `scripts/window_decision_transfer.py` measures; the daemon does not apply them.
+`smooth` pools each window with its neighbours of the same recording, which see 3 of its 4 s at a 1 s hop
+(`scripts/window_smoothing.py` measures it).
 """
 
 from __future__ import annotations
@@ -63,3 +65,19 @@ def fit_offsets(
         if best is None or key > best:
             best, chosen = key, offsets
     return Offsets(chosen, float(best[0]) if best else float("nan"))
+
+
+def smooth(probabilities: np.ndarray, recordings: np.ndarray, before: int, after: int = 0) -> np.ndarray:
+    """Each window's probabilities averaged with the `before` windows preceding it and the `after` following
+    it in the same recording (rows in stream order; fewer at a recording's edges). `after=0` is causal: it
+    costs the daemon no latency, only the evidence of windows already seen."""
+    probabilities, recordings = np.asarray(probabilities, np.float64), np.asarray(recordings)
+    out = np.empty_like(probabilities)
+    edges = np.flatnonzero(recordings[1:] != recordings[:-1]) + 1
+    for begin, end in zip(np.r_[0, edges], np.r_[edges, len(recordings)]):
+        block = probabilities[begin:end]
+        cumulative = np.vstack([np.zeros((1, block.shape[1])), np.cumsum(block, axis=0)])
+        rows = np.arange(len(block))
+        low, high = np.maximum(rows - before, 0), np.minimum(rows + after, len(block) - 1) + 1
+        out[begin:end] = (cumulative[high] - cumulative[low]) / (high - low)[:, None]
+    return out
