@@ -30,5 +30,5 @@ done
     --group "QLung + mixing (windows only)=seed-reports/$mix_w" \
     --pair "QLung + mixing,QLung" --pair "CE + mixing,cross-entropy" --pair "QLung + mixing,CE + mixing" \
     --pair "CE + mixing (windows only),CE + mixing" --pair "QLung + mixing (windows only),QLung + mixing" \
-    --out RESULTS-event-mix.md
+    --out RESULTS-event-mix.md --skip-empty
 .venv/bin/python scripts/readme_figures.py

@@ -45,7 +45,7 @@ ROWS = [
         "smoothing",
         ("test", "causal, 2 windows"),
     ),
-    ("validation patients, window level, every labelled window (offline)", "smoothing", ("validation", "plain")),
+    ("validation patients, window level, every labelled window (offline)", "summary", ("validation", "score")),
     (
         "validation patients, window level, the same, each pooled with the window before it",
         "smoothing",
@@ -369,19 +369,26 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     parser.add_argument("--stream-dir", default="eval-stream", help="each seed's eval-stream folder name")
+    parser.add_argument(
+        "--skip-empty", action="store_true", help="leave out groups with no finished seed yet (and their pairs)"
+    )
     args = parser.parse_args()
     groups, ensembles = {}, {}
     for item in args.group:
         name, _, folder = item.partition("=")
+        if args.skip_empty and not list(Path(folder).glob("seed*/summary.json")):
+            print(f"{name}: no finished seed in {folder} yet, left out", file=sys.stderr)
+            continue
         groups[name] = load_group(Path(folder), args.stream_dir)
         if (Path(folder) / "seed_ensemble.json").is_file():
             ensembles[name] = json.loads((Path(folder) / "seed_ensemble.json").read_text())
     split = [p.partition(",") for p in args.pair]
     if any(not a or not b for a, _, b in split):
         raise SystemExit("--pair takes A,B")
-    pairs = [(a, b) for a, _, b in split] or None
+    pairs = [(a, b) for a, _, b in split if not args.skip_empty or {a, b} <= set(groups)] or None
     command = "python scripts/results.py " + " ".join(f'--group "{g}"' for g in args.group)
     command += "".join(f' --pair "{p}"' for p in args.pair) + f" --out {args.out}"
+    command += " --skip-empty" if args.skip_empty else ""
     if args.stream_dir != "eval-stream":
         command += f" --stream-dir {args.stream_dir}"
     args.out.write_text(render(groups, command, ensembles, pairs))
