@@ -61,4 +61,3 @@ def test_smoothing_averages_neighbours_of_the_same_recording_only() -> None:
     np.testing.assert_allclose(centred[0], p[0:2].mean(0))
     np.testing.assert_allclose(centred[5], p[4:7].mean(0))
     np.testing.assert_allclose(smooth(p, recordings, before=0), p)
-
