@@ -99,3 +99,13 @@ def test_a_daemon_figure_is_the_median_run_of_an_odd_count() -> None:
     assert _median_run(runs[:1])["runs"] == 1
     with pytest.raises(ValueError):
         _median_run(runs[:2])
+
+
+def test_latency_counts_every_window_that_went_through_the_model() -> None:
+    """A bundle whose learned gate refuses the synthetic stream still has latencies to measure (they were NaN)."""
+    from qlung_edge.bench import _through_the_model
+
+    assert _through_the_model({"status": "classified", "reasons": None})
+    assert _through_the_model({"status": "gated", "reasons": ["estimated_poor"]})
+    assert not _through_the_model({"status": "gated", "reasons": ["too_quiet"]})  # refused before the model
+    assert not _through_the_model({"status": "dropped"})
