@@ -28,33 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _validation_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities, window labels and patients of the validation patients' labelled windows."""
-    import torch
+    from window_smoothing import validation_windows
 
-    from training.dataset import ExampleDataset
-    from training.engine import examples_of, geometry_of, load_trained, predict
-    from training.verdicts import preparer
-
-    _, model, config, splits = load_trained(run / "best.pt", progress=False)
-    geometry = geometry_of(config, "window")
-    windows = examples_of(splits.recordings["validation"], geometry)
-    data = preparer(config, splits, progress=False)(windows, geometry, "validation windows")
-    probabilities = predict(model, ExampleDataset(data), torch.device("cpu"), 32)
-    patient_of = {r.id: r.patient for r in splits.recordings["validation"]}
-    return probabilities, np.array([w.label for w in windows]), np.array([patient_of[w.recording] for w in windows])
+    probabilities, labels, _, patients = validation_windows(run)
+    labelled = labels >= 0
+    return probabilities[labelled], labels[labelled], patients[labelled]
 
 
 def _test_windows(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """The accepted, labelled windows of the run's eval-stream: what its window-level Score counts."""
-    from results import windows_table
+    from window_smoothing import stream_windows
 
-    from qlung_edge import CLASS_NAMES
-
-    table = windows_table(run / "eval-stream")
-    if table is None:
-        raise SystemExit(f"{run / 'eval-stream'}: no windows.csv (run qlung-edge eval-stream first)")
-    rows = [r for r in table if r["truth"] and r["status"] == "classified"]
-    probabilities = np.array([[float(r[f"p_{name}"]) for name in CLASS_NAMES] for r in rows])
-    return probabilities, np.array([int(r["truth"]) for r in rows])
+    probabilities, labels, _, accepted = stream_windows(run)
+    scored = (labels >= 0) & accepted
+    return probabilities[scored], labels[scored]
 
 
 def transfer(run: Path, halvings: int) -> dict[str, Any]:

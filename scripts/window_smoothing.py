@@ -29,9 +29,9 @@ VARIANTS = {"plain": (0, 0), "causal, 2 windows": (1, 0), "causal, 3 windows": (
 """Name: (windows before, windows after) pooled with each window."""
 
 
-def _validation_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probabilities, labels (-1: no event overlapped) and recordings of every window of the validation
-    patients, in stream order."""
+def validation_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities, labels (-1: no event overlapped), recordings and patients of every window of the
+    validation patients, in stream order (scripts/window_decision_transfer.py reads them too)."""
     import torch
 
     from training.dataset import ExampleDataset, recording_windows
@@ -44,10 +44,11 @@ def _validation_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     windows = [w for r in recordings for w in recording_windows(r, geometry)]
     data = preparer(config, splits, progress=False)(windows, geometry, "validation windows")
     probabilities = predict(model, ExampleDataset(data), torch.device("cpu"), 32)
-    return probabilities, np.array([w.label for w in windows]), np.array([w.recording for w in windows])
+    return (probabilities, np.array([w.label for w in windows]), np.array([w.recording for w in windows]),
+            np.array([w.patient for w in windows]))  # fmt: skip
 
 
-def _test_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def stream_windows(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities, labels (-1: none), recordings and accepted flags of every eval-stream window, in order."""
     from results import windows_table
 
@@ -75,9 +76,9 @@ def _scores(probabilities: np.ndarray, labels: np.ndarray, recordings: np.ndarra
 def measure(run: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"run": str(run), "variants": {k: list(v) for k, v in VARIANTS.items()}}
     if (run / "best.pt").is_file():
-        p, labels, recordings = _validation_windows(run)
+        p, labels, recordings, _ = validation_windows(run)
         result["validation"] = _scores(p, labels, recordings, labels >= 0)
-    p, labels, recordings, accepted = _test_windows(run)
+    p, labels, recordings, accepted = stream_windows(run)
     result["test"] = _scores(p, labels, recordings, (labels >= 0) & accepted)
     return result
 
