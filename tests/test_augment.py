@@ -91,3 +91,34 @@ def test_bad_settings_and_missing_donors_are_named() -> None:
         EventMixConfig(1.5)
     with pytest.raises(ValueError, match="wheeze"):
         EventMixer(np.zeros((2, 4, 3)), np.array([CRACKLE, NORMAL]), EventMixConfig(0.5), features=True)
+
+
+def test_events_at_their_own_length_keep_it_and_begin_where_the_stretch_does() -> None:
+    """length "event": a donor whose event is a quarter of the input covers a quarter of the window, with its
+    own first steps (the event, not a repeat of it) shifted to where the stretch starts."""
+    torch.manual_seed(2)
+    steps = 40
+    ramp = np.tile(np.arange(1, steps + 1, dtype=np.float32), (2, 1))  # which donor step lands where
+    labels, quarter = np.array([CRACKLE, WHEEZE]), np.array([0.25, 0.25])
+    config = EventMixConfig(1.0, gain_db=(0.0, 0.0), length="event")
+    with pytest.raises(ValueError, match="one length per donor"):
+        EventMixer(ramp, labels, config, features=False)
+    # Waveforms add: on a silent base the mix is the shifted event itself, steps 1..10 and nothing else.
+    mixed, _ = EventMixer(ramp, labels, config, features=False, donor_fractions=quarter)(
+        torch.zeros(16, steps), torch.zeros(16, dtype=torch.long)
+    )
+    starts = set()
+    for row in mixed:
+        hits = torch.nonzero(row).flatten()
+        assert torch.equal(row[hits], torch.arange(1, 11, dtype=torch.float32))
+        assert int(hits[-1] - hits[0]) == 9
+        starts.add(int(hits[0]))
+    assert len(starts) > 1  # placed anywhere in the window
+    # Log-mel frames: only the event's ten frames change.
+    frames = np.repeat(ramp[:, :, None], 3, axis=2)
+    mixer = EventMixer(frames, labels, config, features=True, donor_fractions=quarter)
+    base = torch.full((16, steps, 3), -3.0)
+    changed = (mixer(base, torch.zeros(16, dtype=torch.long))[0] != base).any(dim=2)
+    assert (changed.sum(dim=1) == 10).all()
+    with pytest.raises(ValueError, match="length"):
+        EventMixConfig(0.5, length="stretched")

@@ -25,6 +25,7 @@ from training.frontend import AST_MEAN, AST_STD
 CRACKLE, WHEEZE, BOTH = (CLASS_NAMES.index(name) for name in ("crackle", "wheeze", "both"))
 DONOR_CLASSES = (CRACKLE, WHEEZE)
 """The events laid over windows; 'both' follows from mixing one into a window that has the other."""
+EVENT_LENGTHS = ("drawn", "event")
 
 
 def combined_label(base: int, added: int) -> int:
@@ -52,6 +53,10 @@ class EventMixConfig:
     """The added event's level relative to its own recording, drawn uniformly in this range (dB)."""
     min_fraction: float = 0.25
     """Shortest stretch of the input the event covers, as a fraction of it; the longest is all of it."""
+    length: str = "drawn"
+    """How long the laid event lasts: "drawn", a stretch drawn between `min_fraction` and the whole input, the
+    event repeated to fill it; "event", its own annotated length, once (a 0.5 s wheeze stays 0.5 s of a 4 s
+    window, as the device hears it)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
@@ -60,14 +65,30 @@ class EventMixConfig:
             raise ValueError(f"event mixing min_fraction must lie in (0, 1], got {self.min_fraction}")
         if self.gain_db[0] > self.gain_db[1]:
             raise ValueError(f"event mixing gain range must be (low, high), got {self.gain_db}")
+        if self.length not in EVENT_LENGTHS:
+            raise ValueError(f"event mixing length must be one of {', '.join(EVENT_LENGTHS)}, got {self.length!r}")
 
 
 class EventMixer:
     """Lays annotated events (donor examples) over a batch, with the torch random generator (so a resumed run
     continues the same draws)."""
 
-    def __init__(self, donors: np.ndarray, donor_labels: np.ndarray, config: EventMixConfig, *, features: bool):
+    def __init__(
+        self,
+        donors: np.ndarray,
+        donor_labels: np.ndarray,
+        config: EventMixConfig,
+        *,
+        features: bool,
+        donor_fractions: np.ndarray | None = None,
+    ):
+        """`donor_fractions`: each donor's annotated length as a fraction of the input (needed for length
+        "event"); a donor input starts with its event, repeated after it."""
         self.donors, self.config, self.features = donors, config, features
+        if config.length == "event":
+            if donor_fractions is None or len(donor_fractions) != len(donors):
+                raise ValueError("event mixing at the events' own length needs one length per donor")
+            self.fractions = np.clip(np.asarray(donor_fractions, np.float64), 0.0, 1.0)
         labels = np.asarray(donor_labels)
         self.by_class = {c: np.flatnonzero(labels == c) for c in DONOR_CLASSES}
         missing = [CLASS_NAMES[c] for c, rows in self.by_class.items() if not len(rows)]
@@ -87,11 +108,19 @@ class EventMixer:
         picks = [int(pool[torch.randint(len(pool), ()).item()]) for pool in pools]
         donors = torch.from_numpy(np.stack([np.asarray(self.donors[p], np.float32) for p in picks])).to(inputs.device)
         length = inputs.shape[1]
-        shortest = max(1, int(round(config.min_fraction * length)))
-        spans = torch.randint(shortest, length + 1, (len(rows),))
+        if config.length == "event":
+            spans = torch.from_numpy(np.round(self.fractions[picks] * length).astype(np.int64)).clamp(1, length)
+        else:
+            shortest = max(1, int(round(config.min_fraction * length)))
+            spans = torch.randint(shortest, length + 1, (len(rows),))
         starts = (torch.rand(len(rows)) * (length - spans + 1)).long()
         positions = torch.arange(length)[None, :]
         inside = ((positions >= starts[:, None]) & (positions < (starts + spans)[:, None])).to(inputs.device)
+        if config.length == "event":
+            # Shift each donor so that its event (its first `span` steps) begins where the stretch does.
+            source = ((positions - starts[:, None]) % length).to(inputs.device)
+            index = source[:, :, None].expand(-1, -1, donors.shape[2]) if donors.dim() == 3 else source
+            donors = torch.gather(donors, 1, index)
         low, high = config.gain_db
         gain_db = (low + (high - low) * torch.rand(len(rows))).to(inputs.device)
         base = inputs[rows.to(inputs.device)]

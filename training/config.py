@@ -91,6 +91,9 @@ class TrainConfig:
     """Share of training examples with an annotated crackle or wheeze (a cycle of the training patients) laid
     over them, labelled by both sounds (training.augment); a window-only recipe (unit: window) draws them from its
     training patients' annotated cycles without training on those alone. 0: off."""
+    event_mix_length: str = "drawn"
+    """How long a laid event lasts (training.augment.EventMixConfig.length): "drawn", 25-100 % of the input,
+    the event repeated to fill it; "event", the event's own annotated length, once."""
     cache_features: bool = True
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""

@@ -265,7 +265,15 @@ def _event_mixer(
         if not examples:
             raise QLungError("train.event_mix needs annotated cycles to mix in: the training recordings have none")
         donors = prepared(examples, geometry, "event donors (cycles)")
-    return EventMixer(donors.inputs, donors.labels, EventMixConfig(config.train.event_mix), features=donors.features)
+    window_seconds = geometry_of(config, "window").seconds
+    fractions = np.array([(c.end - c.start) / window_seconds for c in donors.examples])
+    return EventMixer(
+        donors.inputs,
+        donors.labels,
+        EventMixConfig(config.train.event_mix, length=config.train.event_mix_length),
+        features=donors.features,
+        donor_fractions=fractions,
+    )
 
 
 def train(
