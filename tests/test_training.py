@@ -5,7 +5,9 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -468,8 +470,13 @@ def test_event_mixing_lays_cycles_over_the_training_batches(
     from training.augment import EventMixer
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    made: list[EventMixer] = []
 
     class Recording(EventMixer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
         def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             mixed, out = super().__call__(inputs, labels)
             seen.append((labels, out))
@@ -489,3 +496,13 @@ def test_event_mixing_lays_cycles_over_the_training_batches(
     assert summary["unit"] == "window" and len(seen) == 2
     before, after = (torch.cat(part) for part in zip(*seen))
     assert (after > 0).all() and (after != before).any()
+    # At the events' own length: each donor's fraction of the window is its annotated event's length.
+    seen.clear()
+    made.clear()
+    own = load_recipe("demo", [*base, "data.unit=mixed", "train.event_mix_length=event"])
+    train(own, tmp_path / "own", progress=False)
+    (mixer,) = made
+    assert mixer.config.length == "event" and len(seen) == 2
+    cycles = engine.examples_of(load_splits(own, progress=False).recordings["train"], engine.geometry_of(own, "cycle"))
+    expected = np.clip([(c.end - c.start) / 4.0 for c in cycles], 0, 1)
+    assert np.allclose(np.sort(mixer.fractions), np.sort(expected)) and expected.min() < 1
