@@ -55,6 +55,8 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
         load_recipe(path)
     with pytest.raises(ConfigError, match=r"loss: margin must be one of"):
         load_recipe("demo", ["loss.margin=wide"])
+    with pytest.raises(ConfigError, match=r"event_mix_length must be drawn or event, got 'long'"):
+        load_recipe("demo", ["train.event_mix_length=long"])
     with pytest.raises(ConfigError, match="no such recipe"):
         load_recipe(tmp_path / "none.yaml")
     assert load_recipe("demo", ["train.lr=0.5", "loss.lam=1"]).loss.lam == 1.0

@@ -98,6 +98,10 @@ class TrainConfig:
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""
 
+    def __post_init__(self) -> None:
+        if self.event_mix_length not in ("drawn", "event"):
+            raise ValueError(f"train.event_mix_length must be drawn or event, got {self.event_mix_length!r}")
+
 
 @dataclass(frozen=True)
 class RunConfig:
