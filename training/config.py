@@ -16,6 +16,7 @@ import yaml
 from qlung_edge.config import from_dict
 from qlung_edge.errors import ConfigError
 from qlung_edge.quality import QualityConfig
+from training.augment import EVENT_LENGTHS
 from training.losses import QLungLossConfig
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -99,8 +100,10 @@ class TrainConfig:
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""
 
     def __post_init__(self) -> None:
-        if self.event_mix_length not in ("drawn", "event"):
-            raise ValueError(f"train.event_mix_length must be drawn or event, got {self.event_mix_length!r}")
+        if self.event_mix_length not in EVENT_LENGTHS:
+            raise ValueError(
+                f"train.event_mix_length must be {' or '.join(EVENT_LENGTHS)}, got {self.event_mix_length!r}"
+            )
 
 
 @dataclass(frozen=True)
