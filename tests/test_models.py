@@ -11,6 +11,8 @@ from training.models import (
     AST,
     AngularHead,
     ASTConfig,
+    EdgeCNN,
+    EdgeCNNConfig,
     QLungModel,
     adapt_position_grid,
     count_flops,
@@ -26,6 +28,45 @@ def test_edge_cnn_fits_the_device_budget() -> None:
     model = QLungModel("edge-cnn")
     assert count_parameters(model) <= 1_500_000
     assert count_flops(model) <= 0.5e9  # front end included
+
+
+def _time_steps(backbone: EdgeCNN, frames: int) -> int:
+    return backbone.blocks(backbone.stem(torch.zeros(1, 1, 128, frames))).shape[-1]
+
+
+def test_a_finer_time_axis_keeps_the_weights_and_the_budget() -> None:
+    coarse, fine = EdgeCNN(), EdgeCNN(EdgeCNNConfig(time_stride=32))
+    # The default is the network the shipped bundles were trained as: every stage strides time as frequency.
+    assert coarse.config.block_strides() == [(s, s) for _, s in coarse.config.stages]
+    # A 4 s window (400 frames): 4 steps of 1.28 s by default, 13 of 0.32 s when time stops striding at 32.
+    assert _time_steps(coarse, 400) == 4 and _time_steps(fine, 400) == 13
+    assert _time_steps(EdgeCNN(EdgeCNNConfig(time_stride=4)), 400) == 100
+    # Frequency is still folded to one row, and the weights have the same names and shapes: only strides differ.
+    assert fine.blocks(fine.stem(torch.zeros(1, 1, 128, 400))).shape[2] == 1
+    assert {k: v.shape for k, v in coarse.state_dict().items()} == {k: v.shape for k, v in fine.state_dict().items()}
+    assert count_flops(QLungModel("edge-cnn", edge=EdgeCNNConfig(time_stride=32))) <= 0.5e9
+    for bad in (0, 24, 256, 3):
+        with pytest.raises(ValueError, match="time_stride must be one of 4, 8, 16, 32, 64, 128"):
+            EdgeCNNConfig(time_stride=bad)
+
+
+def test_a_finer_time_axis_exports_and_matches_torch(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from export.onnx_export import export_onnx
+    from export.ops import audit_file
+
+    torch.manual_seed(0)
+    model = QLungModel("edge-cnn", head="linear", edge=EdgeCNNConfig(time_stride=32)).eval()
+    path = tmp_path / "fine.onnx"
+    export_onnx(model, path, samples=64_000)
+    audit = audit_file(path)
+    assert audit.ok, audit.summary()
+    waves = torch.randn(3, 64_000) * 0.05
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {session.get_inputs()[0].name: waves.numpy()})[0]
+    with torch.no_grad():
+        expected = model(waves)["probabilities"].numpy()
+    assert abs(probabilities - expected).max() < 1e-4
 
 
 def test_model_outputs() -> None:

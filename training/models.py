@@ -49,18 +49,44 @@ class EdgeCNNConfig:
     """(output channels, stride) of each depthwise-separable block."""
     embed_dim: int = 192
     dropout: float = 0.1
+    time_stride: int | None = None
+    """Frames (10 ms each) per step of the last feature map, over which the embedding takes its mean and max.
+    None: every stage strides in time as in frequency (128 frames, 1.28 s, with the default stem and stages).
+    A smaller power-of-two multiple of the stem's stride stops the later stages striding in time, so the max
+    over time can single out an event much shorter than the window (a 0.5 s wheeze in 4 s of breathing)
+    instead of seeing it averaged into a 1.28 s step."""
+
+    def __post_init__(self) -> None:
+        if self.time_stride is None:
+            return
+        reachable = [self.stem_stride * 2**k for k in range(sum(s == 2 for _, s in self.stages) + 1)]
+        if self.time_stride not in reachable:
+            raise ValueError(
+                f"edge time_stride must be one of {', '.join(map(str, reachable))} frames "
+                f"(the stem's stride times a power of two), got {self.time_stride!r}"
+            )
+
+    def block_strides(self) -> list[tuple[int, int]]:
+        """(frequency, time) stride of each block: time stops striding once `time_stride` is reached."""
+        limit = self.time_stride or self.stem_stride * 2 ** len(self.stages)
+        out, time = [], self.stem_stride
+        for _, stride in self.stages:
+            along_time = stride if time * stride <= limit else 1
+            time *= along_time
+            out.append((stride, along_time))
+        return out
 
 
 class SeparableBlock(nn.Module):
     """3x3 depthwise then 1x1 pointwise convolution, each with batch norm; residual when shapes allow."""
 
-    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+    def __init__(self, channels_in: int, channels_out: int, stride: int | tuple[int, int]) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(channels_in, channels_in, 3, stride, 1, groups=channels_in, bias=False)
         self.bn1 = nn.BatchNorm2d(channels_in)
         self.pointwise = nn.Conv2d(channels_in, channels_out, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels_out)
-        self.residual = stride == 1 and channels_in == channels_out
+        self.residual = stride in (1, (1, 1)) and channels_in == channels_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.depthwise(x)))
@@ -81,8 +107,8 @@ class EdgeCNN(nn.Module):
             nn.ReLU(),
         )
         blocks, channels = [], config.stem_channels
-        for out, stride in config.stages:
-            blocks.append(SeparableBlock(channels, out, stride))
+        for (out, _), stride in zip(config.stages, config.block_strides()):
+            blocks.append(SeparableBlock(channels, out, stride if stride[0] != stride[1] else stride[0]))
             channels = out
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(config.dropout)
@@ -367,8 +393,9 @@ class QLungModel(nn.Module):
         return out
 
     def attach_quality_head(self) -> nn.Linear:
-        """An (unfitted) quality head on the embedding; its output is `poor`, exported with the rest."""
-        self.quality_head = nn.Linear(self.backbone.embed_dim, 1)
+        """An (unfitted) quality head on the embedding, on the model's device; its output is `poor`, exported with
+        the rest."""
+        self.quality_head = nn.Linear(self.backbone.embed_dim, 1).to(next(self.backbone.parameters()).device)
         return self.quality_head
 
     @property
