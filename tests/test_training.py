@@ -72,8 +72,14 @@ def test_validation_patients_never_train(tiny: list[str]) -> None:
     assert on_test.validation == on_test.test
 
 
-def test_train_checkpoint_resume_eval(tiny: list[str], tmp_path: Path, synth_root: Path) -> None:
+def test_train_checkpoint_resume_eval(
+    tiny: list[str], tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_recipe("demo", tiny)
+    if torch.cuda.is_available():  # on CUDA only the resumed random draws may differ: no autocast, fixed kernels
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+        config = load_recipe("demo", [*tiny, "train.amp=false"])
     straight = train(config, tmp_path / "straight", progress=False)
     run = tmp_path / "straight"
     for name in ("best.pt", "last.pt", "metrics.csv", "summary.json", "config.yaml", "confusion_matrix.png"):
@@ -87,7 +93,8 @@ def test_train_checkpoint_resume_eval(tiny: list[str], tmp_path: Path, synth_roo
     resumed = train(config, tmp_path / "split", resume=True, progress=False)
     a, b = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "split" / "last.pt")
     for key, value in a["model"].items():
-        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6), key
+        x, y = value.float(), b["model"][key].float()
+        assert torch.allclose(x, y, atol=1e-6), f"{key} differs by up to {(x - y).abs().max().item():.3g}"
     assert resumed["test"]["score"] == pytest.approx(straight["test"]["score"])
     with pytest.raises(QLungError, match="different recipe"):
         train(replace(config, name="other"), tmp_path / "split", resume=True, progress=False)
@@ -108,6 +115,22 @@ def test_seeds_report_mean_and_std(tiny: list[str], tmp_path: Path) -> None:
     runs = summary["score"]["runs"]
     assert len(runs) == 2 and summary["score"]["mean"] == pytest.approx(sum(runs) / 2)
     assert json.loads((tmp_path / "seeds_summary.json").read_text())["seeds"] == [0, 1]
+
+
+def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.engine import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
+    for asked in ("auto", "cuda"):
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        assert resolve_device(asked) == torch.device("cuda", 1)
+        monkeypatch.setenv("LOCAL_RANK", "2")  # a third process on a two-GPU node
+        with pytest.raises(QLungError, match="local rank 2, but torch sees 2 CUDA device"):
+            resolve_device(asked)
+    assert resolve_device("cpu") == torch.device("cpu")  # gloo on the CPU whatever the node holds
 
 
 def test_bad_inputs(tiny: list[str], tmp_path: Path) -> None:
@@ -161,7 +184,7 @@ def test_a_full_disk_never_corrupts_the_previous_checkpoint(tmp_path: Path, monk
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny: list[str], tmp_path: Path) -> None:
     # A transformer (no batch norm, no dropout) and no SpecAugment: the only difference is who computes what.
     common = [*tiny, "model.backbone=ast", "model.ast={embed_dim: 32, depth: 1, heads: 2}", "train.freq_mask=0"]
-    common += ["train.time_mask=0", "train.epochs=1", "train.max_steps=4", "train.lr=1e-3"]
+    common += ["train.time_mask=0", "train.epochs=1", "train.max_steps=4", "train.lr=1e-3", "train.device=cpu"]
     cli = ["-m", "qlung_edge.cli", "train", "--config", "demo"]
     one = subprocess.run(
         [sys.executable, *cli, "--out", str(tmp_path / "one"), *common, "train.batch_size=8"],

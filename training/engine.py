@@ -67,12 +67,21 @@ def start_processes(device: torch.device) -> Process:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device this process trains on. Under torchrun a CUDA process (`auto` included) takes the GPU of its
+    local rank: without that every process would pick GPU 0, and NCCL refuses two ranks on one GPU."""
+    asked = name
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise QLungError(f"train.device={name} was asked for, but torch sees no CUDA device (use cpu or auto)")
     if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        rank, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        if rank >= count:
+            raise QLungError(
+                f"train.device={asked}: torchrun started local rank {rank}, but torch sees {count} CUDA device(s); "
+                f"start at most {count} processes per node, or train on the CPU (train.device=cpu)"
+            )
+        return torch.device("cuda", rank)
     return torch.device(name)
 
 
@@ -363,6 +372,8 @@ def train(
         if ema is not None:
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout and SpecAugment draw there
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, step, best, history = state["epoch"], state["step"], state["best"], state["history"]
 
     evaluated = ema.module if ema is not None else model
@@ -442,6 +453,7 @@ def train(
                     "scheduler": scheduler.state_dict(),
                     "ema": ema.state_dict() if ema is not None else {},
                     "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "step": step,
                     "best": best,
                     "history": history,

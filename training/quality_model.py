@@ -103,10 +103,11 @@ def probability(x: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:
 
 @torch.no_grad()
 def embeddings(model: QLungModel, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The model's embedding of each input (log-mel frames or waveforms)."""
+    """The model's embedding of each input (log-mel frames or waveforms), on whatever device the model is."""
     model.eval()
-    parts = [model(torch.tensor(np.asarray(inputs[i : i + batch], np.float32)))["embedding"].numpy()
-             for i in range(0, len(inputs), batch)]  # fmt: skip
+    device = next(model.parameters()).device
+    parts = [model(torch.tensor(np.asarray(inputs[i : i + batch], np.float32), device=device))["embedding"]
+             .float().cpu().numpy() for i in range(0, len(inputs), batch)]  # fmt: skip
     return np.concatenate(parts) if parts else np.zeros((0, model.backbone.embed_dim), np.float32)
 
 
@@ -285,7 +286,7 @@ def budget_threshold(p_poor: np.ndarray, refused: np.ndarray, budget: float) -> 
 def attach(model: QLungModel, fit: QualityFit) -> QLungModel:
     head = model.attach_quality_head()
     with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(fit.weight)[None])
+        head.weight.copy_(torch.from_numpy(fit.weight)[None].to(head.weight.device))
         head.bias.fill_(fit.bias)
     return model
 
