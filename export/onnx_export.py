@@ -283,6 +283,7 @@ def export_bundle(
                 "backbone": config.model.backbone,
                 "head": config.loss.head,
                 "parameters": count_parameters(model),
+                **({"edge": dict(config.model.edge)} if config.model.edge else {}),
             },
             "inputs": [{"name": INPUT_NAME, "shape": ["batch", samples], "dtype": "float32"}],
             "outputs": [

@@ -267,11 +267,13 @@ def bench_link(run: BenchRun, megabytes: float = 8.0, repeats: int = 3, chunk: i
 
 
 def _torch_model(bundle: Any) -> Any:
-    """A model of the bundle's architecture in torch eager (weights do not change its speed)."""
-    from training.models import QLungModel
+    """A model of the bundle's architecture in torch eager (weights do not change its speed); edge-cnn's
+    settings come from the manifest when the recipe changed them (`model.edge`)."""
+    from training.models import EdgeCNNConfig, QLungModel
 
     model = bundle.manifest.get("model", {})
-    return QLungModel(model.get("backbone", "edge-cnn"), head=model.get("head", "angular")).eval()
+    edge = EdgeCNNConfig(**model.get("edge", {}))
+    return QLungModel(model.get("backbone", "edge-cnn"), head=model.get("head", "angular"), edge=edge).eval()
 
 
 def _session(path: Path, threads: int) -> Any:

@@ -34,7 +34,11 @@ PY
 if wants tests; then
   step "gpu-marked tests"  # only the files that hold any: the others may import what a GPU box lacks
   mapfile -t marked < <(grep -l "pytest.mark.gpu" tests/test_*.py)
-  "$python" -m pytest -q -p no:cacheprovider -rs -m gpu "${marked[@]}" || failed+=(gpu-tests)
+  if [ ${#marked[@]} -eq 0 ]; then
+    echo "no test file holds a gpu-marked test"; failed+=(gpu-tests)
+  else
+    "$python" -m pytest -q -p no:cacheprovider -rs -m gpu "${marked[@]}" || failed+=(gpu-tests)
+  fi
 fi
 
 if wants throughput; then
@@ -46,14 +50,14 @@ if wants throughput; then
       "${q[@]}" train --config "$recipe" "data.root=$out/synth/sprsound" "data.cache_dir=$out/cache" \
         train.epochs=3 "train.device=$device" train.threads=0 --seeds 0 --out "$run" > "$run.log" 2>&1 \
         || { failed+=("train-$recipe-$device"); tail -n 20 "$run.log"; continue; }
-      "$python" - "$run/seed0" "$recipe" "$device" <<'PY'
+      "$python" - "$run/seed0" "$recipe" "$device" <<'PY' || failed+=("summary-$recipe-$device")
 import csv, json, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/metrics.csv")))
 summary = json.load(open(f"{sys.argv[1]}/summary.json"))
-estimate = summary.get("quality_estimate", {}).get("figures", {})
+fitted = "cv_record_auroc" in summary.get("quality_estimate", {}).get("figures", {})
 print(f"{sys.argv[2]} on {sys.argv[3]}: {float(rows[-1]['examples_per_second']):.0f} training examples/s "
-      f"(epoch 3, the last); quality head fitted: {'cv_record_auroc' in estimate}; "
-      f"record verdicts: {'test_records' in summary}")
+      f"(epoch 3, the last); quality head fitted: {fitted}; record verdicts: {'test_records' in summary}")
+sys.exit(0 if fitted and "test_records" in summary else 1)
 PY
     done
   done

@@ -180,3 +180,19 @@ def test_cli_export_and_its_errors(checkpoint: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
     folder = run(str(tmp_path / "b"))
     assert folder.returncode == 2 and "--trt" in folder.stderr
+
+
+def test_a_recipe_s_edge_settings_travel_in_the_manifest(tmp_path: Path) -> None:
+    from qlung_edge.bench import _torch_model
+    from training.checkpoint import build_model, checkpoint_payload, save_checkpoint
+    from training.config import load_recipe
+
+    torch.manual_seed(0)
+    config = load_recipe("demo", ["model.edge={time_stride: 32}"])
+    weights = build_model(config).eval().state_dict()
+    metrics = {"validation": {"score": 0.5}}
+    save_checkpoint(tmp_path / "fine.pt", checkpoint_payload(config, weights, epoch=1, metrics=metrics, selection="v"))
+    manifest = export_bundle(tmp_path / "fine.pt", tmp_path / "bundle", log=lambda line: None)
+    assert manifest["model"]["edge"] == {"time_stride": 32}
+    # The bench's torch-eager twin of the bundle is the same network, not the default edge-cnn.
+    assert _torch_model(load_bundle(tmp_path / "bundle")).backbone.config.time_stride == 32

@@ -48,6 +48,10 @@ def test_a_finer_time_axis_keeps_the_weights_and_the_budget() -> None:
     for bad in (0, 24, 256, 3):
         with pytest.raises(ValueError, match="time_stride must be one of 4, 8, 16, 32, 64, 128"):
             EdgeCNNConfig(time_stride=bad)
+    # Stages that stride by other than 2: the default keeps every stride as it is, time_stride counts the products.
+    threes = EdgeCNNConfig(stages=((48, 3), (64, 1), (96, 3)))
+    assert threes.block_strides() == [(3, 3), (1, 1), (3, 3)] and threes.time_strides() == [4, 12, 36]
+    assert EdgeCNNConfig(stages=((48, 3), (64, 1), (96, 3)), time_stride=12).block_strides() == [(3, 3), (1, 1), (3, 1)]
 
 
 def test_a_finer_time_axis_exports_and_matches_torch(tmp_path: Path) -> None:

@@ -57,6 +57,12 @@ def test_recipe_errors_name_the_key(tmp_path: Path) -> None:
         load_recipe("demo", ["loss.margin=wide"])
     with pytest.raises(ConfigError, match=r"event_mix_length must be drawn or event, got 'long'"):
         load_recipe("demo", ["train.event_mix_length=long"])
+    with pytest.raises(ConfigError, match=r"model\.edge: time_stride must be one of 4, 8, 16, 32, 64, 128 frames"):
+        load_recipe("demo", ["model.edge.time_stride=24"])
+    with pytest.raises(ConfigError, match=r"model\.edge\.time_stride: expected an integer, got float 32\.0"):
+        load_recipe("demo", ["model.edge.time_stride=32.0"])
+    with pytest.raises(ConfigError, match=r"unknown key model\.edge\.time_strid "):
+        load_recipe("demo", ["model.edge.time_strid=32"])
     with pytest.raises(ConfigError, match="no such recipe"):
         load_recipe(tmp_path / "none.yaml")
     assert load_recipe("demo", ["train.lr=0.5", "loss.lam=1"]).loss.lam == 1.0

@@ -18,7 +18,7 @@ from qlung_edge.config import from_dict
 from qlung_edge.errors import QLungError
 from training.config import RunConfig
 from training.frontend import SpecAugment
-from training.models import ASTConfig, EdgeCNNConfig, QLungModel, load_pretrained
+from training.models import ASTConfig, QLungModel, load_pretrained
 
 CHECKPOINT_FORMAT = 1
 
@@ -30,7 +30,7 @@ def build_model(config: RunConfig, *, training: bool = True) -> QLungModel:
         cfg.backbone,
         head=config.loss.head,
         scale=config.loss.s_a,
-        edge=EdgeCNNConfig(**{"dropout": cfg.dropout, **cfg.edge}),
+        edge=cfg.edge_config(),
         ast=ASTConfig(**cfg.ast) if cfg.ast else None,
         spec_augment=SpecAugment(config.train.freq_mask, config.train.time_mask) if training else None,
     )

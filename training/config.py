@@ -64,6 +64,15 @@ class ModelConfig:
     """EdgeCNNConfig overrides (stem_channels, stem_kernel, stem_stride, embed_dim, time_stride)."""
     dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        self.edge_config()  # a bad edge key or value is named when the recipe loads, not after data preparation
+
+    def edge_config(self) -> Any:
+        """The recipe's `training.models.EdgeCNNConfig`, its keys and values checked like the recipe's own."""
+        from training.models import EdgeCNNConfig
+
+        return from_dict(EdgeCNNConfig, {"dropout": self.dropout, **self.edge}, "model.edge")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

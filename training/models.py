@@ -59,19 +59,28 @@ class EdgeCNNConfig:
     def __post_init__(self) -> None:
         if self.time_stride is None:
             return
-        reachable = [self.stem_stride * 2**k for k in range(sum(s == 2 for _, s in self.stages) + 1)]
+        reachable = self.time_strides()
         if self.time_stride not in reachable:
             raise ValueError(
-                f"edge time_stride must be one of {', '.join(map(str, reachable))} frames "
-                f"(the stem's stride times a power of two), got {self.time_stride!r}"
+                f"time_stride must be one of {', '.join(map(str, reachable))} frames (the stem's stride times "
+                f"the strides of the stages before), got {self.time_stride!r}"
             )
+
+    def time_strides(self) -> list[int]:
+        """The frames per step after the stem and after each striding stage: the values `time_stride` takes."""
+        out = [self.stem_stride]
+        for _, stride in self.stages:
+            if stride > 1:
+                out.append(out[-1] * stride)
+        return out
 
     def block_strides(self) -> list[tuple[int, int]]:
         """(frequency, time) stride of each block: time stops striding once `time_stride` is reached."""
-        limit = self.time_stride or self.stem_stride * 2 ** len(self.stages)
+        if self.time_stride is None:
+            return [(stride, stride) for _, stride in self.stages]
         out, time = [], self.stem_stride
         for _, stride in self.stages:
-            along_time = stride if time * stride <= limit else 1
+            along_time = stride if time * stride <= self.time_stride else 1
             time *= along_time
             out.append((stride, along_time))
         return out
