@@ -52,9 +52,9 @@ class EdgeCNNConfig:
     time_stride: int | None = None
     """Frames (10 ms each) per step of the last feature map, over which the embedding takes its mean and max.
     None: every stage strides in time as in frequency (128 frames, 1.28 s, with the default stem and stages).
-    A smaller power-of-two multiple of the stem's stride stops the later stages striding in time, so the max
-    over time can single out an event much shorter than the window (a 0.5 s wheeze in 4 s of breathing)
-    instead of seeing it averaged into a 1.28 s step."""
+    A smaller value of `time_strides()` stops the later stages striding in time, so the max over time can single
+    out an event much shorter than the window (a 0.5 s wheeze in 4 s of breathing) instead of seeing it averaged
+    into a 1.28 s step."""
 
     def __post_init__(self) -> None:
         if self.time_stride is None:
