@@ -233,7 +233,7 @@ class DeviceSimulator:
                 self.sample_format,
             )
             position += len(chunk)
-            sequence += 1
+            number, sequence = sequence, sequence + 1
             self.counters.frames += 1
             if self.speed > 0:
                 due = started + position / self.sample_rate / self.speed
@@ -242,14 +242,16 @@ class DeviceSimulator:
             if self._master < 0:
                 self.counters.lost_unplugged += 1
             else:
-                self._send_impaired(frame)
+                self._send_impaired(frame, number)
             if position >= total and not self.loop:  # done now: a STOP from the host may come before the next turn
                 self._flush_held()
                 self._done.set()
 
-    def _send_impaired(self, frame: bytes) -> None:
+    def _send_impaired(self, frame: bytes, number: int) -> None:
         imp = self.impairments
-        rnd = self._random
+        # Each frame's fate depends on the seed and its number alone: drawn from one running generator, the frames
+        # after an unplug would meet other fates depending on how many fell into it, i.e. on timing and load.
+        rnd = random.Random(f"{self.seed}/{number}")
         if rnd.random() < imp.drop_rate:
             self.counters.dropped += 1
             return

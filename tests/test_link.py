@@ -195,6 +195,7 @@ def test_arbitrary_bytes_never_crash_or_yield_a_bad_frame(data: bytes, cuts: lis
     st.lists(st.integers(0, 10**6), max_size=30),
 )
 @example(seed=5185, damage=[("flip", 0)] * 4 + [("flip", 76530)], cuts=[])  # frames 7-11 behind a bad length
+@example(seed=7109, damage=[("flip", 0), ("delete", 0), ("delete", 0), ("flip", 0)], cuts=[])  # frame 0 deleted whole
 def test_corrupted_streams_keep_every_intact_frame(seed: int, damage: list[tuple[str, int]], cuts: list[int]) -> None:
     frames = _valid_frames(12, seed)
     pieces = [bytearray(f) for f in frames]
@@ -203,6 +204,8 @@ def test_corrupted_streams_keep_every_intact_frame(seed: int, damage: list[tuple
     for kind, where in damage:
         index = where % len(pieces)
         piece = pieces[index]
+        if not piece:  # deleted whole by an earlier step: nothing left to damage
+            continue
         offset = (where // len(pieces)) % len(piece)
         if kind == "flip":
             piece[offset] ^= 1 << rnd.randrange(8)
