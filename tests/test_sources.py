@@ -194,6 +194,27 @@ def test_serial_source_through_an_impaired_link_with_unplug(shared_data: Path) -
     assert source.device_info is not None and source.device_info.sample_rate == 4000
 
 
+def test_a_frames_impairments_do_not_depend_on_the_frames_lost_before_it(shared_data: Path) -> None:
+    """The impaired-link test above unplugs on a timer: how many frames fall into the unplug depends on load, and
+    the fates of the frames after it must not."""
+    impairments = Impairments(bit_error_rate=2e-5, drop_rate=0.05, duplicate_rate=0.05, garbage_rate=0.05)
+
+    def fates_after(unplugged: range) -> dict[str, int]:
+        simulator = DeviceSimulator(shared_data / "icbhi-sample" / RECORDING, impairments=impairments, seed=3)
+        for number in range(100):
+            if number in unplugged:
+                continue
+            simulator._send_impaired(bytes(64), number)  # not open: counted, written nowhere
+            if number == 59:
+                before = simulator.counters.as_dict()
+        after = simulator.counters.as_dict()
+        return {k: after[k] - before[k] for k in ("dropped", "duplicated", "corrupted", "garbage_bursts")}
+
+    whole = fates_after(range(0))
+    assert sum(whole.values()) > 0, "frames 60-99 met no impairment: the test would see nothing"
+    assert fates_after(range(10, 30)) == whole
+
+
 def test_simulate_device_command_streams_to_a_serial_source(shared_data: Path, tmp_path: Path) -> None:
     wav = shared_data / "icbhi-sample" / RECORDING
     link = tmp_path / "ttySTETH"
