@@ -89,13 +89,13 @@ class EdgeCNNConfig:
 class SeparableBlock(nn.Module):
     """3x3 depthwise then 1x1 pointwise convolution, each with batch norm; residual when shapes allow."""
 
-    def __init__(self, channels_in: int, channels_out: int, stride: int | tuple[int, int]) -> None:
+    def __init__(self, channels_in: int, channels_out: int, stride: tuple[int, int]) -> None:
         super().__init__()
         self.depthwise = nn.Conv2d(channels_in, channels_in, 3, stride, 1, groups=channels_in, bias=False)
         self.bn1 = nn.BatchNorm2d(channels_in)
         self.pointwise = nn.Conv2d(channels_in, channels_out, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels_out)
-        self.residual = stride in (1, (1, 1)) and channels_in == channels_out
+        self.residual = stride == (1, 1) and channels_in == channels_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.depthwise(x)))
@@ -117,7 +117,7 @@ class EdgeCNN(nn.Module):
         )
         blocks, channels = [], config.stem_channels
         for (out, _), stride in zip(config.stages, config.block_strides()):
-            blocks.append(SeparableBlock(channels, out, stride if stride[0] != stride[1] else stride[0]))
+            blocks.append(SeparableBlock(channels, out, stride))
             channels = out
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(config.dropout)
