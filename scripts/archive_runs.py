@@ -7,8 +7,9 @@ repository (windows.csv gzipped):
     python scripts/archive_runs.py runs/qlung-edge-sprsound-windows-event-mix ... --to seed-reports
 
 giving seed-reports/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
-window_decision.json, window_smoothing.json, eval-stream/eval_stream.json, eval-stream/windows.csv.gz}. A seed
-already archived is replaced. A seed without an eval-stream report is left out, with a line saying so.
+window_decision.json, window_smoothing.json, metrics.csv, eval-stream/eval_stream.json,
+eval-stream/windows.csv.gz}. A seed already archived is replaced. A seed without an eval-stream report is left
+out, with a line saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ FILES = (
     "window_decision.json",
     "window_smoothing.json",
     "eval-stream/eval_stream.json",
+    "metrics.csv",
 )
 
 

@@ -8,7 +8,8 @@ Each group folder holds `seed<k>/summary.json` (from `qlung-edge train --seeds`)
 that seed), and optionally `seed<k>/verdict_transfer.json` (from `scripts/verdict_transfer.py`: the same stream
 judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer.json` (from
 `scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients),
-`seed<k>/window_smoothing.json` (from `scripts/window_smoothing.py`: windows pooled with their neighbours) and
+`seed<k>/window_smoothing.json` (from `scripts/window_smoothing.py`: windows pooled with their neighbours),
+`seed<k>/metrics.csv` (the training's epoch log) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
 the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
 gzipped) serves as well as the run itself. Figures are mean ± sample std over the seeds; the last
@@ -86,6 +87,11 @@ ROWS = [
         ("poor_quality_records", "gated_fraction"),
     ),
     ("learned quality estimate, record AUROC vs Poor Quality (x 100)", "stream", ("quality_estimate", "record_auroc")),
+    (
+        "training, % of epochs after the first whose validation windows went nearly all one way (Sp or Se < 5 %)",
+        "epochs",
+        ("one_way",),
+    ),
     (
         "risk-coverage: window Score of the 80 % of scored windows with the lowest P(poor), minus all (points)",
         "risk",
@@ -225,6 +231,22 @@ def risk(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "confidence": risk_coverage_change(risk_coverage(rows, by_confidence=True))}  # fmt: skip
 
 
+def epoch_log(path: Path) -> dict[str, float] | None:
+    """From a seed's metrics.csv: the share of epochs after the first whose validation windows were nearly all
+    called normal or nearly all abnormal, the eval-mode collapses that batch-norm statistics lagging the weights
+    cause (training/batch_norm.py). The first epoch is left out: an untrained model calls everything normal."""
+    import csv
+
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))[1:]
+    if not rows:
+        return None
+    one_way = [min(float(r["val_specificity"]), float(r["val_sensitivity"])) < 0.05 for r in rows]
+    return {"one_way": sum(one_way) / len(one_way)}
+
+
 def window_recall(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Each class's recall among a seed's accepted scored windows: where the window Score is lost."""
     accepted = [r for r in rows if r["accepted"]]
@@ -256,7 +278,7 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         rows = None if table is None else scored_rows(table)
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
                       "gate": gate, "smoothing": smoothing, "risk": None if rows is None else risk(rows),
-                      "derived": derived(stream),
+                      "derived": derived(stream), "epochs": epoch_log(seed_dir / "metrics.csv"),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")

@@ -19,3 +19,19 @@ def test_results_leave_out_a_group_without_seeds_only_when_asked(tmp_path: Path)
     assert done.returncode == 0 and "new: no finished seed" in done.stderr
     text = (tmp_path / "R.md").read_text()
     assert "| figure | CE + mixing |" in text and "Paired per-seed" not in text
+
+
+def test_epochs_whose_validation_went_all_one_way_are_counted_from_the_epoch_log(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import results
+
+    log = tmp_path / "metrics.csv"
+    rows = [(1.0, 0.0), (0.98, 0.30), (0.0, 0.74), (0.97, 0.04), (0.96, 0.35)]  # epoch 1 untrained: not counted
+    log.write_text(
+        "epoch,val_specificity,val_sensitivity\n" + "".join(f"{i + 1},{sp},{se}\n" for i, (sp, se) in enumerate(rows))
+    )
+    assert results.epoch_log(log) == {"one_way": 0.5}
+    assert results.epoch_log(tmp_path / "missing.csv") is None
+    kept = Path(__file__).resolve().parents[1] / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time"
+    seeds = {s["seed"]: s for s in results.load_group(kept)}
+    assert seeds[1]["epochs"]["one_way"] == 9 / 19  # epochs 2-8, 10 and 16 (the 2nd: Sp 99.9 %, Se 0.4 %)

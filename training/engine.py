@@ -33,6 +33,7 @@ from qlung_edge.batches import in_batches
 from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
 from training.augment import EventMixConfig, EventMixer
+from training.batch_norm import recalibrate_batch_norm
 from training.checkpoint import build_model, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import RunConfig
 from training.dataset import ExampleDataset, Geometry, Prepared, prepare, recording_windows
@@ -251,6 +252,33 @@ def _seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def recalibrate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    mixer: EventMixer | None,
+    batches: int,
+    device: torch.device,
+    process: Process,
+    amp_dtype: torch.dtype,
+    use_amp: bool,
+) -> int:
+    """The batch-norm statistics of `model` recomputed on the first `batches` batches of this epoch's training
+    order, mixed as training mixes them; torch's random state is put back after, so training goes on as it would
+    have without it."""
+
+    def inputs() -> Any:
+        for i, (waves, labels, _, _) in enumerate(loader):
+            if i >= batches:
+                return
+            if mixer is not None:
+                waves, labels = mixer(waves, labels)
+            yield waves.to(device)
+
+    forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    with forked, torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        return recalibrate_batch_norm(model, inputs(), process.world)
+
+
 def _cosine(total_steps: int) -> Any:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
@@ -418,6 +446,9 @@ def train(
             if config.train.max_steps and step >= config.train.max_steps:
                 break
         elapsed = time.perf_counter() - began
+        if config.train.bn_recalibration_batches:
+            recalibrate(evaluated, train_loader, mixer, config.train.bn_recalibration_batches, device, process,
+                        amp_dtype, use_amp)  # fmt: skip
         val = cycle_metrics(splits.validation, predict(evaluated, datasets["validation"], device, 32, process))
         row = {
             "epoch": epoch + 1,
