@@ -30,8 +30,8 @@ def test_epochs_whose_validation_went_all_one_way_are_counted_from_the_epoch_log
     log.write_text(
         "epoch,val_specificity,val_sensitivity\n" + "".join(f"{i + 1},{sp},{se}\n" for i, (sp, se) in enumerate(rows))
     )
-    assert results.epoch_log(log) == {"one_way": 0.5}
+    assert results.epoch_log(log) == {"all_abnormal": 0.25, "all_normal": 0.25}
     assert results.epoch_log(tmp_path / "missing.csv") is None
     kept = Path(__file__).resolve().parents[1] / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time"
     seeds = {s["seed"]: s for s in results.load_group(kept)}
-    assert seeds[1]["epochs"]["one_way"] == 9 / 19  # epochs 2-8, 10 and 16 (the 2nd: Sp 99.9 %, Se 0.4 %)
+    assert seeds[1]["epochs"] == {"all_abnormal": 7 / 19, "all_normal": 2 / 19}  # 3, 5-8, 10, 16; 2, 4

@@ -1,11 +1,13 @@
 """Batch-norm statistics recomputed for the weights being evaluated ("precise BN").
 
 During training a batch-norm layer keeps running statistics, an exponential average over the last ten or so
-batches, each computed with the weights of its own step. With Adam at edge-cnn's learning rate the weights move
-enough within those steps that the statistics stop matching the weights: on SPRSound (the fine-time window
-recipes) seven of ten seeds had epochs whose validation windows were all called abnormal in eval mode (Sp 0 %),
-while the same weights with statistics recomputed on 40 training batches scored Sp 96 %, Se 4 % (epoch 3 of CE
-fine-time seed 1) or Sp 83 %, Se 30 % (epoch 5). Recomputing the statistics with the final weights, on batches
+batches, each computed with the weights of its own step (and, under weight EMA, averaged alongside the weights,
+which only approximates the statistics of the averaged weights). With Adam at edge-cnn's learning rate the
+weights move enough within those steps that the statistics stop matching them: on SPRSound, six of the ten seeds
+of the fine-time window recipes had epochs after the first whose validation windows were all called abnormal in
+eval mode (Sp under 5 %, their metrics.csv). Epoch 5 of CE fine-time seed 1 scored Sp 0 %, Se 80 % with its
+running statistics and Sp 83 %, Se 30 % with the same weights and statistics recomputed on 40 training batches;
+epoch 6, Sp 0 %, Se 71 % against Sp 73 %, Se 25 %. Recomputing the statistics with the final weights, on batches
 drawn as training draws them, is what eval mode assumes.
 """
 
@@ -30,7 +32,8 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], wo
     model takes, drawn and augmented as in training); returns the number of examples seen, 0 when the model has
     no batch norm (nothing is changed then). The model runs in training mode, as in a training step, and goes
     back to the mode it was in. Under torchrun (`world` > 1) each process's averages are averaged over processes,
-    so every rank evaluates the same statistics."""
+    so every rank evaluates the same statistics. A layer whose momentum is None (a cumulative average) starts
+    over from these batches."""
     layers = batch_norm_layers(model)
     if not layers:
         return 0

@@ -89,9 +89,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     bn_recalibration_batches: int = 0
     """Before each validation, recompute the evaluated weights' batch-norm statistics on this many training
-    batches, drawn, mixed and augmented as in training (training.batch_norm); 0: keep the running averages.
-    Costs about a third of a training step per batch and leaves the training itself unchanged (the random
-    draws are put back)."""
+    batches (per process under torchrun), drawn, mixed and augmented as in training (training.batch_norm); 0: keep
+    the running averages. Costs about a third of a training step per batch. The weights train as without it (the
+    random draws are put back); with `ema` 0 the evaluated model is the trained one, whose running statistics are
+    then the recomputed ones, which training in train mode does not read."""
     freq_mask: int = 24
     time_mask: int = 96
     amp: bool = True

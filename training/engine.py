@@ -9,13 +9,14 @@ rank 0 writes logs and checkpoints. Checkpoints hold tensors and plain values on
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -263,13 +264,11 @@ def recalibrate(
     use_amp: bool,
 ) -> int:
     """The batch-norm statistics of `model` recomputed on the first `batches` batches of this epoch's training
-    order, mixed as training mixes them; torch's random state is put back after, so training goes on as it would
-    have without it."""
+    order (per process), mixed as training mixes them; torch's random state is put back after, so the training
+    draws go on as they would have without it."""
 
-    def inputs() -> Any:
-        for i, (waves, labels, _, _) in enumerate(loader):
-            if i >= batches:
-                return
+    def inputs() -> Iterator[torch.Tensor]:
+        for waves, labels, _, _ in itertools.islice(loader, batches):
             if mixer is not None:
                 waves, labels = mixer(waves, labels)
             yield waves.to(device)
