@@ -7,9 +7,7 @@ of calibrating the rule are compared, all fitted on the validation patients only
   Quality share, like training's, by the one-standard-error rule);
 - balanced (training's rule): the same with each kind of abnormal record weighing the same in SE;
 - balanced, best share: the same, with the Poor Quality share of accepted windows that scores best on validation
-  rather than the least share within one standard error of it (training's rule before stop 27);
-- balanced, subbagged: training's rule fitted on 25 random subsets of 63 % of the patients and aggregated
-  (`training.verdicts.calibrate_subbagged`), steadier against near-ties of the grid.
+  rather than the least share within one standard error of it (training's rule before stop 27).
 
 They are judged twice: within validation (calibrate on half the patients, score on the other half, over random
 halvings: no test data involved), and on the inter-patient test set through the deployed stream (the run's
@@ -72,26 +70,23 @@ def transfer(run: Path, halvings: int) -> dict[str, Any]:
     from qlung_edge.evalstream import read_table, verdicts_from_table
     from qlung_edge.examination import TASK_2_1, TASK_2_2, VerdictRule, task_2_1
     from training.metrics import record_scores
-    from training.verdicts import calibrate, calibrate_subbagged, score
+    from training.verdicts import calibrate, score
 
     payload, windows, poor, threshold, truth, patients = _validation_outputs(run)
-
-    def fitter(**kw: Any) -> Any:
-        return lambda w, where, p: calibrate(w, truth, where, p, threshold, patients=patients, **kw)[0]
-
     methods = {
-        "plain": fitter(balanced=False),
-        "balanced": fitter(balanced=True),
-        "balanced, best share": fitter(balanced=True, least_share=False),
-        SUBBAGGED: lambda w, where, p: calibrate_subbagged(w, truth, where, p, threshold, patients),
+        "plain": {"balanced": False},
+        "balanced": {"balanced": True},
+        "balanced, best share": {"balanced": True, "least_share": False},
     }
-    rules = {name: fit(windows, "validation", poor) for name, fit in methods.items()}
+    rules = {name: calibrate(windows, truth, "validation", poor, threshold, patients=patients, **kw)[0]
+             for name, kw in methods.items()}  # fmt: skip
     within: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for fit_on, judge_on in _halves(patients, halvings):
         if not any(truth.get(r) for r in fit_on) or not any(truth.get(r) for r in judge_on):
             continue  # a half without record labels (a small validation set) can neither fit nor judge
-        for name, fit in methods.items():
-            rule = fit(_subset(windows, fit_on), "half", _subset(poor, fit_on))
+        for name, kw in methods.items():
+            rule, _ = calibrate(_subset(windows, fit_on), truth, "half", _subset(poor, fit_on), threshold,
+                                patients=patients, **kw)  # fmt: skip
             s = score(rule, _subset(windows, judge_on), truth, _subset(poor, judge_on), threshold)
             within[name].append((s["task_2_1"].score, s["task_2_2"].score))
     report = json.loads((run / "eval-stream" / "eval_stream.json").read_text())
@@ -129,8 +124,7 @@ def transfer(run: Path, halvings: int) -> dict[str, Any]:
     return result
 
 
-SUBBAGGED = "balanced, subbagged"
-METHODS = ("plain", "balanced", "balanced, best share", SUBBAGGED)
+METHODS = ("plain", "balanced", "balanced, best share")
 
 
 def main() -> None:

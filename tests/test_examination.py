@@ -109,28 +109,6 @@ def test_calibration_finds_the_separating_thresholds() -> None:
     assert rule.calibrated_on.startswith("40 synthetic records")
 
 
-def test_a_rule_aggregated_over_subsets_of_patients_still_separates_the_records() -> None:
-    from training.verdicts import calibrate_subbagged
-
-    rng = np.random.default_rng(1)
-    windows, truth, patients = {}, {}, {}
-    for i in range(48):
-        label = ["Normal", "DAS", "CAS", "CAS & DAS"][i % 4]
-        das = 0.7 if "DAS" in label else 0.1
-        cas = 0.65 if "CAS" in label else 0.05
-        rows = [_p(1 - das - cas, das, cas, 0.0) + rng.normal(0, 0.02, 4) for _ in range(5)]
-        windows[f"r{i}"], truth[f"r{i}"], patients[f"r{i}"] = np.clip(np.array(rows), 0, 1), label, f"p{i // 4}"
-    rule = calibrate_subbagged(windows, truth, "48 records", patients=patients, draws=15)
-    assert all(decide(rule, windows[r], None, CLASS_NAMES).task_2_2 == truth[r] for r in windows)
-    assert rule.calibrated_on.startswith("48 records, aggregated over 15 subsets of 8 of its 12 patients")
-    assert rule == calibrate_subbagged(windows, truth, "48 records", patients=patients, draws=15)  # seeded
-    with pytest.raises(ValueError, match="no recordings with record labels"):
-        calibrate_subbagged(windows, {}, "none")
-    normal_only = {r: "Normal" for r in windows}
-    with pytest.raises(ValueError, match="no subset of the patients holds an abnormal record"):
-        calibrate_subbagged(windows, normal_only, "normal", patients=patients, draws=3)
-
-
 def test_weighted_scores_count_each_record_as_often_as_it_is_weighted() -> None:
     rng = np.random.default_rng(3)
     truth = rng.choice(TASK_2_2, 60)

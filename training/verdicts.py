@@ -224,53 +224,6 @@ def calibrate(
     return rule, figures
 
 
-def calibrate_subbagged(
-    windows: dict[str, np.ndarray],
-    truth: dict[str, str],
-    where: str,
-    poor: dict[str, np.ndarray] | None = None,
-    threshold: float | None = None,
-    patients: dict[str, str] | None = None,
-    draws: int = 25,
-    share: float = 0.63,
-    seed: int = 0,
-) -> VerdictRule:
-    """`calibrate` on `draws` random subsets of the patients (`share` of them each, without replacement), then
-    aggregated: the pooling statistic most subsets chose, and the medians of the thresholds and Poor Quality share
-    of the subsets that chose it. The grid's best point on all patients jumps between near-ties when the model
-    changes a little (a statistic or threshold of equal validation Score); the aggregate moves less."""
-    labelled = sorted(rec for rec in windows if truth.get(rec))
-    if not labelled:
-        raise ValueError("no recordings with record labels to calibrate the verdict on")
-    owner = {rec: (patients or {}).get(rec, rec) for rec in labelled}
-    names = sorted(set(owner.values()))
-    rng = np.random.default_rng(seed)
-    take = max(1, int(round(share * len(names))))
-    rules = []
-    for _ in range(draws):
-        chosen = set(rng.choice(names, size=take, replace=False).tolist())
-        subset = {rec for rec in labelled if owner[rec] in chosen}
-        if not any(truth[rec] != "Normal" for rec in subset):
-            continue  # nothing abnormal to fit thresholds on
-        keep = {rec: windows[rec] for rec in subset}
-        rules.append(calibrate(keep, truth, where, None if poor is None else {r: poor[r] for r in subset},
-                               threshold, patients=patients)[0])  # fmt: skip
-    if not rules:
-        raise ValueError("no subset of the patients holds an abnormal record")
-    votes = Counter(rule.statistic for rule in rules)
-    statistic = max(votes, key=lambda s: (votes[s], -STATISTICS.index(s)))
-    agreeing = [rule for rule in rules if rule.statistic == statistic]
-    das, cas, fraction = np.median([(r.das_threshold, r.cas_threshold, r.min_accepted_fraction) for r in agreeing], 0)
-    return VerdictRule(
-        statistic=statistic,
-        das_threshold=float(das),
-        cas_threshold=float(cas),
-        min_accepted_fraction=float(fraction),
-        calibrated_on=f"{where}, aggregated over {len(rules)} subsets of {take} of its {len(names)} patients "
-        f"({votes[statistic]} chose {statistic})",
-    )
-
-
 def preparer(config: Any, splits: Any, progress: bool = True) -> Any:
     """`prepare` for a trained checkpoint's recordings in one process (what `record_level` takes)."""
     from training.dataset import prepare
