@@ -90,6 +90,7 @@ EVENT_MIX_FIGURES = (
     "deployed, record level, % of normal records called Poor Quality",
     "deployed, % of windows of records not labelled poor that the gate refuses",
     "learned quality estimate, record AUROC vs Poor Quality (x 100)",
+    "training, % of epochs after the first whose validation windows were nearly all called abnormal (Sp < 5 %)",
 )
 """The rows of RESULTS-event-mix.md the README quotes."""
 
