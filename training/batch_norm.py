@@ -6,9 +6,10 @@ which only approximates the statistics of the averaged weights). With Adam at ed
 weights move enough within those steps that the statistics stop matching them: on SPRSound, six of the ten seeds
 of the fine-time window recipes had epochs after the first whose validation windows were all called abnormal in
 eval mode (Sp under 5 %, their metrics.csv). Epoch 5 of CE fine-time seed 1 scored Sp 0 %, Se 80 % with its
-running statistics and Sp 83 %, Se 30 % with the same weights and statistics recomputed on 40 training batches;
-epoch 6, Sp 0 %, Se 71 % against Sp 73 %, Se 25 %. Recomputing the statistics with the final weights, on batches
-drawn as training draws them, is what eval mode assumes.
+running statistics and Sp 82 %, Se 29 % with the same weights and statistics recomputed on 40 training batches;
+epoch 6, Sp 0 %, Se 71 % against Sp 60 %, Se 33 % (`python scripts/bn_probe.py
+ce-edge-sprsound-windows-event-mix-fine-time --seed 1 --epochs 6 --out DIR`). Recomputing the statistics with the
+final weights, on batches drawn as training draws them, is what eval mode assumes.
 """
 
 from __future__ import annotations
