@@ -82,6 +82,22 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _budget(estimate: dict[str, Any]) -> str:
+    """How the gate's threshold was set, where the manifest says: its out-of-fold budget and why."""
+    figures = estimate.get("figures") or {}
+    if "budget_asked" not in figures:  # fitted before the later patients' check: nothing more to say
+        return ""
+    text = f", fitted to refuse {100 * figures['budget']:.2f} % of good training windows out of fold"
+    later = figures.get("later")
+    if later and figures["budget"] < figures.get("budget_asked", figures["budget"]):
+        text += (f" (lowered from {100 * figures['budget_asked']:g} %: fitted without the latest"
+                 f" {later['patients']} training patients by recording order, the gate refused"
+                 f" {100 * later['refused_at_budget_asked']:.1f} % of their good windows at"
+                 f" {100 * figures['budget_asked']:g} %; at the lowered budget it refuses at most"
+                 f" {100 * later['later_budget']:g} % of theirs in 97.5 % of resamples of them)")  # fmt: skip
+    return text
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """MODEL_CARD.md from the manifest alone (its file list and hash excepted, which include the card)."""
     model = manifest["model"]
@@ -116,7 +132,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         f" {rule.get('cas_threshold')}; calibrated on {rule.get('calibrated_on')}.",
         "- Quality: the Audio Quality Score gate"
         + (
-            f" and a learned estimate P(poor) (gate threshold {estimate['threshold']:.3f})."
+            f" and a learned estimate P(poor) (gate threshold {estimate['threshold']:.3f}){_budget(estimate)}."
             if estimate.get("threshold") is not None
             else " (no learned estimate in this bundle)."
         ),

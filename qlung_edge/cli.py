@@ -343,18 +343,30 @@ def train(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write.")
 @click.option("--data", "data_root", help="Data folder (default: the checkpoint recipe's data.root).")
 @click.option("--budget", type=click.FloatRange(0.0, 0.5, min_open=True), default=None,
-              help="Share of acceptable training windows the whole gate may refuse (default 0.03).")  # fmt: skip
+              help="Share of good training windows the whole gate may refuse out of fold (default 0.03).")  # fmt: skip
+@click.option("--later-budget", type=click.FloatRange(0.0, 0.5), default=None,
+              help="Where the recordings' order is known (SPRSound), lower the budget until a gate fitted without "
+                   "the latest fifth of the patients refuses at most this share of their good windows in 97.5 % of "
+                   "resamples of them (default 0.05; 0: keep the budget as given).")  # fmt: skip
 @click.option("--synthetic-windows", "synthetic", type=click.IntRange(0), default=None,
               help="Synthetically degraded windows among the quality head's positives (default 600; 0: only the "
                    "real Poor Quality records).")  # fmt: skip
-def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float | None, synthetic: int | None) -> None:
+def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float | None, later_budget: float | None,
+             synthetic: int | None) -> None:  # fmt: skip
     """Fit the learned quality estimate and the gate's thresholds again on a trained checkpoint."""
     needs_torch("fit-gate")
-    from training.quality_model import GATE_BUDGET, SYNTHETIC_WINDOWS, refit_gate
+    from training.quality_model import GATE_BUDGET, LATER_BUDGET, SYNTHETIC_WINDOWS, refit_gate
 
     estimate = refit_gate(checkpoint, out, data_root, GATE_BUDGET if budget is None else budget,
-                          synthetic_windows=SYNTHETIC_WINDOWS if synthetic is None else synthetic)  # fmt: skip
+                          synthetic_windows=SYNTHETIC_WINDOWS if synthetic is None else synthetic,
+                          later_budget=LATER_BUDGET if later_budget is None else (later_budget or None))  # fmt: skip
     f = estimate["figures"]
+    if f.get("later"):
+        later = f["later"]
+        click.echo(f"fitted without the latest {later['patients']} patients, the gate refused"
+                   f" {100 * later['refused_at_budget_asked']:.2f} % of their good windows at the"
+                   f" {100 * f['budget_asked']:g} % budget; budget {100 * f['budget']:.2f} % (at most"
+                   f" {100 * later['later_budget']:g} % of theirs in 97.5 % of resamples of them)")  # fmt: skip
     if f.get("estimate_off"):
         share = 100 * f["good_windows_refused_by_aqs"]
         click.echo(f"warning: the AQS reasons alone refuse {share:.2f} % of the good training windows, more than"

@@ -8,7 +8,8 @@ repository (windows.csv gzipped):
 
 giving seed-reports/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
 window_decision.json, window_smoothing.json, metrics.csv, eval-stream/eval_stream.json,
-eval-stream/windows.csv.gz}. A seed already archived is replaced. A seed without an eval-stream report is left
+eval-stream/windows.csv.gz}, and likewise any other eval-stream-* folder (the same seed under another gate).
+A seed already archived is replaced. A seed without an eval-stream report is left
 out, with a line saying so.
 """
 
@@ -27,7 +28,6 @@ FILES = (
     "gate_transfer.json",
     "window_decision.json",
     "window_smoothing.json",
-    "eval-stream/eval_stream.json",
     "metrics.csv",
 )
 
@@ -39,14 +39,18 @@ def archive_seed(seed_dir: Path, to: Path) -> Path:
     target = to / seed_dir.parent.name / seed_dir.name
     if target.exists():
         shutil.rmtree(target)
-    (target / "eval-stream").mkdir(parents=True)
+    target.mkdir(parents=True)
     for name in FILES:
         if (seed_dir / name).is_file():
             shutil.copyfile(seed_dir / name, target / name)
-    table = seed_dir / "eval-stream" / "windows.csv"
-    if table.is_file():
-        with table.open("rb") as src, gzip.GzipFile(target / "eval-stream" / "windows.csv.gz", "wb", mtime=0) as dst:
-            shutil.copyfileobj(src, dst)
+    for stream in sorted(seed_dir.glob("eval-stream*/eval_stream.json")):  # eval-stream-later: another gate's
+        (target / stream.parent.name).mkdir(exist_ok=True)
+        shutil.copyfile(stream, target / stream.parent.name / stream.name)
+        table = stream.parent / "windows.csv"
+        if table.is_file():
+            with table.open("rb") as src, gzip.GzipFile(target / stream.parent.name / "windows.csv.gz", "wb",
+                                                        mtime=0) as dst:  # fmt: skip
+                shutil.copyfileobj(src, dst)
     return target
 
 

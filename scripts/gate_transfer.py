@@ -14,9 +14,15 @@ of fold, for the run's gate budget. Reported per variant:
 - the record-level Task 2-1 / 2-2 Score on test with the verdict rule calibrated on the validation patients
   under that gate (offline, AQS reasons applied as the daemon applies them).
 
+With `--budgets`, the as-trained head's threshold is also fitted to each budget given (what `fit-gate --budget`
+would give). With `--later FRACTION`, the gate is also fitted without the latest FRACTION of the training patients
+by recording order, and without five random groups of as many, and the share of the held-out patients' good
+windows refused is given per budget (does refusal drift with time?); then the budget training chooses since that
+check (lowered until the latest fifth keep to 5 % in 97.5 % of resamples of them) is judged like the others.
+
 Nothing here looks at the test set to choose anything: it only says how each choice made on the training
 recordings carries over. Writes RUN/gate_transfer.json and prints a line per variant.
-Usage: python scripts/gate_transfer.py RUN [RUN ...]
+Usage: python scripts/gate_transfer.py RUN [RUN ...] [--budgets 0.01 0.02 ...] [--later 0.2]
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -87,7 +93,34 @@ def _by_recording(part: dict[str, Any], gated_on: np.ndarray, refused: np.ndarra
     return windows, poor
 
 
-def transfer(run: Path) -> dict[str, Any]:
+def _judged(threshold: float, run: dict[str, Any], gated: dict[str, np.ndarray], oof_gated: np.ndarray,
+            synthetic_p: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """The whole gate at `threshold` (one head's pooled estimates `gated`, out of fold `oof_gated`): refusals
+    per part and the verdicts that follow. `run` holds what every head of the run shares."""
+    from training.metrics import patient_interval
+    from training.verdicts import calibrate, score
+
+    train, test, refused, good = run["train"], run["test"], run["refused"], run["good"]
+    refusal = {part: (gated[part] >= threshold) | refused[part] for part in gated}
+    windows, poor = _by_recording(train, gated["train"], refused["train"], run["validation_ids"])
+    rule, _ = calibrate(windows, run["truth"], "validation patients", poor, threshold, patients=run["patient_of"])
+    windows, poor = _by_recording(test, gated["test"], refused["test"], None)
+    verdict = score(rule, windows, run["truth"], poor, threshold)
+    out_of_fold = ((oof_gated >= threshold) | refused["train"])[good]
+    poor_refused = float(np.mean(refusal["test"][test["poor"]])) if test["poor"].any() else None
+    return {
+        "threshold": threshold,
+        "good_windows_refused_out_of_fold": float(np.mean(out_of_fold)),
+        "good_windows_refused_out_of_fold_patients_95": patient_interval(out_of_fold, run["good_patients"]),
+        "good_windows_refused_validation": float(np.mean(refusal["train"][good & run["in_validation"]])),
+        "good_windows_refused_test": float(np.mean(refusal["test"][~test["poor"]])),
+        "poor_windows_refused_test": poor_refused,
+        "synthetic_windows_caught": float(np.mean(synthetic_p >= threshold)),
+        "test_task_2_1": verdict["task_2_1"].score, "test_task_2_2": verdict["task_2_2"].score,
+    }  # fmt: skip
+
+
+def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict[str, Any]:
     from training.dataset import Geometry
     from training.engine import geometry_of, load_trained
     from training.quality_model import (
@@ -101,7 +134,6 @@ def transfer(run: Path) -> dict[str, Any]:
         probability,
         quiet_level,
     )
-    from training.verdicts import calibrate, score
 
     payload, model, config, splits = load_trained(run / "best.pt", progress=False)
     estimate = payload.get("quality_estimate")
@@ -124,7 +156,13 @@ def transfer(run: Path) -> dict[str, Any]:
     in_validation = np.array([rec in validation_ids for rec in train["ids"]])
     truth = {r.id: r.record_label for p in ("validation", "test") for r in splits.recordings[p] if r.record_label}
     patients = np.array([e.patient for e in train["prepared"].examples] + list(synthetic_patients))
-    result: dict[str, Any] = {"run": str(run), "budget": budget, "trained_threshold": estimate["threshold"]}
+    good_patients = patients[: len(train["x"])][good]
+    shared = {"train": train, "test": test, "refused": refused, "good": good, "good_patients": good_patients,
+              "in_validation": in_validation, "validation_ids": validation_ids, "truth": truth,
+              "patient_of": patient_of}  # fmt: skip
+    asked = estimate["figures"].get("budget_asked", budget)  # checkpoints from before the later patients' check
+    result: dict[str, Any] = {"run": str(run), "budget": budget, "budget_asked": asked,
+                              "trained_threshold": estimate["threshold"]}  # fmt: skip
     for name, (l2, synthetic) in VARIANTS.items():
         n = len(train["x"]) + (len(x_synthetic) if synthetic else 0)
         x = np.vstack([train["x"], x_synthetic])[:n]
@@ -132,7 +170,6 @@ def transfer(run: Path) -> dict[str, Any]:
         everything = out_of_fold_p_poor(x, y, patients[:n], train["recordings"], l2=l2)
         oof = everything[: len(train["x"])]
         oof_gated = pooled_as_gated(oof, train["ids"], refused["train"], smoothing)
-        threshold = budget_threshold(oof_gated[good], refused["train"][good], budget)
         weight, bias = fit_logistic(x, y, l2=l2)
         # Synthetic windows never seen by the head that scores them: out of fold, or all of them when left out.
         synthetic_p = everything[len(train["x"]) :] if synthetic else probability(x_synthetic, weight, bias)
@@ -140,31 +177,72 @@ def transfer(run: Path) -> dict[str, Any]:
                                           smoothing),
                  "test": pooled_as_gated(probability(test["x"], weight, bias), test["ids"], refused["test"],
                                          smoothing)}  # fmt: skip
-        refusal = {part: (gated[part] >= threshold) | refused[part] for part in gated}
-        windows, poor = _by_recording(train, gated["train"], refused["train"], validation_ids)
-        rule, _ = calibrate(windows, truth, "validation patients", poor, threshold, patients=patient_of)
-        windows, poor = _by_recording(test, gated["test"], refused["test"], None)
-        verdict = score(rule, windows, truth, poor, threshold)
         result[name] = {
-            "l2": l2, "synthetic": synthetic, "threshold": threshold,
+            "l2": l2, "synthetic": synthetic,
             "cv_record_auroc": _record_auroc(oof, train),
             "test_record_auroc": _record_auroc(probability(test["x"], weight, bias), test),
-            "good_windows_refused_out_of_fold": float(np.mean(((oof_gated >= threshold) | refused["train"])[good])),
-            "good_windows_refused_validation": float(np.mean(refusal["train"][good & in_validation])),
-            "good_windows_refused_test": float(np.mean(refusal["test"][~test["poor"]])),
-            "poor_windows_refused_test": float(np.mean(refusal["test"][test["poor"]])) if test["poor"].any() else None,
-            "synthetic_windows_caught": float(np.mean(synthetic_p >= threshold)),
-            "test_task_2_1": verdict["task_2_1"].score, "test_task_2_2": verdict["task_2_2"].score,
+            **_judged(budget_threshold(oof_gated[good], refused["train"][good], budget), shared, gated, oof_gated,
+                      synthetic_p),
         }  # fmt: skip
+        if name == next(iter(VARIANTS)):
+            as_trained = (gated, oof_gated, synthetic_p)
+        if sweep and name == next(iter(VARIANTS)):
+            result["budget sweep"] = {}
+            for b in sweep:
+                threshold = budget_threshold(oof_gated[good], refused["train"][good], b)
+                result["budget sweep"][f"{b:g}"] = {"budget": b, **_judged(threshold, shared, gated, oof_gated,
+                                                                           synthetic_p)}  # fmt: skip
+    if later:
+        held_out = _held_out(train, x_synthetic, synthetic_patients, smoothing, sorted({*sweep, asked}), later)
+        # The budget training now chooses (`fit_quality_estimate`): lowered until the latest patients keep to 5 %.
+        lowered = min(asked, held_out["budget_for_later"])
+        threshold = budget_threshold(as_trained[1][good], refused["train"][good], lowered)
+        result["held-out patients"] = held_out
+        result["budget lowered for the later patients"] = {"budget": lowered,
+                                                           **_judged(threshold, shared, *as_trained)}  # fmt: skip
     return result
+
+
+def _held_out(train: dict[str, Any], x_synthetic: np.ndarray, synthetic_patients: list[str], smoothing: int,
+              budgets: Sequence[float], fraction: float, draws: int = 5) -> dict[str, Any]:  # fmt: skip
+    """The as-trained gate fitted without the latest `fraction` of the training patients, and without `draws`
+    random groups of as many: the share of the held-out patients' good windows refused at each budget."""
+    from training.quality_model import LATER_BUDGET, held_out_gate, later_patients
+
+    held = later_patients(train["recordings"], fraction)
+    if held is None:
+        raise SystemExit("--later: the recordings' order is unknown (SPRSound's recording numbers give it)")
+    x = np.vstack([train["x"], x_synthetic])
+    y = np.concatenate([train["poor"], np.ones(len(x_synthetic))]).astype(float)
+    patients = np.array([e.patient for e in train["prepared"].examples] + list(synthetic_patients))
+    rng = np.random.default_rng(0)
+    everyone = sorted({r.patient for r in train["recordings"]})
+    groups = [held] + [set(rng.choice(everyone, len(held), replace=False)) for _ in range(draws)]
+    shares, budget_for_later = [], float("nan")
+    for group in groups:
+        gate = held_out_gate(x, y, patients, train["recordings"], train["ids"], train["reports"], group, smoothing)
+        if gate is None:
+            raise SystemExit("--later: a held-out group has no good window")
+        shares.append({f"{b:g}": gate.refused_share(b) for b in budgets})
+        if group is held:
+            budget_for_later = gate.budget_for(LATER_BUDGET)
+    return {"fraction": fraction, "patients": len(held), "later": shares[0], "random": shares[1:],
+            "budget_for_later": budget_for_later, "budget_for_later_quantile": 0.975}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--budgets", type=float, nargs="*", default=[],
+                        help="also fit the as-trained head's threshold to each of these budgets (shares, e.g. "
+                             "0.01 0.02) and judge each: what another `fit-gate --budget` would give")  # fmt: skip
+    later = ("also fit the gate without the latest FRACTION of the training patients (by recording "
+             "number) and give the share of their good windows refused per budget, beside five random groups of as "
+             "many patients: does refusal drift with time?")  # fmt: skip
+    parser.add_argument("--later", type=float, default=0.0, metavar="FRACTION", help=later)
     args = parser.parse_args()
     for run in args.runs:
-        r = transfer(run)
+        r = transfer(run, args.budgets, args.later)
         (run / "gate_transfer.json").write_text(json.dumps(r, indent=1))
         print(f"{run}: budget {100 * r['budget']:.1f} %, trained threshold {r['trained_threshold']:.4f}")
         for name in VARIANTS:
@@ -177,6 +255,27 @@ def main() -> None:
                   f" %; poor windows refused on test {poor} %; synthetic windows caught "
                   f"{100 * v['synthetic_windows_caught']:.1f} %; test Task 2-1 {100 * v['test_task_2_1']:.2f}, "
                   f"2-2 {100 * v['test_task_2_2']:.2f}")  # fmt: skip
+        for v in r.get("budget sweep", {}).values():
+            low, high = (100 * e for e in v["good_windows_refused_out_of_fold_patients_95"])
+            print(f"  budget {100 * v['budget']:.1f} %: good windows refused out of fold "
+                  f"{100 * v['good_windows_refused_out_of_fold']:.2f} % (patients 95 % {low:.2f}-{high:.2f}), "
+                  f"validation {100 * v['good_windows_refused_validation']:.2f} %, test "
+                  f"{100 * v['good_windows_refused_test']:.2f} %; poor windows refused on test "
+                  f"{100 * (v['poor_windows_refused_test'] or 0):.1f} %; test Task 2-1 {100 * v['test_task_2_1']:.2f}, "
+                  f"2-2 {100 * v['test_task_2_2']:.2f}")  # fmt: skip
+        if "held-out patients" in r:
+            h = r["held-out patients"]
+            for b, share in h["later"].items():
+                randoms = ", ".join(f"{100 * d[b]:.2f}" for d in h["random"])
+                print(f"  budget {100 * float(b):.1f} %, fitted without {h['patients']} patients: their good windows "
+                      f"refused {100 * share:.2f} % (the latest), {randoms} % (random groups)")  # fmt: skip
+            v = r["budget lowered for the later patients"]
+            print(f"  budget lowered for the later patients to {100 * v['budget']:.2f} %: good windows refused out of "
+                  f"fold {100 * v['good_windows_refused_out_of_fold']:.2f} %, validation "
+                  f"{100 * v['good_windows_refused_validation']:.2f} %, test {100 * v['good_windows_refused_test']:.2f}"
+                  f" %; poor windows refused on test {100 * (v['poor_windows_refused_test'] or 0):.1f} %; synthetic "
+                  f"windows caught {100 * v['synthetic_windows_caught']:.1f} %; test Task 2-1 "
+                  f"{100 * v['test_task_2_1']:.2f}, 2-2 {100 * v['test_task_2_2']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -94,16 +94,32 @@ EVENT_MIX_FIGURES = (
 )
 """The rows of RESULTS-event-mix.md the README quotes."""
 
+GATE_FIGURES = (
+    "deployed, % of windows of records not labelled poor that the gate refuses",
+    "deployed, % of windows of Poor Quality records that the gate refuses",
+    "deployed, record level, Task 2-1 Score",
+    "deployed, record level, Task 2-2 Score",
+    "deployed, record level, % of normal records called Poor Quality",
+    "gate fitted without the latest fifth of the training patients (recording order), % of their good windows"
+    " refused at the trained budget",
+    "the same, without a random fifth of the patients (mean of five)",
+    "budget lowered until the latest fifth keep to 5 %: % of good training windows refused out of fold",
+)
+"""The rows of GATE.md the README quotes; the first five also paired (the others come from the same training
+recordings in both groups)."""
 
-def headline_block(results: str, source: str, figures: tuple[str, ...]) -> str:
-    """A results file's table rows whose figure is one of `figures`, with its headings and its
-    window-minus-cycle line, below where they come from."""
+
+def headline_block(results: str, source: str, figures: tuple[str, ...], paired: tuple[str, ...] | None = None) -> str:
+    """A results file's table rows whose figure is one of `figures` (in the paired per-seed tables, one of
+    `paired` where given), with its headings and its window-minus-cycle line, below where they come from."""
     command = re.search(r"- command: `(.+)`", results)
     body = results.split("\n\n", 2)[-1] if results.count("\n\n") >= 2 else results
     lines = [f"From [{source}]({source}) (`{command.group(1) if command else source}`):", ""]
+    in_pairs = False
     for line in body.splitlines():
+        in_pairs = in_pairs or line.startswith("Paired per-seed")
         if line.startswith("| ") and not line.startswith(("| figure |", "| --- |")):
-            if line[2:].split(" | ")[0] not in figures:
+            if line[2:].split(" | ")[0] not in (paired if in_pairs and paired is not None else figures):
                 continue
         elif line.startswith(("- command:", "Balanced minus", "Least Poor Quality", "Seed ensemble")):
             continue
@@ -119,6 +135,8 @@ def blocks() -> dict[str, str]:
         out["results-event-mix"] = headline_block(
             (REPO / "RESULTS-event-mix.md").read_text(), "RESULTS-event-mix.md", EVENT_MIX_FIGURES
         )
+    if (REPO / "GATE.md").exists():
+        out["gate"] = headline_block((REPO / "GATE.md").read_text(), "GATE.md", GATE_FIGURES, GATE_FIGURES[:5])
     return out
 
 

@@ -35,6 +35,8 @@ from qlung_edge import CLASS_NAMES
 AS_TRAINED = "as trained (L2 1, with synthetic degradations)"
 WITHOUT_SYNTHETIC = "without synthetic degradations"
 """Variants of `scripts/gate_transfer.py` (its VARIANTS) that RESULTS.md quotes."""
+LOWERED = "budget lowered for the later patients"
+"""`scripts/gate_transfer.py --later`: the as-trained head at the budget training chooses since the drift check."""
 BEST_SHARE = "balanced, best share"
 """`scripts/verdict_transfer.py`'s rule with the Poor Quality share that scores best on validation."""
 
@@ -151,6 +153,35 @@ ROWS = [
         (AS_TRAINED, "good_windows_refused_test"),
     ),
     (
+        "gate fitted without the latest fifth of the training patients (recording order), % of their good windows"
+        " refused at the trained budget",
+        "drift",
+        ("later",),
+    ),
+    ("the same, without a random fifth of the patients (mean of five)", "drift", ("random",)),
+    (
+        "learned gate as trained, % of Poor Quality records' windows refused, test patients (offline)",
+        "gate",
+        (AS_TRAINED, "poor_windows_refused_test"),
+    ),
+    ("learned gate as trained, record level, Task 2-1 Score (offline)", "gate", (AS_TRAINED, "test_task_2_1")),
+    (
+        "budget lowered until the latest fifth keep to 5 %: % of good training windows refused out of fold",
+        "gate",
+        (LOWERED, "budget"),
+    ),
+    (
+        "the same gate, % of good records' windows refused, test patients (offline)",
+        "gate",
+        (LOWERED, "good_windows_refused_test"),
+    ),
+    (
+        "the same gate, % of Poor Quality records' windows refused, test patients (offline)",
+        "gate",
+        (LOWERED, "poor_windows_refused_test"),
+    ),
+    ("the same gate, record level, Task 2-1 Score (offline)", "gate", (LOWERED, "test_task_2_1")),
+    (
         "quality head without synthetic degradations, % of good records' windows refused, test patients (offline)",
         "gate",
         (WITHOUT_SYNTHETIC, "good_windows_refused_test"),
@@ -191,6 +222,16 @@ def _has(data: dict[str, Any] | None, path: tuple[str, ...]) -> bool:
             return False
         data = data[key]
     return data is not None
+
+
+def drift(gate: dict[str, Any] | None) -> dict[str, float] | None:
+    """What a gate fitted without the latest fifth of the training patients refuses of their good windows at the
+    trained budget, beside the mean over random fifths (`scripts/gate_transfer.py --later`)."""
+    held_out = (gate or {}).get("held-out patients")
+    if not held_out:
+        return None
+    key = f"{gate.get('budget_asked', gate['budget']):g}"  # type: ignore[union-attr]
+    return {"later": held_out["later"][key], "random": float(np.mean([r[key] for r in held_out["random"]]))}
 
 
 def derived(stream: dict[str, Any] | None) -> dict[str, float] | None:
@@ -273,6 +314,8 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
     for seed_dir in sorted(finished, key=lambda p: int(p.name[4:])):
         summary = json.loads((seed_dir / "summary.json").read_text())
         stream_file = seed_dir / stream_dir / "eval_stream.json"
+        if stream_dir != "eval-stream" and not stream_file.exists():
+            continue  # a seed not streamed under this other gate (yet)
         stream = json.loads(stream_file.read_text()) if stream_file.exists() else None
         transfer_file = seed_dir / "verdict_transfer.json"
         transfer = json.loads(transfer_file.read_text()) if transfer_file.exists() else None
@@ -282,9 +325,10 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         smoothing = json.loads(smoothing_file.read_text()) if smoothing_file.exists() else None
         table = windows_table(seed_dir / stream_dir)  # read once: the risk and recall rows both need it
         rows = None if table is None else scored_rows(table)
-        seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "transfer": transfer,
-                      "gate": gate, "smoothing": smoothing, "risk": None if rows is None else risk(rows),
-                      "derived": derived(stream), "epochs": epoch_log(seed_dir / "metrics.csv"),
+        seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "stream_dir": stream_dir,
+                      "transfer": transfer, "gate": gate, "smoothing": smoothing,
+                      "risk": None if rows is None else risk(rows),
+                      "derived": derived(stream), "drift": drift(gate), "epochs": epoch_log(seed_dir / "metrics.csv"),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip
     if not seeds:
         raise SystemExit(f"{folder}: no seed*/summary.json")
@@ -329,6 +373,7 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str,
         lines.append(
             f"- {name}: recipe `{first['name']}`, unit {first.get('unit')}, seeds {[s['seed'] for s in seeds]},"
             f" window {stream.get('window_seconds', '?')} s, hop {stream.get('hop_seconds', '?')} s"
+            + ("" if seeds[0]["stream_dir"] == "eval-stream" else f", streamed results from {seeds[0]['stream_dir']}/")
         )
     lines += ["", "| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
     for label, source, path in ROWS:
@@ -388,7 +433,13 @@ def render(groups: dict[str, list[dict[str, Any]]], command: str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--group", action="append", required=True, help="NAME=FOLDER (repeat)")
+    parser.add_argument(
+        "--group",
+        action="append",
+        required=True,
+        help="NAME=FOLDER (repeat); NAME=FOLDER:STREAM reads each seed's STREAM folder instead of --stream-dir "
+        "(the same seeds under another gate)",
+    )
     parser.add_argument(
         "--pair",
         action="append",
@@ -404,10 +455,11 @@ def main() -> int:
     groups, ensembles = {}, {}
     for item in args.group:
         name, _, folder = item.partition("=")
+        folder, _, stream_dir = folder.partition(":")
         if args.skip_empty and not list(Path(folder).glob("seed*/summary.json")):
             print(f"{name}: no finished seed in {folder} yet, left out", file=sys.stderr)
             continue
-        groups[name] = load_group(Path(folder), args.stream_dir)
+        groups[name] = load_group(Path(folder), stream_dir or args.stream_dir)
         if (Path(folder) / "seed_ensemble.json").is_file():
             ensembles[name] = json.loads((Path(folder) / "seed_ensemble.json").read_text())
     split = [p.partition(",") for p in args.pair]

@@ -17,6 +17,6 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$bundle/manifest.json" ] || $q export "$run/best.pt" --out "$bundle" --force --check-audio "$data/test_wav"
 [ -f "$run/eval-stream/eval_stream.json" ] || $q eval-stream "$bundle" --data "$data" --out "$run/eval-stream"
 [ -f "$run/verdict_transfer.json" ] || .venv/bin/python scripts/verdict_transfer.py "$run"
-[ -f "$run/gate_transfer.json" ] || .venv/bin/python scripts/gate_transfer.py "$run"
+[ -f "$run/gate_transfer.json" ] || .venv/bin/python scripts/gate_transfer.py "$run" --later 0.2
 [ -f "$run/window_decision.json" ] || .venv/bin/python scripts/window_decision_transfer.py "$run"
 [ -f "$run/window_smoothing.json" ] || .venv/bin/python scripts/window_smoothing.py "$run"

@@ -212,3 +212,74 @@ def test_a_bundle_without_an_estimate_runs_on_the_aqs_gate_and_says_so(bundle: P
     daemon = Daemon(DaemonConfig(bundle=bundle, source=f"file:{wav}", sinks=[]), sinks=[CollectSink()])
     assert daemon.quality_threshold is None
     assert daemon.health()["quality_estimate"].startswith("AQS-only gate")
+
+
+def _drifting_recordings(later_shift: float, seed: int = 6) -> dict[str, Any]:
+    """30 patients recorded one after another, 2 recordings of 12 windows each, one recording in six poor; the
+    embedding's second axis drifts by `later_shift` (towards "poor") for the last 6 patients."""
+    from types import SimpleNamespace
+
+    from training.records import Recording
+
+    rng = np.random.default_rng(seed)
+    recordings, ids, patients, x, y, reports = [], [], [], [], [], []
+    for p in range(30):
+        for k in range(2):
+            rec_id, poor = f"{p}_{k}", rng.random() < 1 / 6
+            label = "Poor Quality" if poor else "Normal"
+            recordings.append(Recording(id=rec_id, dataset="sprsound", patient=f"p{p}", device="d", location="p1",
+                                        annotation_path=Path(rec_id), record_label=label,
+                                        extra={"order": str(100 * p + k)}))  # fmt: skip
+            for _ in range(12):
+                ids.append(rec_id), patients.append(f"p{p}"), y.append(float(poor))
+                shift = later_shift if p >= 24 else 0.0
+                x.append([rng.normal(2.0 * poor, 1.0), rng.normal(shift + 1.5 * poor, 1.0)])
+                reports.append(SimpleNamespace(rms_dbfs=float(rng.normal(-30, 3)), reasons=()))
+    return {"recordings": recordings, "ids": ids, "patients": np.array(patients), "x": np.array(x),
+            "y": np.array(y), "reports": reports}  # fmt: skip
+
+
+def test_the_latest_patients_by_recording_order() -> None:
+    from training.quality_model import later_patients
+
+    data = _drifting_recordings(0.0)
+    assert later_patients(data["recordings"], 0.2) == {f"p{p}" for p in range(24, 30)}
+    assert later_patients(data["recordings"], 0.01) == {"p29"}, "at least one patient"
+    # A patient's place is that of their first recording, whatever order the list is in.
+    shuffled = list(reversed(data["recordings"]))
+    shuffled[0] = dataclasses.replace(shuffled[0], extra={"order": "5"})  # p29's second recording, made early
+    assert later_patients(shuffled, 1 / 30) == {"p28"}
+    unknown = [*data["recordings"][:-1], dataclasses.replace(data["recordings"][-1], extra={})]
+    assert later_patients(unknown) is None, "one recording without an order: nothing says who came later"
+
+
+def test_a_gate_fitted_without_drifted_patients_refuses_more_of_them_and_the_budget_is_lowered() -> None:
+    from training.quality_model import held_out_gate
+
+    def gate(shift: float, held: set[str]) -> Any:
+        d = _drifting_recordings(shift)
+        return held_out_gate(d["x"], d["y"], d["patients"], d["recordings"], d["ids"], d["reports"], held, 1)
+
+    later = {f"p{p}" for p in range(24, 30)}
+    steady, drifted = gate(0.0, later), gate(1.5, later)
+    budgets = [0.02, 0.05, 0.1, 0.2]
+    for g in (steady, drifted):
+        shares = [g.refused_share(b) for b in budgets]
+        assert shares == sorted(shares), "a larger budget never refuses less"
+        # Brute force over every threshold: the budget chosen is the fitted share at the lowest threshold whose
+        # refused share stays within 10 % in 97.5 % of resamples of the held-out patients.
+        for target in (0.1, 0.2):
+            passing = [
+                t for t in np.append(np.unique(g.held_gated), 1.5)
+                if np.quantile(patient_shares((g.held_gated >= t) | g.held_refused, g.held_patients), 0.975) <= target
+            ]  # fmt: skip
+            lowest = min(passing)
+            assert g.budget_for(target) == np.mean((g.fitted_gated >= lowest) | g.fitted_refused)
+            # A group like the held-out one, not only its average: below the target on the whole group.
+            assert np.mean((g.held_gated >= lowest) | g.held_refused) < target
+    assert drifted.refused_share(0.05) > 2 * steady.refused_share(0.05) > 0
+    assert drifted.budget_for(0.2) < 0.5 * steady.budget_for(0.2)
+    # Independent check of one share: the held-out good windows at or above the threshold the budget gives.
+    threshold = budget_threshold(drifted.fitted_gated, drifted.fitted_refused, 0.05)
+    assert drifted.refused_share(0.05) == np.mean(drifted.held_gated >= threshold)
+    assert gate(0.0, {f"p{p}" for p in range(30)}) is None, "nothing left to fit on"

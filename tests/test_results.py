@@ -35,3 +35,19 @@ def test_epochs_whose_validation_went_all_one_way_are_counted_from_the_epoch_log
     kept = Path(__file__).resolve().parents[1] / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time"
     seeds = {s["seed"]: s for s in results.load_group(kept)}
     assert seeds[1]["epochs"] == {"all_abnormal": 7 / 19, "all_normal": 2 / 19}  # 3, 5-8, 10, 16; 2, 4
+
+
+def test_the_drift_rows_read_the_later_and_random_fifths_at_the_trained_budget() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import results
+
+    held_out = {
+        "later": {"0.02": 0.05, "0.03": 0.07},
+        "random": [{"0.02": 0.01, "0.03": 0.02}, {"0.02": 0.0, "0.03": 0.04}],
+    }
+    assert results.drift({"budget": 0.03, "held-out patients": held_out}) == {"later": 0.07, "random": 0.03}
+    # A checkpoint trained with the lowered budget is read at the budget it asked for.
+    assert results.drift({"budget": 0.019, "budget_asked": 0.02, "held-out patients": held_out}) == {
+        "later": 0.05, "random": 0.005,
+    }  # fmt: skip
+    assert results.drift({"budget": 0.03}) is None and results.drift(None) is None

@@ -340,7 +340,12 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert result.exit_code == 0, result.output
     assert "good windows refused" in result.output
     again = load_checkpoint(refit)
-    assert again["quality_estimate"]["figures"]["budget"] == 0.1
+    # The synthetic SPRSound recordings are numbered in order: the budget is lowered for the latest patients.
+    refit_figures = again["quality_estimate"]["figures"]
+    later = refit_figures["later"]
+    assert refit_figures["budget_asked"] == 0.1 and later["patients"] >= 1 and later["later_budget"] == 0.05
+    assert refit_figures["budget"] == min(0.1, later["budget_for_later"]) > 0
+    assert f"budget {100 * refit_figures['budget']:.2f} %" in result.output
     assert "verdict rule calibrated again" in result.output and "test_records" in again["metrics"]
     assert VerdictRule(**again["verdict"]).calibrated_on == rule.calibrated_on
     assert again["quality_estimate"]["figures"]["good_windows_refused"] <= 0.1 + 1e-9
@@ -350,9 +355,11 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
             assert torch.equal(value, before[name]), name
     # Only the real Poor Quality records as positives: no synthetic window is made, the budget still holds.
     real_only = tmp_path / "real-only.pt"
-    arguments = ["fit-gate", str(tmp_path / "run" / "best.pt"), "--out", str(real_only), "--synthetic-windows", "0"]
+    arguments = ["fit-gate", str(tmp_path / "run" / "best.pt"), "--out", str(real_only), "--synthetic-windows", "0",
+                 "--later-budget", "0"]  # fmt: skip
     assert CliRunner().invoke(cli, arguments).exit_code == 0
     figures = load_checkpoint(real_only)["quality_estimate"]["figures"]
+    assert figures["later"] is None and figures["budget"] == figures["budget_asked"] == 0.03, "budget as given"
     assert figures["synthetic_windows"] == 0 and figures["synthetic_windows_caught"] is None
     assert figures["synthetic_kinds"] == {} and figures["good_windows_refused"] <= figures["budget"] + 1e-9
     # The share of good windows refused comes with its spread over resamples of the training patients.

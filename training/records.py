@@ -72,6 +72,8 @@ class Recording:
     """(start, end) seconds of annotated events whose type the event mapping leaves out (SPRSound's Rhonchi and
     Stridor by default): a window overlapping one is neither trained on nor scored, since its label is unknown."""
     extra: dict[str, str] = field(default_factory=dict)
+    """Dataset-specific fields; "order" (an integer as text), where the dataset gives it, is the recording's place
+    in the order the recordings were made (SPRSound numbers its recordings so)."""
 
     def cycle(self, start: float, end: float, label: int, source: str) -> Cycle:
         return Cycle(self.id, self.patient, self.device, start, end, label, self.split, source)

@@ -146,7 +146,7 @@ def scan_sprsound(
             annotation_path=path,
             split=split,
             record_label=record,
-            extra={"age": fields["age"], "gender": "F" if fields["gender"] == "1" else "M"},
+            extra={"age": fields["age"], "gender": "F" if fields["gender"] == "1" else "M", "order": fields["number"]},
         )
         info: AudioInfo | None = None
         if with_audio:
