@@ -88,13 +88,16 @@ def _budget(estimate: dict[str, Any]) -> str:
     if "budget_asked" not in figures:  # fitted before the later patients' check: nothing more to say
         return ""
     text = f", fitted to refuse {100 * figures['budget']:.2f} % of good training windows out of fold"
-    later = figures.get("later")
-    if later and figures["budget"] < figures.get("budget_asked", figures["budget"]):
+    later = figures.get("later") or {}
+    if "budget_for_later" in later and figures["budget"] < figures["budget_asked"]:
         text += (f" (lowered from {100 * figures['budget_asked']:g} %: fitted without the latest"
                  f" {later['patients']} training patients by recording order, the gate refused"
                  f" {100 * later['refused_at_budget_asked']:.1f} % of their good windows at"
-                 f" {100 * figures['budget_asked']:g} %; at the lowered budget it refuses at most"
-                 f" {100 * later['later_budget']:g} % of theirs in 97.5 % of resamples of them)")  # fmt: skip
+                 f" {100 * figures['budget_asked']:g} %; ")  # fmt: skip
+        text += (f"at the lowered budget it refuses at most {100 * later['later_budget']:g} % of theirs in 97.5 % of"
+                 " resamples of them)" if later.get("reachable") else
+                 f"the AQS reasons alone refuse more than {100 * later['later_budget']:g} % of theirs, so the"
+                 " estimate is left refusing next to nothing)")  # fmt: skip
     return text
 
 

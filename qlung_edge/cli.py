@@ -361,12 +361,16 @@ def fit_gate(checkpoint: Path, out: Path, data_root: str | None, budget: float |
                           synthetic_windows=SYNTHETIC_WINDOWS if synthetic is None else synthetic,
                           later_budget=LATER_BUDGET if later_budget is None else (later_budget or None))  # fmt: skip
     f = estimate["figures"]
-    if f.get("later"):
-        later = f["later"]
+    later = f.get("later") or {}
+    if "skipped" in later:
+        click.echo(f"budget left at {100 * f['budget']:g} %: not checked on the latest patients ({later['skipped']})")
+    elif later:
+        target = 100 * later["later_budget"]
+        kept = (f"at most {target:g} % of theirs in 97.5 % of resamples of them" if later["reachable"] else
+                f"the AQS reasons alone refuse over {target:g} % of theirs; the estimate, almost none")  # fmt: skip
         click.echo(f"fitted without the latest {later['patients']} patients, the gate refused"
                    f" {100 * later['refused_at_budget_asked']:.2f} % of their good windows at the"
-                   f" {100 * f['budget_asked']:g} % budget; budget {100 * f['budget']:.2f} % (at most"
-                   f" {100 * later['later_budget']:g} % of theirs in 97.5 % of resamples of them)")  # fmt: skip
+                   f" {100 * f['budget_asked']:g} % budget; budget {100 * f['budget']:.2f} % ({kept})")  # fmt: skip
     if f.get("estimate_off"):
         share = 100 * f["good_windows_refused_by_aqs"]
         click.echo(f"warning: the AQS reasons alone refuse {share:.2f} % of the good training windows, more than"

@@ -15,7 +15,7 @@ for recipe in $recipes; do
         run="runs/$recipe/seed$seed"
         bundle="bundles/$recipe-seed$seed-later"
         [ -f "$run/best.pt" ] || bash scripts/sprsound-run.sh "$recipe" "$seed" "$data"
-        [ -f "$run/gate_transfer.json" ] && grep -q '"budget_for_later_quantile"' "$run/gate_transfer.json" ||
+        [ -f "$run/gate_transfer.json" ] && grep -q '"budget_for_later_upper_share"' "$run/gate_transfer.json" ||
             .venv/bin/python scripts/gate_transfer.py "$run" --budgets 0.01 0.015 0.02 0.025 0.03 0.04 0.05 --later 0.2
         [ -f "$run/best-later.pt" ] || $q fit-gate "$run/best.pt" --out "$run/best-later.pt" --data "$data"
         [ -f "$bundle/manifest.json" ] || $q export "$run/best-later.pt" --out "$bundle" --force

@@ -18,7 +18,8 @@ With `--budgets`, the as-trained head's threshold is also fitted to each budget 
 would give). With `--later FRACTION`, the gate is also fitted without the latest FRACTION of the training patients
 by recording order, and without five random groups of as many, and the share of the held-out patients' good
 windows refused is given per budget (does refusal drift with time?); then the budget training chooses since that
-check (lowered until the latest fifth keep to 5 % in 97.5 % of resamples of them) is judged like the others.
+check (the largest that keeps the latest fifth within 5 % in 97.5 % of resamples of them) is judged like
+the others.
 
 Nothing here looks at the test set to choose anything: it only says how each choice made on the training
 recordings carries over. Writes RUN/gate_transfer.json and prints a line per variant.
@@ -124,6 +125,7 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
     from training.dataset import Geometry
     from training.engine import geometry_of, load_trained
     from training.quality_model import (
+        LATER_BUDGET,
         aqs_refused,
         budget_threshold,
         degraded_windows,
@@ -193,7 +195,8 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
                 result["budget sweep"][f"{b:g}"] = {"budget": b, **_judged(threshold, shared, gated, oof_gated,
                                                                            synthetic_p)}  # fmt: skip
     if later:
-        held_out = _held_out(train, x_synthetic, synthetic_patients, smoothing, sorted({*sweep, asked}), later)
+        target = (estimate["figures"].get("later") or {}).get("later_budget", LATER_BUDGET)
+        held_out = _held_out(train, x_synthetic, synthetic_patients, smoothing, sorted({*sweep, asked}), later, target)
         # The budget training now chooses (`fit_quality_estimate`): lowered until the latest patients keep to 5 %.
         lowered = min(asked, held_out["budget_for_later"])
         threshold = budget_threshold(as_trained[1][good], refused["train"][good], lowered)
@@ -204,10 +207,10 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
 
 
 def _held_out(train: dict[str, Any], x_synthetic: np.ndarray, synthetic_patients: list[str], smoothing: int,
-              budgets: Sequence[float], fraction: float, draws: int = 5) -> dict[str, Any]:  # fmt: skip
+              budgets: Sequence[float], fraction: float, target: float, draws: int = 5) -> dict[str, Any]:  # fmt: skip
     """The as-trained gate fitted without the latest `fraction` of the training patients, and without `draws`
     random groups of as many: the share of the held-out patients' good windows refused at each budget."""
-    from training.quality_model import LATER_BUDGET, held_out_gate, later_patients
+    from training.quality_model import held_out_gate, later_patients
 
     held = later_patients(train["recordings"], fraction)
     if held is None:
@@ -218,16 +221,18 @@ def _held_out(train: dict[str, Any], x_synthetic: np.ndarray, synthetic_patients
     rng = np.random.default_rng(0)
     everyone = sorted({r.patient for r in train["recordings"]})
     groups = [held] + [set(rng.choice(everyone, len(held), replace=False)) for _ in range(draws)]
-    shares, budget_for_later = [], float("nan")
+    shares, budget_for_later, upper = [], float("nan"), float("nan")
     for group in groups:
         gate = held_out_gate(x, y, patients, train["recordings"], train["ids"], train["reports"], group, smoothing)
         if gate is None:
             raise SystemExit("--later: a held-out group has no good window")
         shares.append({f"{b:g}": gate.refused_share(b) for b in budgets})
         if group is held:
-            budget_for_later = gate.budget_for(LATER_BUDGET)
+            budget_for_later = gate.budget_for(target)
+            upper = gate.upper_share(budget_for_later)
     return {"fraction": fraction, "patients": len(held), "later": shares[0], "random": shares[1:],
-            "budget_for_later": budget_for_later, "budget_for_later_quantile": 0.975}  # fmt: skip
+            "later_budget": target, "budget_for_later": budget_for_later,
+            "budget_for_later_upper_share": upper}  # fmt: skip
 
 
 def main() -> None:

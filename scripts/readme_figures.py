@@ -101,7 +101,7 @@ GATE_FIGURES = (
     "deployed, record level, Task 2-2 Score",
     "deployed, record level, % of normal records called Poor Quality",
     "gate fitted without the latest fifth of the training patients (recording order), % of their good windows"
-    " refused at the trained budget",
+    " refused at the budget asked (3 % by default)",
     "the same, without a random fifth of the patients (mean of five)",
     "budget lowered until the latest fifth keep to 5 %: % of good training windows refused out of fold",
 )

@@ -266,20 +266,27 @@ def test_a_gate_fitted_without_drifted_patients_refuses_more_of_them_and_the_bud
     for g in (steady, drifted):
         shares = [g.refused_share(b) for b in budgets]
         assert shares == sorted(shares), "a larger budget never refuses less"
-        # Brute force over every threshold: the budget chosen is the fitted share at the lowest threshold whose
-        # refused share stays within 10 % in 97.5 % of resamples of the held-out patients.
+        # Brute force over every count of windows the estimate may refuse: the budget chosen is the largest
+        # whose refused share stays within the target in 97.5 % of resamples of the held-out patients.
+        windows, refused = len(g.fitted_gated), int(g.fitted_refused.sum())
         for target in (0.1, 0.2):
             passing = [
-                t for t in np.append(np.unique(g.held_gated), 1.5)
-                if np.quantile(patient_shares((g.held_gated >= t) | g.held_refused, g.held_patients), 0.975) <= target
+                k for k in range(int((~g.fitted_refused).sum()) + 1)
+                if np.quantile(patient_shares(g.held_refusals((refused + k + 0.5) / windows), g.held_patients),
+                               0.975) <= target
             ]  # fmt: skip
-            lowest = min(passing)
-            assert g.budget_for(target) == np.mean((g.fitted_gated >= lowest) | g.fitted_refused)
-            # A group like the held-out one, not only its average: below the target on the whole group.
-            assert np.mean((g.held_gated >= lowest) | g.held_refused) < target
+            chosen = g.budget_for(target)
+            assert chosen == (refused + max(passing) + 0.5) / windows and g.upper_share(chosen) <= target
+            # That many windows refused out of fold (rounding down keeps the half window out).
+            assert np.mean(g.held_refusals(chosen)) <= target
     assert drifted.refused_share(0.05) > 2 * steady.refused_share(0.05) > 0
     assert drifted.budget_for(0.2) < 0.5 * steady.budget_for(0.2)
     # Independent check of one share: the held-out good windows at or above the threshold the budget gives.
     threshold = budget_threshold(drifted.fitted_gated, drifted.fitted_refused, 0.05)
     assert drifted.refused_share(0.05) == np.mean(drifted.held_gated >= threshold)
     assert gate(0.0, {f"p{p}" for p in range(30)}) is None, "nothing left to fit on"
+    # Out of reach (the AQS reasons alone refuse more than the target): the estimate is left refusing nothing.
+    aqs_bound = dataclasses.replace(drifted, held_refused=np.ones_like(drifted.held_refused))
+    unreachable = aqs_bound.budget_for(0.05)
+    assert aqs_bound.upper_share(unreachable) > 0.05
+    assert budget_threshold(aqs_bound.fitted_gated, aqs_bound.fitted_refused, unreachable) > 1.0

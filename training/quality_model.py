@@ -221,7 +221,7 @@ def fit_quality_estimate(
     refused_by_aqs = aqs_refused(reports, quiet_dbfs)
     gated_on = pooled_as_gated(out_of_fold[real], rec_ids, refused_by_aqs, smoothing)
     later = _later_check(x, y, patients, usable, rec_ids, reports, smoothing, folds, budget, later_budget)
-    asked, budget = budget, budget if later is None else min(budget, later["budget_for_later"])
+    asked, budget = budget, min(budget, (later or {}).get("budget_for_later", budget))
     threshold = budget_threshold(gated_on[good], refused_by_aqs[good], budget)
     refused_good = (gated_on[good] >= threshold) | refused_by_aqs[good]
     synthetic_caught = float(np.mean(out_of_fold[~real] >= threshold)) if len(x_syn) else None
@@ -261,18 +261,21 @@ def _later_check(
     reports: Sequence[Any], smoothing: int, folds: int, budget: float, later_budget: float | None,
 ) -> dict[str, Any] | None:  # fmt: skip
     """The gate fitted without the latest patients: what it refuses of their good windows at `budget`, and the
-    budget that keeps them within `later_budget`. None where the order is unknown or `later_budget` is unset."""
+    budget that keeps them within `later_budget` (`reachable` False: the AQS reasons alone refuse more, and the
+    estimate is left refusing nothing). None where the order is unknown or `later_budget` is unset; `skipped` says
+    why when it could not be checked."""
     held = later_patients(recordings) if later_budget else None
     if held is None or later_budget is None:
         return None
+    check: dict[str, Any] = {"patients": len(held), "fraction": LATER_FRACTION, "later_budget": later_budget}
     gate = held_out_gate(x, y, patients, recordings, recording_ids, reports, held, smoothing, folds)
     if gate is None:
-        return None
+        return {**check, "skipped": "the latest patients, or the others, have no window of a good record"}
     at_budget = gate.held_refusals(budget)
-    return {"patients": len(held), "fraction": LATER_FRACTION, "later_budget": later_budget,
-            "refused_at_budget_asked": float(np.mean(at_budget)),
+    lowered = gate.budget_for(later_budget)
+    return {**check, "refused_at_budget_asked": float(np.mean(at_budget)),
             "refused_at_budget_asked_patients_95": patient_interval(at_budget, gate.held_patients),
-            "budget_for_later": gate.budget_for(later_budget)}  # fmt: skip
+            "budget_for_later": lowered, "reachable": gate.upper_share(lowered) <= later_budget}  # fmt: skip
 
 
 def out_of_fold_p_poor(
@@ -325,25 +328,29 @@ class HeldOutGate:
         """The share of the held-out patients' good windows refused at the threshold fitted to `budget`."""
         return float(np.mean(self.held_refusals(budget)))
 
+    def upper_share(self, budget: float) -> float:
+        """The 97.5 % quantile, over resamples of the held-out patients (`patient_shares`), of the share of their
+        good windows refused at the threshold fitted to `budget`: what a group of new patients like them gets,
+        not only their average."""
+        return float(np.quantile(patient_shares(self.held_refusals(budget), self.held_patients), 0.975))
+
     def budget_for(self, held_budget: float) -> float:
-        """The out-of-fold budget whose threshold refuses at most `held_budget` of the held-out good windows in
-        97.5 % of resamples of the held-out patients (`patient_shares`): a group of new patients like them keeps
-        to it, not only their average."""
+        """The largest out-of-fold budget whose threshold keeps `upper_share` within `held_budget`; the AQS
+        refusals' own share (the estimate refusing nothing) when even that does not (check with `upper_share`)."""
+        windows, refused = len(self.fitted_gated), int(self.fitted_refused.sum())
 
-        def upper(threshold: float) -> float:
-            refused = (self.held_gated >= threshold) | self.held_refused
-            return float(np.quantile(patient_shares(refused, self.held_patients), 0.975))
+        def budget(k: int) -> float:  # the estimate may refuse k windows (half a window more: rounding keeps k)
+            return (refused + k + 0.5) / windows
 
-        # Raising the threshold refuses fewer windows in every resample (the same draws each time): bisect.
-        candidates = np.append(np.unique(self.held_gated[~self.held_refused]), np.nextafter(1.0, 2.0))
-        low, high = 0, len(candidates) - 1
+        # More windows allowed refuse more held-out windows in every resample (the same draws each time): bisect.
+        low, high = 0, int((~self.fitted_refused).sum())
         while low < high:
-            middle = (low + high) // 2
-            if upper(candidates[middle]) <= held_budget:
-                high = middle
+            middle = (low + high + 1) // 2
+            if self.upper_share(budget(middle)) <= held_budget:
+                low = middle
             else:
-                low = middle + 1
-        return float(np.mean((self.fitted_gated >= candidates[low]) | self.fitted_refused))
+                high = middle - 1
+        return budget(low)
 
 
 def held_out_gate(
