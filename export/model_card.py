@@ -95,7 +95,7 @@ def _budget(estimate: dict[str, Any]) -> str:
                  f" {100 * later['refused_at_budget_asked']:.1f} % of their good windows at"
                  f" {100 * figures['budget_asked']:g} %; ")  # fmt: skip
         text += (f"at the lowered budget it refuses at most {100 * later['later_budget']:g} % of theirs in 97.5 % of"
-                 " resamples of them)" if later.get("reachable") else
+                 " resamples of them)" if later.get("reachable", True) else
                  f"the AQS reasons alone refuse more than {100 * later['later_budget']:g} % of theirs, so the"
                  " estimate is left refusing next to nothing)")  # fmt: skip
     return text

@@ -275,8 +275,10 @@ def test_a_gate_fitted_without_drifted_patients_refuses_more_of_them_and_the_bud
                 if np.quantile(patient_shares(g.held_refusals((refused + k + 0.5) / windows), g.held_patients),
                                0.975) <= target
             ]  # fmt: skip
+            cut = budget_threshold(g.fitted_gated, g.fitted_refused, (refused + max(passing) + 0.5) / windows)
+            really = int(np.sum(g.fitted_gated[~g.fitted_refused] >= cut))  # ties at the cut refuse fewer
             chosen = g.budget_for(target)
-            assert chosen == (refused + max(passing) + 0.5) / windows and g.upper_share(chosen) <= target
+            assert chosen == (refused + really + 0.5) / windows and g.upper_share(chosen) <= target
             # That many windows refused out of fold (rounding down keeps the half window out).
             assert np.mean(g.held_refusals(chosen)) <= target
     assert drifted.refused_share(0.05) > 2 * steady.refused_share(0.05) > 0
@@ -290,3 +292,14 @@ def test_a_gate_fitted_without_drifted_patients_refuses_more_of_them_and_the_bud
     unreachable = aqs_bound.budget_for(0.05)
     assert aqs_bound.upper_share(unreachable) > 0.05
     assert budget_threshold(aqs_bound.fitted_gated, aqs_bound.fitted_refused, unreachable) > 1.0
+
+
+def test_a_tie_at_the_cut_lowers_the_budget_to_what_its_threshold_refuses() -> None:
+    from training.quality_model import HeldOutGate
+
+    # Allowing one refusal among [.9, .9, .5, .2] refuses none (the threshold moves above the tie); allowing two
+    # refuses the held-out .7, over the target. So the budget is that of no refusal, not of one.
+    gate = HeldOutGate(np.array([0.9, 0.9, 0.5, 0.2]), np.zeros(4, bool), np.array([0.7, 0.1, 0.1, 0.1]),
+                       np.zeros(4, bool), np.array(["a", "b", "c", "d"]))  # fmt: skip
+    assert gate.refused_share(1.5 / 4) == 0.0 and gate.upper_share(2.5 / 4) > 0.1
+    assert gate.budget_for(0.1) == 0.5 / 4
