@@ -101,6 +101,13 @@ def _budget(estimate: dict[str, Any]) -> str:
     return text
 
 
+def _source(source: dict[str, Any] | None) -> str:
+    """The commit the checkpoint was trained at, where the manifest records it."""
+    if not source:
+        return ""
+    return f" at commit {source['commit'][:12]}" + (" with uncommitted changes" if source.get("dirty") else "")
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """MODEL_CARD.md from the manifest alone (its file list and hash excepted, which include the card)."""
     model = manifest["model"]
@@ -218,7 +225,8 @@ def render_card(manifest: dict[str, Any]) -> str:
         "## Reproduce",
         "",
         "`bash scripts/ship-model.sh` (train, export, eval-stream, this card); trained with torch"
-        f" {manifest.get('versions', {}).get('torch', '?')}, exported with ONNX opset {manifest['opset']}.",
+        f" {manifest.get('versions', {}).get('torch', '?')}{_source(manifest.get('source'))}, exported with ONNX"
+        f" opset {manifest['opset']}.",
         "",
     ]
     return "\n".join(lines)

@@ -302,6 +302,7 @@ def export_bundle(
             "quality_estimate": payload.get("quality_estimate"),
             "incremental": incremental,
             "versions": _versions(),
+            "source": payload.get("source"),
         }
         if int8:
             from export.quantize import quantize_bundle_model

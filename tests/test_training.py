@@ -298,6 +298,10 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     manifest = load_bundle(bundle).manifest
     assert (manifest["window_seconds"], manifest["window_samples"], manifest["hop_seconds"]) == (4.0, 64000, 2.0)
     assert VerdictRule.from_manifest(manifest) == rule and manifest["training_unit"] == "window"
+    # The checkpoint and the bundle say which code trained them.
+    from training.checkpoint import source_revision
+
+    assert payload["source"] == manifest["source"] == source_revision()
     # The learned quality estimate is fitted on the training recordings and ships as the `poor` output.
     estimate = summary["quality_estimate"]
     assert 0.0 <= estimate["figures"]["cv_record_auroc"] <= 1.0 and estimate["figures"]["synthetic_windows"] > 0
@@ -544,3 +548,16 @@ def test_event_mixing_lays_cycles_over_the_training_batches(
     cycles = engine.examples_of(load_splits(own, progress=False).recordings["train"], engine.geometry_of(own, "cycle"))
     expected = np.clip([(c.end - c.start) / 4.0 for c in cycles], 0, 1)
     assert np.allclose(np.sort(mixer.fractions), np.sort(expected)) and expected.min() < 1
+
+
+def test_the_source_revision_is_the_checkout_s_commit_or_nothing(tmp_path: Path) -> None:
+    import subprocess
+
+    from training.checkpoint import source_revision
+
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if head.returncode == 0:
+        found = source_revision(repo)
+        assert found is not None and found["commit"] == head.stdout.strip() and isinstance(found["dirty"], bool)
+    assert source_revision(tmp_path) is None, "not a git checkout: nothing claimed"

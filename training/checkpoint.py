@@ -7,7 +7,9 @@ Training, evaluation, export, the torch backend and the tests all come through h
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,26 @@ def build_model(config: RunConfig, *, training: bool = True) -> QLungModel:
     return model
 
 
+def source_revision(folder: Path | None = None) -> dict[str, Any] | None:
+    """The git commit the code was run from and whether tracked files differed from it: without it a checkpoint
+    cannot say which code trained it (the shipped model came from a working tree that no commit reproduces). None
+    outside a git checkout or without git. Asked once per process and folder."""
+    found = _revision(str(folder or Path(__file__).resolve().parent))
+    return None if found is None else {"commit": found[0], "dirty": found[1]}
+
+
+@functools.lru_cache(maxsize=None)
+def _revision(folder: str) -> tuple[str, bool] | None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()  # fmt: skip
+
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def checkpoint_payload(
     config: RunConfig,
     weights: dict[str, torch.Tensor],
@@ -57,6 +79,7 @@ def checkpoint_payload(
         "epoch": epoch,
         "metrics": metrics,
         "selection": selection,
+        "source": source_revision(),
     }
 
 
