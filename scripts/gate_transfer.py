@@ -186,9 +186,10 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
             **_judged(budget_threshold(oof_gated[good], refused["train"][good], budget), shared, gated, oof_gated,
                       synthetic_p),
         }  # fmt: skip
-        if name == next(iter(VARIANTS)):
-            as_trained = (gated, oof_gated, synthetic_p)
-        if sweep and name == next(iter(VARIANTS)):
+        if name != next(iter(VARIANTS)):
+            continue
+        as_trained = {"x": x, "y": y, "judged": (gated, oof_gated, synthetic_p)}
+        if sweep:
             result["budget sweep"] = {}
             for b in sweep:
                 threshold = budget_threshold(oof_gated[good], refused["train"][good], b)
@@ -196,28 +197,29 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
                                                                            synthetic_p)}  # fmt: skip
     if later:
         target = (estimate["figures"].get("later") or {}).get("later_budget", LATER_BUDGET)
-        held_out = _held_out(train, x_synthetic, synthetic_patients, smoothing, sorted({*sweep, asked}), later, target)
+        held_out = _held_out(as_trained["x"], as_trained["y"], patients, train, smoothing, sorted({*sweep, asked}),
+                             later, target)  # fmt: skip
         # The budget training now chooses (`fit_quality_estimate`): lowered until the latest patients keep to 5 %.
         lowered = min(asked, held_out["budget_for_later"])
-        threshold = budget_threshold(as_trained[1][good], refused["train"][good], lowered)
+        gated, oof_gated, synthetic_p = as_trained["judged"]
+        threshold = budget_threshold(oof_gated[good], refused["train"][good], lowered)
         result["held-out patients"] = held_out
         result["budget lowered for the later patients"] = {"budget": lowered,
-                                                           **_judged(threshold, shared, *as_trained)}  # fmt: skip
+                                                           **_judged(threshold, shared, gated, oof_gated,
+                                                                     synthetic_p)}  # fmt: skip
     return result
 
 
-def _held_out(train: dict[str, Any], x_synthetic: np.ndarray, synthetic_patients: list[str], smoothing: int,
+def _held_out(x: np.ndarray, y: np.ndarray, patients: np.ndarray, train: dict[str, Any], smoothing: int,
               budgets: Sequence[float], fraction: float, target: float, draws: int = 5) -> dict[str, Any]:  # fmt: skip
-    """The as-trained gate fitted without the latest `fraction` of the training patients, and without `draws`
-    random groups of as many: the share of the held-out patients' good windows refused at each budget."""
+    """The as-trained gate (its rows `x`, `y`, `patients`: the real windows, then the synthetic ones) fitted
+    without the latest `fraction` of the training patients, and without `draws` random groups of as many: the
+    share of the held-out patients' good windows refused at each budget."""
     from training.quality_model import held_out_gate, later_patients
 
     held = later_patients(train["recordings"], fraction)
     if held is None:
         raise SystemExit("--later: the recordings' order is unknown (SPRSound's recording numbers give it)")
-    x = np.vstack([train["x"], x_synthetic])
-    y = np.concatenate([train["poor"], np.ones(len(x_synthetic))]).astype(float)
-    patients = np.array([e.patient for e in train["prepared"].examples] + list(synthetic_patients))
     rng = np.random.default_rng(0)
     everyone = sorted({r.patient for r in train["recordings"]})
     groups = [held] + [set(rng.choice(everyone, len(held), replace=False)) for _ in range(draws)]
