@@ -44,6 +44,8 @@ def evaluation_record(report: dict[str, Any], command: str) -> dict[str, Any]:
         if "task_2_2" in records
         else None,
         "quality_estimate": report.get("quality_estimate"),
+        "good_records_gated": report.get("other_records"),
+        "poor_records_gated": report.get("poor_quality_records"),
     }
     return record
 
@@ -183,6 +185,25 @@ def render_card(manifest: dict[str, Any]) -> str:
                     f"| {label} | {_pct(scores['specificity'])} | {_pct(scores['sensitivity'])} |"
                     f" {_pct(scores['score'])} |"
                 )
+        good, poor = evaluation.get("good_records_gated"), evaluation.get("poor_records_gated")
+        if good and good.get("windows"):
+            spread = good.get("gated_fraction_patients_95")
+            lines += [
+                "",
+                f"The gate refused {_pct(good['gated_fraction'])} % of the {good['windows']} windows of records not"
+                " labelled Poor Quality"
+                + (
+                    f" (95 % interval over resamples of the patients {_pct(spread[0])}-{_pct(spread[1])} %)"
+                    if spread
+                    else ""
+                )
+                + (
+                    f" and {_pct(poor['gated_fraction'])} % of the {poor['windows']} windows of Poor Quality records"
+                    if poor and poor.get("windows")
+                    else ""
+                )
+                + ".",
+            ]
         quality = evaluation.get("quality_estimate")
         if quality:
             low, high = quality["record_auroc_95"]

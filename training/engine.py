@@ -35,7 +35,14 @@ from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
 from training.augment import EventMixConfig, EventMixer
 from training.batch_norm import recalibrate_batch_norm
-from training.checkpoint import build_model, checkpoint_payload, load_checkpoint, model_from_checkpoint, save_checkpoint
+from training.checkpoint import (
+    build_model,
+    checkpoint_payload,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    source_revision,
+)
 from training.config import RunConfig
 from training.dataset import ExampleDataset, Geometry, Prepared, prepare, recording_windows
 from training.datasets import LAYOUTS, scan_folder
@@ -328,6 +335,7 @@ def train(
         torch.set_num_threads(config.train.threads)
     show = progress and process.main
     _seed(config.train.seed)
+    source_revision()  # read now, as the code is loaded: edits during a long run must not mark it dirty
     if process.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
