@@ -19,7 +19,7 @@ $q eval-stream "$out" --data "$data" --out "$run/eval-stream-shipped"
 .venv/bin/python -m export.model_card "$out" --eval-stream "$run/eval-stream-shipped/eval_stream.json" \
     --command "qlung-edge eval-stream qlung_edge/bundles/sprsound-edge --data ../shared/data/sprsound" \
     --out-of-domain "$(dirname "$data")/icbhi-sample" \
-    --model-choice "chosen on the validation patients: its recipe and the same recipe with batch-norm statistics\
+    --model-choice "its recipe and the same recipe with batch-norm statistics\
  recomputed lead the recipes of RESULTS-event-mix.md on the validation patients' mean record-level Task 2-1 Score,\
  level with each other, and the simpler one was kept. Every recipe's figures for this same test split were seen as\
  well, so the figures above may be optimistic for new patients; the model is the recipe's seed 0, not the best of\
