@@ -420,6 +420,14 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert pooled["validation"]["plain"] == pytest.approx(trained["validation"]["score"], nan_ok=True)
     (tmp_path / "run" / "window_smoothing.json").write_text(json.dumps(pooled))
+    # Rules fixed in advance: untouched, the windows score as the run scored them offline.
+    from window_rules import measure as rules
+
+    ruled = rules(tmp_path / "run")
+    assert ruled["training_class_counts"] == list(trained["class_counts_train"].values())  # normal, crackle, ...
+    for split in ("validation", "test"):
+        assert ruled[split]["plain"]["score"] == pytest.approx(trained[split]["score"], nan_ok=True)
+        assert set(ruled[split]) >= {"prior x 1", "1 s segments, most abnormal", "2 s segments, mean"}
     # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
     import results
     from seed_ensemble import ensemble

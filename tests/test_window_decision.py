@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.window_decision import decide, fit_offsets, smooth, window_score
+from training.window_decision import (
+    decide,
+    fit_offsets,
+    prior_offsets,
+    segment_starts,
+    smooth,
+    window_score,
+    with_segments,
+)
 
 
 def test_zero_offsets_are_the_argmax() -> None:
@@ -61,3 +69,32 @@ def test_smoothing_averages_neighbours_of_the_same_recording_only() -> None:
     np.testing.assert_allclose(centred[0], p[0:2].mean(0))
     np.testing.assert_allclose(centred[5], p[4:7].mean(0))
     np.testing.assert_allclose(smooth(p, recordings, before=0), p)
+
+
+def test_prior_offsets_are_logit_adjustment() -> None:
+    prior = np.array([0.8, 0.13, 0.05, 0.02])
+    offsets = prior_offsets(prior, 1.0)
+    assert offsets[0] == 0.0
+    p = np.array([[0.7, 0.1, 0.15, 0.05]])
+    adjusted = np.log(p) - np.log(prior)  # the formula, normal's term included: the argmax is the same
+    assert decide(p, offsets)[0] == adjusted.argmax() == 2
+    assert decide(p, prior_offsets(prior, 0.0))[0] == 0
+    assert np.allclose(prior_offsets(prior * 3, 0.5), 0.5 * offsets)  # counts or shares alike
+
+
+def test_segments_cover_the_window_half_a_segment_apart() -> None:
+    assert np.allclose(segment_starts(4.0, 1.0), [0, 0.5, 1, 1.5, 2, 2.5, 3])
+    assert np.allclose(segment_starts(4.0, 2.0), [0, 1, 2])
+    assert np.allclose(segment_starts(4.0, 1.5), [0, 0.75, 1.5, 2.25, 2.5])  # the last one ends with the window
+    assert np.allclose(segment_starts(4.0, 4.0), [0])
+    with pytest.raises(ValueError, match="no longer than the window"):
+        segment_starts(4.0, 5.0)
+
+
+def test_segment_rules() -> None:
+    window = np.array([[0.9, 0.1, 0.0, 0.0]])
+    segments = np.array([[[0.95, 0.05, 0.0, 0.0], [0.2, 0.0, 0.8, 0.0]]])
+    assert np.allclose(with_segments(window, segments, "most abnormal"), [[0.55, 0.05, 0.4, 0.0]])
+    assert np.allclose(with_segments(window, segments, "mean"), [[2.05 / 3, 0.15 / 3, 0.8 / 3, 0.0]])
+    with pytest.raises(ValueError, match="rule must be"):
+        with_segments(window, segments, "max")

@@ -5,7 +5,11 @@ score just below "normal". Adding an offset per class to log p before the argmax
 sensitivity, the way a decision threshold does for two classes. Whether offsets fitted on validation patients
 carry to other patients is what `scripts/window_decision_transfer.py` measures; the daemon does not apply them.
 `smooth` pools each window with its neighbours of the same recording, which see 3 of its 4 s at a 1 s hop
-(`scripts/window_smoothing.py` measures it).
+(`scripts/window_smoothing.py` measures it). Two rules fixed in advance rather than fitted, measured by
+`scripts/window_rules.py`: `prior_offsets` (logit adjustment by the training class prior, which targets the
+mean per-class recall whatever the mix of classes) and `with_segments` (short stretches of the window scored alone,
+repeat-padded as annotated cycles are, since the offline cycle level owes its sensitivity to events that fill the
+input).
 """
 
 from __future__ import annotations
@@ -81,3 +85,34 @@ def smooth(probabilities: np.ndarray, recordings: np.ndarray, before: int, after
         low, high = np.maximum(rows - before, 0), np.minimum(rows + after, len(block) - 1) + 1
         out[begin:end] = (cumulative[high] - cumulative[low]) / (high - low)[:, None]
     return out
+
+
+def prior_offsets(prior: np.ndarray | tuple[float, ...], strength: float = 1.0) -> np.ndarray:
+    """Offsets that subtract `strength` x log prior from each class's log p (logit adjustment; normal's offset
+    kept at 0, which leaves the argmax unchanged): at strength 1 the argmax of a calibrated model then maximises
+    the mean recall over classes instead of accuracy under the training mix."""
+    logs = np.log(np.asarray(prior, np.float64) / np.sum(prior))
+    return -strength * (logs - logs[0])
+
+
+def segment_starts(window_seconds: float, segment_seconds: float) -> np.ndarray:
+    """Starts (seconds into the window) of segments `segment_seconds` long, half a segment apart, the last one
+    ending with the window."""
+    if not 0 < segment_seconds <= window_seconds:
+        raise ValueError(f"a segment must be longer than 0 and no longer than the window, got {segment_seconds!r}")
+    count = int(np.floor((window_seconds - segment_seconds) / (segment_seconds / 2) + 1e-9)) + 1
+    starts = np.arange(count) * segment_seconds / 2
+    if starts[-1] + segment_seconds < window_seconds - 1e-9:
+        starts = np.append(starts, window_seconds - segment_seconds)
+    return starts
+
+
+def with_segments(window: np.ndarray, segments: np.ndarray, rule: str) -> np.ndarray:
+    """Window probabilities [N, C] combined with those of its segments [N, S, C] (class 0 normal): "mean" averages
+    the window's and all its segments'; "most abnormal" averages the window's with its least normal segment's."""
+    if rule == "mean":
+        return (window + segments.sum(axis=1)) / (1 + segments.shape[1])
+    if rule == "most abnormal":
+        worst = segments[np.arange(len(segments)), segments[:, :, 0].argmin(axis=1)]
+        return (window + worst) / 2
+    raise ValueError(f"rule must be 'mean' or 'most abnormal', got {rule!r}")
