@@ -115,6 +115,26 @@ def test_train_checkpoint_resume_eval(
     assert result["risk_coverage"][0]["coverage"] == 1.0
 
 
+def test_the_best_epoch_is_the_one_the_chosen_validation_figure_ranks_first(
+    tiny: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    import training.engine
+
+    plain = load_recipe("demo", [*tiny, "train.epochs=3"])
+    train(plain, tmp_path / "plain", progress=False)
+    rows = list(csv.DictReader((tmp_path / "plain" / "metrics.csv").open()))
+    assert [float(r["val_balanced_score"]) for r in rows]  # logged whatever the selection
+    by_score = load_checkpoint(tmp_path / "plain" / "best.pt")["epoch"]
+    wanted = 1 if by_score != 1 else 3  # an epoch the plain Score did not pick
+    figures = iter([0.9 if epoch == wanted else 0.1 for epoch in (1, 2, 3)])
+    monkeypatch.setattr(training.engine, "balanced_score", lambda matrix: next(figures))
+    config = load_recipe("demo", [*tiny, "train.epochs=3", "train.select_on=balanced score"])
+    train(config, tmp_path / "balanced", progress=False)
+    assert load_checkpoint(tmp_path / "balanced" / "best.pt")["epoch"] == wanted
+
+
 def test_seeds_report_mean_and_std(tiny: list[str], tmp_path: Path) -> None:
     config = load_recipe("demo", [*tiny, "train.epochs=1", "train.max_steps=2"])
     summary = train_seeds(config, tmp_path, [0, 1], progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from training.metrics import balanced_score, confusion_matrix
 from training.window_decision import (
     decide,
     fit_offsets,
@@ -98,3 +99,22 @@ def test_segment_rules() -> None:
     assert np.allclose(with_segments(window, segments, "mean"), [[2.05 / 3, 0.15 / 3, 0.8 / 3, 0.0]])
     with pytest.raises(ValueError, match="rule must be"):
         with_segments(window, segments, "max")
+
+
+def test_the_balanced_score_of_a_confusion_matrix_is_the_balanced_window_score() -> None:
+    rng = np.random.default_rng(3)
+    truth, predicted = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    matrix = confusion_matrix(truth, predicted)
+    assert balanced_score(matrix) == pytest.approx(window_score(truth, predicted, balanced=True))
+    # 90 crackles all found, 10 wheezes all missed: ICBHI's Se is 0.9, the balanced one 0.5.
+    matrix = np.array([[10, 0, 0, 0], [0, 90, 0, 0], [10, 0, 0, 0], [0, 0, 0, 0]])
+    assert balanced_score(matrix) == pytest.approx((1.0 + 0.5) / 2)
+    assert np.isnan(balanced_score(np.diag([5, 0, 0, 0])))
+
+
+def test_the_selection_figure_is_checked() -> None:
+    from training.config import TrainConfig
+
+    assert TrainConfig(select_on="balanced score").select_on == "balanced score"
+    with pytest.raises(ValueError, match=r"train\.select_on must be score or balanced score"):
+        TrainConfig(select_on="accuracy")

@@ -74,6 +74,9 @@ class ModelConfig:
         return from_dict(EdgeCNNConfig, {"dropout": self.dropout, **self.edge}, "model.edge")
 
 
+SELECTION_FIGURES = ("score", "balanced score")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
@@ -114,8 +117,14 @@ class TrainConfig:
     cache_features: bool = True
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""
+    select_on: str = "score"
+    """The validation figure that picks the best epoch: "score", ICBHI's (Sp + Se) / 2 with Se over all abnormal
+    examples; "balanced score", Se the mean recall of each abnormal class present, so that a class the validation
+    patients hold few of (wheezes) weighs as much as a common one (training.metrics.balanced_score)."""
 
     def __post_init__(self) -> None:
+        if self.select_on not in SELECTION_FIGURES:
+            raise ValueError(f"train.select_on must be {' or '.join(SELECTION_FIGURES)}, got {self.select_on!r}")
         if self.bn_recalibration_batches < 0:
             raise ValueError(f"train.bn_recalibration_batches must be 0 or more, got {self.bn_recalibration_batches}")
         if self.event_mix_length not in EVENT_LENGTHS:

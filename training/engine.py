@@ -47,7 +47,7 @@ from training.config import RunConfig
 from training.dataset import ExampleDataset, Geometry, Prepared, prepare, recording_windows
 from training.datasets import LAYOUTS, scan_folder
 from training.losses import QLungLoss
-from training.metrics import confusion_matrix, icbhi_scores, plot_confusion_matrix
+from training.metrics import balanced_score, confusion_matrix, icbhi_scores, plot_confusion_matrix
 from training.records import Cycle, DatasetScan, Recording
 from training.splits import patient_holdout
 from training.verdicts import all_windows, by_recording, calibrate, score
@@ -457,6 +457,7 @@ def train(
             recalibrate(evaluated, train_loader, mixer, config.train.bn_recalibration_batches, device, process,
                         amp_dtype, use_amp)  # fmt: skip
         val = cycle_metrics(splits.validation, predict(evaluated, datasets["validation"], device, 32, process))
+        val["balanced score"] = balanced_score(np.array(val["confusion"]))
         row = {
             "epoch": epoch + 1,
             "step": step,
@@ -465,11 +466,13 @@ def train(
             "val_specificity": val["specificity"],
             "val_sensitivity": val["sensitivity"],
             "val_score": val["score"],
+            "val_balanced_score": val["balanced score"],
             "examples_per_second": seen / elapsed,
         }
         history.append(row)
         # A validation part without abnormal examples has no Score (NaN): the first epoch is kept then.
-        current = val["score"] if math.isfinite(val["score"]) else -math.inf
+        selected = val[config.train.select_on]
+        current = selected if math.isfinite(selected) else -math.inf
         improved = current > best or (epoch == start_epoch and not best_path.exists())
         best = max(best, current)
         if process.main:

@@ -69,6 +69,16 @@ def icbhi_scores(matrix: np.ndarray, classes: Sequence[str] = CLASS_NAMES) -> Ic
     return IcbhiScores(sp, se, (sp + se) / 2, se2, (sp + se2) / 2, recall, int(m.sum()))
 
 
+def balanced_score(matrix: np.ndarray) -> float:
+    """(Sp + Se) / 2 with Se the mean recall of the abnormal classes present (class 0 normal): the ICBHI Score's
+    sensitivity counts every abnormal example alike, so whichever class is common decides it."""
+    m = np.asarray(matrix, dtype=np.float64)
+    present = [k for k in range(1, len(m)) if m[k].sum()]
+    if not m[0].sum() or not present:
+        return float("nan")
+    return (m[0, 0] / m[0].sum() + float(np.mean([m[k, k] / m[k].sum() for k in present]))) / 2
+
+
 def auroc(scores: Sequence[float] | np.ndarray, positives: Sequence[bool] | np.ndarray) -> float:
     """Area under the ROC curve: the chance a random positive scores above a random negative (ties count half)."""
     scores = np.asarray(scores, dtype=np.float64)
