@@ -9,6 +9,7 @@ that seed), and optionally `seed<k>/verdict_transfer.json` (from `scripts/verdic
 judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer.json` (from
 `scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients),
 `seed<k>/window_smoothing.json` (from `scripts/window_smoothing.py`: windows pooled with their neighbours),
+`seed<k>/window_rules.json` (from `scripts/window_rules.py`: window decision rules fixed in advance),
 `seed<k>/metrics.csv` (the training's epoch log) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
 the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
@@ -40,6 +41,13 @@ LOWERED = "budget lowered for the later patients"
 BEST_SHARE = "balanced, best share"
 """`scripts/verdict_transfer.py`'s rule with the Poor Quality share that scores best on validation."""
 
+WINDOW_RULES = {
+    "prior x 1": "log p minus log of the training class shares",
+    "1 s segments, mean": "averaged with its 1 s stretches scored as cycles",
+    "1 s segments, most abnormal": "averaged with its least normal 1 s stretch scored as a cycle",
+}
+"""`scripts/window_rules.py`'s rules that RESULTS.md quotes."""
+
 ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
     ("offline, window level", "summary", ("test", "score")),
@@ -58,6 +66,11 @@ ROWS = [
     *(
         (f"deployed, window level, recall of accepted {name} windows", "windows", ("recall", name))
         for name in CLASS_NAMES
+    ),
+    *(
+        (f"{split} patients, window level (offline), {text}, minus the plain argmax (points)", "rules", (split, rule))
+        for rule, text in WINDOW_RULES.items()
+        for split in ("validation", "test")
     ),
     ("deployed, record level, Task 2-1 Score", "stream", ("records", "task_2_1", "score")),
     ("deployed, record level, Task 2-2 Score", "stream", ("records", "task_2_2", "score")),
@@ -278,6 +291,17 @@ def risk(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "confidence": risk_coverage_change(risk_coverage(rows, by_confidence=True))}  # fmt: skip
 
 
+def rule_gains(path: Path) -> dict[str, dict[str, float]] | None:
+    """From a seed's window_rules.json: each rule's window Score minus the plain argmax's, per split."""
+    if not path.is_file():
+        return None
+    ruled = json.loads(path.read_text())
+    return {
+        split: {k: v["score"] - ruled[split]["plain"]["score"] for k, v in ruled[split].items() if k in WINDOW_RULES}
+        for split in ("validation", "test")
+    }
+
+
 def epoch_log(path: Path) -> dict[str, float] | None:
     """From a seed's metrics.csv: the shares of epochs after the first whose validation windows were nearly all
     called abnormal (Sp under 5 %: the eval-mode collapse of batch-norm statistics lagging the weights,
@@ -327,6 +351,7 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         rows = None if table is None else scored_rows(table)
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "stream_dir": stream_dir,
                       "transfer": transfer, "gate": gate, "smoothing": smoothing,
+                      "rules": rule_gains(seed_dir / "window_rules.json"),
                       "risk": None if rows is None else risk(rows),
                       "derived": derived(stream), "drift": drift(gate), "epochs": epoch_log(seed_dir / "metrics.csv"),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip

@@ -448,6 +448,7 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     for split in ("validation", "test"):
         assert ruled[split]["plain"]["score"] == pytest.approx(trained[split]["score"], nan_ok=True)
         assert set(ruled[split]) >= {"prior x 1", "1 s segments, most abnormal", "2 s segments, mean"}
+    (tmp_path / "run" / "window_rules.json").write_text(json.dumps(ruled))
     # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
     import results
     from seed_ensemble import ensemble
@@ -463,6 +464,9 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     text = results.render({"demo": results.load_group(group)}, "python scripts/results.py", {"demo": together})
     alone = 100 * together["members"][0]["task_2_1"]["score"]
     assert f"Task 2-1 Score: demo {alone:.2f} (its 2 seeds alone {alone:.2f} ± 0.00)" in text
+    gain = 100 * (ruled["test"]["prior x 1"]["score"] - ruled["test"]["plain"]["score"])
+    label = f"test patients, window level (offline), {results.WINDOW_RULES['prior x 1']}, minus the plain argmax"
+    assert f"| {label} (points) | {gain:.2f} ± 0.00 |" in text
     records = streamed["records"]["task_2_1"]
     called_poor = 100 * records["confusion"][0][2] / sum(records["confusion"][0])
     assert f"| deployed, record level, % of normal records called Poor Quality | {called_poor:.2f} ± 0.00 |" in text
