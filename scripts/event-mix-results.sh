@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # RESULTS-event-mix.md from scratch: does event mixing (training/augment.py) help, for QLung and for
 # cross-entropy, and does training on the daemon's windows alone (no cycles as examples of their own) close the
-# gap between window and cycle level? Each seed trains the eleven recipes in turn (with and without mixing, mixed
-# units or windows only, both losses, cross-entropy with each event laid at its own length, and both losses with
+# gap between window and cycle level? Each seed trains the twelve recipes in turn (with and without mixing, mixed
+# units or windows only, both losses, cross-entropy with each event laid at its own length, both losses with
 # mixing on edge-cnn's finer time axis, with and without the batch-norm statistics recomputed before each
-# validation), so a series stopped early still leaves every pair of the paired
+# validation, and cross-entropy on the finer axis with the best epoch picked on the balanced validation Score),
+# so a series stopped early still leaves every pair of the paired
 # differences; a rerun resumes where it stopped. Each seed's reports are kept in seed-reports/
-# (scripts/archive_runs.py), so seeds trained on another day or machine add up. About 190 minutes per seed
-# (eleven runs) on a 2-core CPU.
+# (scripts/archive_runs.py), so seeds trained on another day or machine add up. About 205 minutes per seed
+# (twelve runs) on a 2-core CPU.
 # Usage: bash scripts/event-mix-results.sh [DATA] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,13 +25,14 @@ ce_mix_t=ce-edge-sprsound-windows-event-mix-fine-time
 mix_t=qlung-edge-sprsound-windows-event-mix-fine-time
 ce_mix_tb=ce-edge-sprsound-windows-event-mix-fine-time-recal-bn
 mix_tb=qlung-edge-sprsound-windows-event-mix-fine-time-recal-bn
+ce_mix_ts=ce-edge-sprsound-windows-event-mix-fine-time-balanced-selection
 for seed in ${seeds//,/ }; do
-  for recipe in $mix $base $ce_mix $ce $ce_mix_w $mix_w $ce_mix_e $ce_mix_t $mix_t $ce_mix_tb $mix_tb; do
+  for recipe in $mix $base $ce_mix $ce $ce_mix_w $mix_w $ce_mix_e $ce_mix_t $mix_t $ce_mix_tb $mix_tb $ce_mix_ts; do
     bash scripts/sprsound-run.sh "$recipe" "$seed" "$data"
   done
 done
 .venv/bin/python scripts/archive_runs.py "runs/$mix" "runs/$base" "runs/$ce_mix" "runs/$ce" "runs/$ce_mix_w" "runs/$mix_w" \
-    "runs/$ce_mix_e" "runs/$ce_mix_t" "runs/$mix_t" "runs/$ce_mix_tb" "runs/$mix_tb" --to seed-reports
+    "runs/$ce_mix_e" "runs/$ce_mix_t" "runs/$mix_t" "runs/$ce_mix_tb" "runs/$mix_tb" "runs/$ce_mix_ts" --to seed-reports
 .venv/bin/python scripts/results.py \
     --group "QLung + mixing=seed-reports/$mix" --group "QLung=seed-reports/$base" \
     --group "CE + mixing=seed-reports/$ce_mix" --group "cross-entropy=seed-reports/$ce" \
@@ -41,6 +43,7 @@ done
     --group "QLung + mixing on a fine time axis=seed-reports/$mix_t" \
     --group "CE + mixing on a fine time axis + batch norm recomputed=seed-reports/$ce_mix_tb" \
     --group "QLung + mixing on a fine time axis + batch norm recomputed=seed-reports/$mix_tb" \
+    --group "CE + mixing on a fine time axis, balanced selection=seed-reports/$ce_mix_ts" \
     --pair "QLung + mixing,QLung" --pair "CE + mixing,cross-entropy" --pair "QLung + mixing,CE + mixing" \
     --pair "CE + mixing (windows only),CE + mixing" --pair "QLung + mixing (windows only),QLung + mixing" \
     --pair "CE + mixing at event length,CE + mixing" --pair "CE + mixing on a fine time axis,CE + mixing" \
@@ -48,5 +51,6 @@ done
     --pair "QLung + mixing on a fine time axis,CE + mixing on a fine time axis" \
     --pair "CE + mixing on a fine time axis + batch norm recomputed,CE + mixing on a fine time axis" \
     --pair "QLung + mixing on a fine time axis + batch norm recomputed,QLung + mixing on a fine time axis" \
+    --pair "CE + mixing on a fine time axis, balanced selection,CE + mixing on a fine time axis" \
     --out RESULTS-event-mix.md --skip-empty
 .venv/bin/python scripts/readme_figures.py

@@ -2,8 +2,8 @@
 # One seed of one recipe on the real SPRSound recordings, as RESULTS.md's figures need it: train, export the
 # bundle, stream the inter-patient test set through it, judge how the verdict rule's calibration, the quality
 # gate and window decision offsets fitted on validation patients carry to the test patients, and whether pooling
-# neighbouring windows helps. A step whose output is already there is skipped, so a stopped series resumes where
-# it stopped.
+# neighbouring windows or decision rules fixed in advance help. A step whose output is already there is skipped,
+# so a stopped series resumes where it stopped.
 # Usage: bash scripts/sprsound-run.sh RECIPE SEED [DATA]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +20,4 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$run/gate_transfer.json" ] || .venv/bin/python scripts/gate_transfer.py "$run" --later 0.2
 [ -f "$run/window_decision.json" ] || .venv/bin/python scripts/window_decision_transfer.py "$run"
 [ -f "$run/window_smoothing.json" ] || .venv/bin/python scripts/window_smoothing.py "$run"
+[ -f "$run/window_rules.json" ] || .venv/bin/python scripts/window_rules.py "$run"
