@@ -4,7 +4,9 @@
 # gap between window and cycle level? Each seed trains the twelve recipes in turn (with and without mixing, mixed
 # units or windows only, both losses, cross-entropy with each event laid at its own length, both losses with
 # mixing on edge-cnn's finer time axis, with and without the batch-norm statistics recomputed before each
-# validation, and cross-entropy on the finer axis with the best epoch picked on the balanced validation Score),
+# validation, and cross-entropy on the finer axis with the best epoch picked on the balanced validation Score,
+# paired with the fine-time seeds streamed under the gate fitted as training fits it since the drift check: their
+# eval-stream-later/ from scripts/gate-later-results.sh),
 # so a series stopped early still leaves every pair of the paired
 # differences; a rerun resumes where it stopped. Each seed's reports are kept in seed-reports/
 # (scripts/archive_runs.py), so seeds trained on another day or machine add up. About 205 minutes per seed
@@ -43,7 +45,8 @@ done
     --group "QLung + mixing on a fine time axis=seed-reports/$mix_t" \
     --group "CE + mixing on a fine time axis + batch norm recomputed=seed-reports/$ce_mix_tb" \
     --group "QLung + mixing on a fine time axis + batch norm recomputed=seed-reports/$mix_tb" \
-    --group "CE + mixing on a fine time axis, balanced selection=seed-reports/$ce_mix_ts" \
+    --group "CE + mixing on a fine time axis (gate lowered)=seed-reports/$ce_mix_t:eval-stream-later" \
+    --group "CE + mixing on a fine time axis (balanced selection)=seed-reports/$ce_mix_ts" \
     --pair "QLung + mixing,QLung" --pair "CE + mixing,cross-entropy" --pair "QLung + mixing,CE + mixing" \
     --pair "CE + mixing (windows only),CE + mixing" --pair "QLung + mixing (windows only),QLung + mixing" \
     --pair "CE + mixing at event length,CE + mixing" --pair "CE + mixing on a fine time axis,CE + mixing" \
@@ -51,6 +54,6 @@ done
     --pair "QLung + mixing on a fine time axis,CE + mixing on a fine time axis" \
     --pair "CE + mixing on a fine time axis + batch norm recomputed,CE + mixing on a fine time axis" \
     --pair "QLung + mixing on a fine time axis + batch norm recomputed,QLung + mixing on a fine time axis" \
-    --pair "CE + mixing on a fine time axis, balanced selection,CE + mixing on a fine time axis" \
+    --pair "CE + mixing on a fine time axis (balanced selection),CE + mixing on a fine time axis (gate lowered)" \
     --out RESULTS-event-mix.md --skip-empty
 .venv/bin/python scripts/readme_figures.py
