@@ -46,7 +46,7 @@ WINDOW_RULES = {
     "1 s segments, mean": "averaged with its 1 s stretches scored as cycles",
     "1 s segments, most abnormal": "averaged with its least normal 1 s stretch scored as a cycle",
 }
-"""`scripts/window_rules.py`'s rules that RESULTS.md quotes."""
+"""`scripts/window_rules.py`'s rules that the results files (and the README, from RESULTS-event-mix.md) quote."""
 
 ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
@@ -480,6 +480,8 @@ def main() -> int:
     groups, ensembles = {}, {}
     for item in args.group:
         name, _, folder = item.partition("=")
+        if "," in name:
+            raise SystemExit(f"--group {name!r}: a group name cannot hold a comma (--pair A,B splits on it)")
         folder, _, stream_dir = folder.partition(":")
         if args.skip_empty and not list(Path(folder).glob("seed*/summary.json")):
             print(f"{name}: no finished seed in {folder} yet, left out", file=sys.stderr)

@@ -4,7 +4,9 @@ The offline cycle level scores each annotated event cut at its annotated edges a
 the daemon scores 4 s of continuous breathing, where a half-second wheeze is a small part of the input, and the
 test patients hold several times the validation patients' share of wheezes. Two rules that need no fitting:
 - prior: logit adjustment, log p minus strength x log of the training class shares
-  (`training.window_decision.prior_offsets`), which aims at the mean recall over classes, not the training mix;
+  (`training.window_decision.prior_offsets`), which aims at the mean recall over classes, not the training mix
+  (the shares of the training examples' own labels: event mixing relabels some of them as it trains, so the mix
+  the model saw has more abnormal examples than these shares);
 - segments: the window's probabilities combined with those of its 1 s or 2 s stretches, half a stretch apart,
   each scored alone and repeat-padded as a cycle is (`segment_starts`, `with_segments`): what the cycle level
   sees, without its annotated edges.
@@ -71,12 +73,14 @@ def measure(run: Path) -> dict[str, Any]:
             figures[f"prior x {strength:g}"] = _figures(truth, decide(window_p, prior_offsets(prior, strength)))
         for seconds in SEGMENT_SECONDS:
             starts = segment_starts(window_geometry.seconds, seconds)
-            segments = [recordings[w.recording].cycle(*_span(w.start, w.end, s, seconds), w.label, f"{w.source}+{s:g}s")
-                        for w in windows for s in starts]  # fmt: skip
+            spans = [[_span(w.start, w.end, s, seconds) for s in starts] for w in windows]
+            distinct = np.array([[span not in row[:k] for k, span in enumerate(row)] for row in spans])
+            segments = [recordings[w.recording].cycle(*span, w.label, f"{w.source}+{span[0]:g}s")
+                        for w, row in zip(windows, spans) for span in row]  # fmt: skip
             segment_p = predict(model, ExampleDataset(prepare(segments, cycle_geometry, f"{split} {seconds:g} s")),
                                 torch.device("cpu"), 64).reshape(len(windows), len(starts), -1)  # fmt: skip
             for rule in RULES:
-                combined = with_segments(window_p, segment_p, rule)
+                combined = with_segments(window_p, segment_p, rule, distinct)
                 figures[f"{seconds:g} s segments, {rule}"] = _figures(truth, combined.argmax(axis=1))
         result[split] = figures
     return result

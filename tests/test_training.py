@@ -135,6 +135,28 @@ def test_the_best_epoch_is_the_one_the_chosen_validation_figure_ranks_first(
     assert load_checkpoint(tmp_path / "balanced" / "best.pt")["epoch"] == wanted
 
 
+def test_a_run_logged_before_a_config_field_and_a_column_existed_resumes(tiny: list[str], tmp_path: Path) -> None:
+    import csv
+
+    config = load_recipe("demo", [*tiny, "train.epochs=2"])
+    run = tmp_path / "run"
+    assert train(config, run, stop_after=1, progress=False) == {"stopped_after_epoch": 1}
+    state = load_checkpoint(run / "last.pt")
+    del state["config"]["train"]["select_on"]  # as written before train.select_on existed
+    save_checkpoint(run / "last.pt", state)
+    with (run / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with (run / "metrics.csv").open("w", newline="") as f:  # and before val_balanced_score was logged
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_balanced_score"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    train(config, run, resume=True, progress=False)
+    with (run / "metrics.csv").open(newline="") as f:
+        logged = list(csv.DictReader(f))
+    assert [r["epoch"] for r in logged] == ["1", "2"]
+    assert logged[0]["val_balanced_score"] == "" and logged[1]["val_balanced_score"] != ""
+
+
 def test_seeds_report_mean_and_std(tiny: list[str], tmp_path: Path) -> None:
     config = load_recipe("demo", [*tiny, "train.epochs=1", "train.max_steps=2"])
     summary = train_seeds(config, tmp_path, [0, 1], progress=False)

@@ -81,6 +81,8 @@ def test_prior_offsets_are_logit_adjustment() -> None:
     assert decide(p, offsets)[0] == adjusted.argmax() == 2
     assert decide(p, prior_offsets(prior, 0.0))[0] == 0
     assert np.allclose(prior_offsets(prior * 3, 0.5), 0.5 * offsets)  # counts or shares alike
+    with pytest.raises(ValueError, match="every class"):
+        prior_offsets([10, 5, 0, 1])  # a class training never saw: no finite adjustment
 
 
 def test_segments_cover_the_window_half_a_segment_apart() -> None:
@@ -99,6 +101,14 @@ def test_segment_rules() -> None:
     assert np.allclose(with_segments(window, segments, "mean"), [[2.05 / 3, 0.15 / 3, 0.8 / 3, 0.0]])
     with pytest.raises(ValueError, match="rule must be"):
         with_segments(window, segments, "max")
+    # A window cut short by its recording's end repeats a stretch: the repeat is left out, not counted twice.
+    repeated = np.concatenate([segments, segments[:, 1:]], axis=1)
+    distinct = np.array([[True, True, False]])
+    assert np.allclose(with_segments(window, repeated, "mean", distinct), with_segments(window, segments, "mean"))
+    marked = np.array([[True, False, True]])  # the least normal one left out: the next is chosen
+    assert np.allclose(with_segments(window, repeated, "most abnormal", marked)[0], (window[0] + repeated[0, 2]) / 2)
+    assert np.allclose(with_segments(window, repeated, "most abnormal", np.array([[True, False, False]]))[0],
+                       (window[0] + segments[0, 0]) / 2)  # fmt: skip
 
 
 def test_the_balanced_score_of_a_confusion_matrix_is_the_balanced_window_score() -> None:
@@ -118,3 +128,18 @@ def test_the_selection_figure_is_checked() -> None:
     assert TrainConfig(select_on="balanced score").select_on == "balanced score"
     with pytest.raises(ValueError, match=r"train\.select_on must be score or balanced score"):
         TrainConfig(select_on="accuracy")
+
+
+def test_stretches_of_a_window_cut_short_end_with_it() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from window_rules import _span
+
+    spans = [_span(10.0, 14.0, s, 1.0) for s in segment_starts(4.0, 1.0)]
+    assert spans[0] == (10.0, 11.0) and spans[-1] == (13.0, 14.0)  # a whole window: its 1 s stretches
+    short = [_span(0.0, 2.3, s, 1.0) for s in segment_starts(4.0, 1.0)]  # a 2.3 s recording padded to 4 s
+    assert all(end - start == pytest.approx(1.0) and end <= 2.3 for start, end in short)
+    assert short[:3] == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0)]
+    assert all(span == (pytest.approx(1.3), 2.3) for span in short[3:])  # the rest end with the recording

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from qlung_edge import CLASS_NAMES
 from qlung_edge.batches import in_batches
+from qlung_edge.config import from_dict
 from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
 from training.augment import EventMixConfig, EventMixer
@@ -399,7 +400,7 @@ def train(
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume:
         state = load_checkpoint(last_path)
-        if state["config"] != config.to_dict():
+        if from_dict(RunConfig, state["config"]) != config:  # a field added since fills with its default
             raise QLungError("was written by a different recipe; resume with the same one", path=last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -662,9 +663,18 @@ def record_level(
 
 def _log(out: Path, row: dict[str, Any], writer: Any) -> None:
     path = out / "metrics.csv"
+    fields = list(row)
+    if path.exists():
+        with path.open(newline="") as f:
+            earlier = list(csv.DictReader(f))
+        if earlier and list(earlier[0]) != fields:  # resumed from a run logged before a column was added
+            with path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+                w.writeheader()
+                w.writerows(earlier)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         w.writerow(row)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.metrics import balanced_score, confusion_matrix
+
 OFFSET_GRID = np.round(np.arange(-3.0, 4.01, 0.25), 2)
 
 
@@ -42,11 +44,10 @@ def window_score(truth: np.ndarray, predicted: np.ndarray, balanced: bool = Fals
     normal = truth == 0
     if not normal.any() or normal.all():
         return float("nan")
-    specificity = float(np.mean(predicted[normal] == 0))
     if balanced:
-        sensitivity = float(np.mean([np.mean(predicted[truth == k] == k) for k in np.unique(truth[~normal])]))
-    else:
-        sensitivity = float(np.mean(predicted[~normal] == truth[~normal]))
+        return balanced_score(confusion_matrix(truth, predicted, max(4, int(max(truth.max(), predicted.max())) + 1)))
+    specificity = float(np.mean(predicted[normal] == 0))
+    sensitivity = float(np.mean(predicted[~normal] == truth[~normal]))
     return (specificity + sensitivity) / 2
 
 
@@ -90,8 +91,12 @@ def smooth(probabilities: np.ndarray, recordings: np.ndarray, before: int, after
 def prior_offsets(prior: np.ndarray | tuple[float, ...], strength: float = 1.0) -> np.ndarray:
     """Offsets that subtract `strength` x log prior from each class's log p (logit adjustment; normal's offset
     kept at 0, which leaves the argmax unchanged): at strength 1 the argmax of a calibrated model then maximises
-    the mean recall over classes instead of accuracy under the training mix."""
-    logs = np.log(np.asarray(prior, np.float64) / np.sum(prior))
+    the mean recall over the classes, normal included, instead of accuracy under the training mix. `prior`:
+    shares or counts, each above 0."""
+    prior = np.asarray(prior, np.float64)
+    if not np.all(prior > 0):
+        raise ValueError(f"logit adjustment needs every class in the prior, got {prior.tolist()}")
+    logs = np.log(prior / prior.sum())
     return -strength * (logs - logs[0])
 
 
@@ -107,12 +112,17 @@ def segment_starts(window_seconds: float, segment_seconds: float) -> np.ndarray:
     return starts
 
 
-def with_segments(window: np.ndarray, segments: np.ndarray, rule: str) -> np.ndarray:
+def with_segments(
+    window: np.ndarray, segments: np.ndarray, rule: str, distinct: np.ndarray | None = None
+) -> np.ndarray:
     """Window probabilities [N, C] combined with those of its segments [N, S, C] (class 0 normal): "mean" averages
-    the window's and all its segments'; "most abnormal" averages the window's with its least normal segment's."""
+    the window's and its segments'; "most abnormal" averages the window's with its least normal segment's.
+    `distinct` [N, S] marks the segments to use (a window cut short by its recording's end has fewer distinct
+    stretches than slots; the first segment of each window must be marked)."""
+    use = np.ones(segments.shape[:2], bool) if distinct is None else np.asarray(distinct, bool)
     if rule == "mean":
-        return (window + segments.sum(axis=1)) / (1 + segments.shape[1])
+        return (window + (segments * use[:, :, None]).sum(axis=1)) / (1 + use.sum(axis=1))[:, None]
     if rule == "most abnormal":
-        worst = segments[np.arange(len(segments)), segments[:, :, 0].argmin(axis=1)]
+        worst = segments[np.arange(len(segments)), np.where(use, segments[:, :, 0], np.inf).argmin(axis=1)]
         return (window + worst) / 2
     raise ValueError(f"rule must be 'mean' or 'most abnormal', got {rule!r}")
