@@ -507,7 +507,9 @@ def train(
                     f"epoch {epoch + 1}: loss {row.get('train_ce', float('nan')):.3f}  "
                     f"val Sp {100 * val['specificity']:.1f} Se {100 * val['sensitivity']:.1f} "
                     f"Score {100 * val['score']:.1f}"
-                    f"  {row['examples_per_second']:.1f} examples/s" + ("  *" if improved else "")
+                    + (f" balanced {100 * val['balanced score']:.1f}" if config.train.select_on != "score" else "")
+                    + f"  {row['examples_per_second']:.1f} examples/s"
+                    + ("  *" if improved else "")
                 )
         if config.train.max_steps and step >= config.train.max_steps:
             break
