@@ -76,8 +76,8 @@ def balanced_score(matrix: np.ndarray) -> float:
     present = [k for k in range(1, len(m)) if m[k].sum()]
     if not m[0].sum() or not present:
         return float("nan")
-    return float(m[0, 0] / m[0].sum() + np.mean([m[k, k] / m[k].sum() for k in present])) / 2  # a plain float:
-    # the epoch log goes into last.pt, which loads weights-only
+    # A plain float, not a numpy scalar: the epoch log goes into last.pt, which loads weights-only.
+    return float(m[0, 0] / m[0].sum() + np.mean([m[k, k] / m[k].sum() for k in present])) / 2
 
 
 def auroc(scores: Sequence[float] | np.ndarray, positives: Sequence[bool] | np.ndarray) -> float:
