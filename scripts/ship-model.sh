@@ -2,8 +2,8 @@
 # The model shipped in the package (qlung_edge/bundles/sprsound-edge), from scratch: train the window-level
 # cross-entropy recipe with event mixing on a fine time axis on the real SPRSound training recordings (seed 0;
 # its learned gate's budget lowered for the latest training patients, training/quality_model.py), export it,
-# stream the inter-patient test set through it, and write its model card from the manifest. About 15 minutes on a
-# 2-core CPU once the front-end cache is warm, 25 without.
+# stream the inter-patient test set through it, and write its model card from the manifest. About 10 minutes on a
+# 2-core CPU once the front-end cache is warm (2026-12-05), longer while the cache fills.
 # Why this recipe: RESULTS-event-mix.md (the README's "Event mixing" section says what the choice rests on).
 # Usage: bash scripts/ship-model.sh [SPRSOUND-FOLDER]
 set -euo pipefail
