@@ -131,6 +131,7 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
         degraded_windows,
         embeddings,
         fit_logistic,
+        lowered_budget,
         out_of_fold_p_poor,
         pooled_as_gated,
         probability,
@@ -200,7 +201,7 @@ def transfer(run: Path, sweep: Sequence[float] = (), later: float = 0.0) -> dict
         held_out = _held_out(as_trained["x"], as_trained["y"], patients, train, smoothing, sorted({*sweep, asked}),
                              later, target)  # fmt: skip
         # The budget training now chooses (`fit_quality_estimate`): lowered until the latest patients keep to 5 %.
-        lowered = min(asked, held_out["budget_for_later"])
+        lowered = lowered_budget(asked, held_out)
         gated, oof_gated, synthetic_p = as_trained["judged"]
         threshold = budget_threshold(oof_gated[good], refused["train"][good], lowered)
         result["held-out patients"] = held_out

@@ -222,7 +222,7 @@ def fit_quality_estimate(
     refused_by_aqs = aqs_refused(reports, quiet_dbfs)
     gated_on = pooled_as_gated(out_of_fold[real], rec_ids, refused_by_aqs, smoothing)
     later = _later_check(x, y, patients, usable, rec_ids, reports, smoothing, folds, budget, later_budget)
-    asked, budget = budget, min(budget, (later or {}).get("budget_for_later", budget))
+    asked, budget = budget, lowered_budget(budget, later)
     threshold = budget_threshold(gated_on[good], refused_by_aqs[good], budget)
     refused_good = (gated_on[good] >= threshold) | refused_by_aqs[good]
     synthetic_caught = float(np.mean(out_of_fold[~real] >= threshold)) if len(x_syn) else None
@@ -255,6 +255,12 @@ def fit_quality_estimate(
         else None,
     }
     return QualityFit(weight.astype(np.float32), bias, threshold, quiet_dbfs, smoothing, figures)
+
+
+def lowered_budget(asked: float, later: dict[str, Any] | None) -> float:
+    """The out-of-fold budget the gate is fitted to: the one asked, lowered (never raised) to what the later
+    patients' check allows; the budget asked where the check was skipped or found nothing."""
+    return min(asked, (later or {}).get("budget_for_later", asked))
 
 
 def _later_check(
