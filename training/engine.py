@@ -668,8 +668,10 @@ def _log(out: Path, row: dict[str, Any], writer: Any) -> None:
     fields = list(row)
     if path.exists():
         with path.open(newline="") as f:
-            earlier = list(csv.DictReader(f))
-        if earlier and list(earlier[0]) != fields:  # resumed from a run logged before a column was added
+            header = next(csv.reader(f), fields)
+        if header != fields:  # resumed from a run logged before a column was added
+            with path.open(newline="") as f:
+                earlier = list(csv.DictReader(f))
             with path.open("w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
                 w.writeheader()
