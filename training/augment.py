@@ -69,6 +69,18 @@ class EventMixConfig:
             raise ValueError(f"event mixing length must be one of {', '.join(EVENT_LENGTHS)}, got {self.length!r}")
 
 
+@dataclass
+class Mixed:
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor
+    """The examples an event was laid over."""
+    kinds: list[int]
+    """The class of each laid event (crackle or wheeze)."""
+    inside: torch.Tensor
+    """[rows, input steps] bool: where each event lies (log-mel frames, or samples of a waveform)."""
+
+
 class EventMixer:
     """Lays annotated events (donor examples) over a batch, with the torch random generator (so a resumed run
     continues the same draws)."""
@@ -97,11 +109,16 @@ class EventMixer:
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mixed inputs, their labels); examples without a label (negative) are left alone."""
+        mixed = self.mix(inputs, labels)
+        return mixed.inputs, mixed.labels
+
+    def mix(self, inputs: torch.Tensor, labels: torch.Tensor) -> Mixed:
+        """The mixed batch and where each event was laid (for frame targets, training.timing)."""
         config = self.config
         chosen = (torch.rand(len(labels)) < config.probability) & (labels.cpu() >= 0)
         rows = torch.nonzero(chosen).flatten()
         if not len(rows):
-            return inputs, labels
+            return Mixed(inputs, labels, rows, [], torch.zeros(0, inputs.shape[1], dtype=torch.bool))
         # Donor classes drawn evenly: wheezes, the rarer sound, are laid over as often as crackles.
         added = [DONOR_CLASSES[k] for k in torch.randint(len(DONOR_CLASSES), (len(rows),)).tolist()]
         pools = [self.by_class[kind] for kind in added]
@@ -134,4 +151,4 @@ class EventMixer:
         out_inputs[rows.to(inputs.device)] = mixed.to(inputs.dtype)
         for row, kind in zip(rows.tolist(), added):
             out_labels[row] = combined_label(int(labels[row]), kind)
-        return out_inputs, out_labels
+        return Mixed(out_inputs, out_labels, rows, added, inside.cpu())

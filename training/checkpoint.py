@@ -35,6 +35,7 @@ def build_model(config: RunConfig, *, training: bool = True) -> QLungModel:
         edge=cfg.edge_config(),
         ast=ASTConfig(**cfg.ast) if cfg.ast else None,
         spec_augment=SpecAugment(config.train.freq_mask, config.train.time_mask) if training else None,
+        step_detector=config.train.event_timing > 0,
     )
     if training and cfg.pretrained:
         load_pretrained(model, cfg.pretrained)

@@ -117,6 +117,10 @@ class TrainConfig:
     cache_features: bool = True
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""
+    event_timing: float = 0.0
+    """Weight of a second loss: a per-step crackle and wheeze detector on edge-cnn's time steps, trained on when
+    the annotated events (and the events mixing lays) happen in each input (training.timing); never exported.
+    0: off."""
     select_on: str = "score"
     """The validation figure that picks the best epoch: "score", ICBHI's (Sp + Se) / 2 with Se over all abnormal
     examples; "balanced score", Se the mean recall of each abnormal class present, so that a class the validation
@@ -125,6 +129,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.select_on not in SELECTION_FIGURES:
             raise ValueError(f"train.select_on must be {' or '.join(SELECTION_FIGURES)}, got {self.select_on!r}")
+        if self.event_timing < 0:
+            raise ValueError(f"train.event_timing must be 0 or more, got {self.event_timing}")
         if self.bn_recalibration_batches < 0:
             raise ValueError(f"train.bn_recalibration_batches must be 0 or more, got {self.bn_recalibration_batches}")
         if self.event_mix_length not in EVENT_LENGTHS:

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -250,15 +251,19 @@ def window_reports(
 
 
 class ExampleDataset(torch.utils.data.Dataset):
-    """(input, label, aqs, index) per example: float32 log-mel [frames, mels] or waveform [samples]."""
+    """(input, label, aqs, index) per example: float32 log-mel [frames, mels] or waveform [samples]; with
+    `targets` ([N, frames, 2], training.timing) each example's frame targets follow."""
 
-    def __init__(self, prepared: Prepared) -> None:
-        self.prepared = prepared
+    def __init__(self, prepared: Prepared, targets: np.ndarray | None = None) -> None:
+        if targets is not None and len(targets) != len(prepared):
+            raise ValueError(f"{len(targets)} frame targets for {len(prepared)} examples")
+        self.prepared, self.targets = prepared, targets
 
     def __len__(self) -> int:
         return len(self.prepared)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         p = self.prepared
         x = torch.from_numpy(np.array(p.inputs[index], dtype=np.float32))
-        return x, int(p.labels[index]), float(p.aqs[index]), index
+        item = (x, int(p.labels[index]), float(p.aqs[index]), index)
+        return item if self.targets is None else (*item, torch.from_numpy(self.targets[index]))

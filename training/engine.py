@@ -51,6 +51,7 @@ from training.losses import QLungLoss
 from training.metrics import balanced_score, confusion_matrix, icbhi_scores, plot_confusion_matrix
 from training.records import Cycle, DatasetScan, Recording
 from training.splits import patient_holdout
+from training.timing import example_targets, frames_of, lay_events, timing_loss
 from training.verdicts import all_windows, by_recording, calibrate, score
 
 # --------------------------------------------------------------------------- processes and devices
@@ -276,7 +277,7 @@ def recalibrate(
     draws go on as they would have without it."""
 
     def inputs() -> Iterator[torch.Tensor]:
-        for waves, labels, _, _ in itertools.islice(loader, batches):
+        for waves, labels, *_ in itertools.islice(loader, batches):
             if mixer is not None:
                 waves, labels = mixer(waves, labels)
             yield waves.to(device)
@@ -356,11 +357,18 @@ def train(
         return result
 
     evaluated_as = geometry_of(config, "window") if splits.geometry.unit == "mixed" else splits.geometry
+    timing = config.train.event_timing > 0
     parts = (("validation", splits.validation), ("test", splits.test))
     datasets: dict[str, Any] = {
         name: ExampleDataset(prepared(examples, evaluated_as, name)) for name, examples in parts
     }
-    training_sets = [ExampleDataset(prepared(examples, g, f"train {g.unit}s")) for g, examples in splits.train_parts]
+    training_sets = [
+        ExampleDataset(
+            prepared(examples, g, f"train {g.unit}s"),
+            example_targets(examples, splits.scan.recordings, g.unit, g.seconds) if timing else None,
+        )
+        for g, examples in splits.train_parts
+    ]
     quality_source = _margin_quality(config, training_sets, show)
     datasets["train"] = training_sets[0] if len(training_sets) == 1 else torch.utils.data.ConcatDataset(training_sets)
     counts = splits.class_counts()
@@ -429,13 +437,21 @@ def train(
         bar = tqdm(
             train_loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", disable=not show, leave=False
         )
-        for waves, labels, aqs, _ in bar:
+        for waves, labels, aqs, _, *rest in bar:
+            targets = rest[0] if timing else None
             if mixer is not None:
-                waves, labels = mixer(waves, labels)
+                mixed = mixer.mix(waves, labels)
+                waves, labels = mixed.inputs, mixed.labels
+                if targets is not None and len(mixed.rows):
+                    targets = lay_events(targets, mixed.rows, mixed.kinds, frames_of(mixed.inside, targets.shape[1]))
             waves, labels, aqs = waves.to(device), labels.to(device), aqs.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 output = trained(waves)
                 loss, parts = criterion(output["logits"], output["cosine"], labels, aqs)
+                if targets is not None:
+                    timing_part = timing_loss(output["steps"], targets)
+                    loss = loss + config.train.event_timing * timing_part
+                    parts = {**parts, "timing": float(timing_part.detach())}
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

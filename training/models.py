@@ -23,6 +23,7 @@ from qlung_edge import CLASS_NAMES, FRAMES_PER_WINDOW, WINDOW_SAMPLES
 from qlung_edge.errors import QLungError
 from qlung_edge.onnx_sessions import OUTPUT_NAMES
 from training.frontend import FrontEndConfig, KaldiFbank, SpecAugment
+from training.timing import CHANNELS as STEP_CHANNELS
 
 # --------------------------------------------------------------------------- edge-cnn
 
@@ -124,11 +125,23 @@ class EdgeCNN(nn.Module):
         self.project = nn.Linear(2 * channels, config.embed_dim)
         self.embed_dim = config.embed_dim
 
-    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+    @property
+    def channels(self) -> int:
+        """Channels of the last feature map (per time step)."""
+        return self.project.in_features // 2
+
+    def steps(self, logmel: torch.Tensor) -> torch.Tensor:
+        """The last feature map averaged over frequency: [B, channels, time steps]."""
         x = self.blocks(self.stem(logmel.transpose(1, 2).unsqueeze(1)))  # [B, C, mels', frames']
-        x = x.mean(dim=2)  # over frequency
-        pooled = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # mean and max over time
+        return x.mean(dim=2)
+
+    def pool(self, steps: torch.Tensor) -> torch.Tensor:
+        """Time steps [B, C, T'] to the embedding, from their mean and max over time."""
+        pooled = torch.cat([steps.mean(dim=2), steps.amax(dim=2)], dim=1)
         return self.project(self.dropout(pooled))
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.steps(logmel))
 
 
 # --------------------------------------------------------------------------- AST
@@ -366,6 +379,7 @@ class QLungModel(nn.Module):
         edge: EdgeCNNConfig | None = None,
         ast: ASTConfig | None = None,
         spec_augment: SpecAugment | None = None,
+        step_detector: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
@@ -385,6 +399,13 @@ class QLungModel(nn.Module):
         self.head = AngularHead(dim, len(classes), scale) if head == "angular" else LinearHead(dim, len(classes))
         self.quality_head: nn.Linear | None = None
         """P(poor recording) from the embedding (`training.quality_model`); None until one is fitted."""
+        self.step_head: nn.Conv1d | None = None
+        if step_detector:
+            if not isinstance(self.backbone, EdgeCNN):
+                raise ValueError("a per-step event detector needs the edge-cnn backbone")
+            with torch.random.fork_rng(devices=[]):  # the rest of training draws as without it
+                self.step_head = nn.Conv1d(self.backbone.channels, len(STEP_CHANNELS), 1)
+        """Crackle and wheeze logits per time step (`training.timing`); trained, never exported."""
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """`x`: a raw 16 kHz waveform [B, samples], or its log-mel [B, frames, mels] already computed (the
@@ -394,9 +415,18 @@ class QLungModel(nn.Module):
         else:
             with torch.autocast(x.device.type, enabled=False):  # the log-mel needs float32 under AMP
                 logmel = self.frontend(x.float())
-        embedding = self.backbone(self.augment(logmel))
+        logmel = self.augment(logmel)
+        step_logits = None
+        if self.step_head is not None and self.training:
+            assert isinstance(self.backbone, EdgeCNN)
+            steps = self.backbone.steps(logmel)
+            embedding, step_logits = self.backbone.pool(steps), self.step_head(steps)
+        else:
+            embedding = self.backbone(logmel)
         logits, cos = self.head(embedding)
         out = {"logits": logits, "probabilities": logits.softmax(dim=1), "cosine": cos, "embedding": embedding}
+        if step_logits is not None:
+            out["steps"] = step_logits
         if self.quality_head is not None:
             out["poor"] = torch.sigmoid(self.quality_head(embedding)).squeeze(1)
         return out
