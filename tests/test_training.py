@@ -563,7 +563,7 @@ def test_event_mixing_lays_cycles_over_the_training_batches(
 ) -> None:
     """train.event_mix mixes the run's own annotated cycles into its batches, whether it trains on them or not."""
     import training.engine as engine
-    from training.augment import EventMixer
+    from training.augment import EventMixer, Mixed
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     made: list[EventMixer] = []
@@ -573,10 +573,10 @@ def test_event_mixing_lays_cycles_over_the_training_batches(
             super().__init__(*args, **kwargs)
             made.append(self)
 
-        def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mixed, out = super().__call__(inputs, labels)
-            seen.append((labels, out))
-            return mixed, out
+        def mix(self, inputs: torch.Tensor, labels: torch.Tensor) -> Mixed:
+            mixed = super().mix(inputs, labels)
+            seen.append((labels, mixed.labels))
+            return mixed
 
     monkeypatch.setattr(engine, "EventMixer", Recording)
     base = [f"data.root={synth_root / 'sprsound'}", "data.dataset=sprsound", "data.window_seconds=4.0",
