@@ -4,13 +4,14 @@
 # gap between window and cycle level? Each seed trains the twelve recipes in turn (with and without mixing, mixed
 # units or windows only, both losses, cross-entropy with each event laid at its own length, both losses with
 # mixing on edge-cnn's finer time axis, with and without the batch-norm statistics recomputed before each
-# validation, and cross-entropy on the finer axis with the best epoch picked on the balanced validation Score,
+# validation, cross-entropy on the finer axis with the best epoch picked on the balanced validation Score, and
+# both losses on the finer axis with a second loss on when the events happen (training/timing.py), these last
 # paired with the fine-time seeds streamed under the gate fitted as training fits it since the drift check: their
 # eval-stream-later/ from scripts/gate-later-results.sh),
 # so a series stopped early still leaves every pair of the paired
 # differences; a rerun resumes where it stopped. Each seed's reports are kept in seed-reports/
 # (scripts/archive_runs.py), so seeds trained on another day or machine add up. About 205 minutes per seed
-# (twelve runs) on a 2-core CPU.
+# (fourteen runs) on a 2-core CPU.
 # Usage: bash scripts/event-mix-results.sh [DATA] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,13 +29,17 @@ mix_t=qlung-edge-sprsound-windows-event-mix-fine-time
 ce_mix_tb=ce-edge-sprsound-windows-event-mix-fine-time-recal-bn
 mix_tb=qlung-edge-sprsound-windows-event-mix-fine-time-recal-bn
 ce_mix_ts=ce-edge-sprsound-windows-event-mix-fine-time-balanced-selection
+ce_mix_tt=ce-edge-sprsound-windows-event-mix-fine-time-event-timing
+mix_tt=qlung-edge-sprsound-windows-event-mix-fine-time-event-timing
 for seed in ${seeds//,/ }; do
-  for recipe in $mix $base $ce_mix $ce $ce_mix_w $mix_w $ce_mix_e $ce_mix_t $mix_t $ce_mix_tb $mix_tb $ce_mix_ts; do
+  for recipe in $mix $base $ce_mix $ce $ce_mix_w $mix_w $ce_mix_e $ce_mix_t $mix_t $ce_mix_tb $mix_tb $ce_mix_ts \
+      $ce_mix_tt $mix_tt; do
     bash scripts/sprsound-run.sh "$recipe" "$seed" "$data"
   done
 done
 .venv/bin/python scripts/archive_runs.py "runs/$mix" "runs/$base" "runs/$ce_mix" "runs/$ce" "runs/$ce_mix_w" "runs/$mix_w" \
-    "runs/$ce_mix_e" "runs/$ce_mix_t" "runs/$mix_t" "runs/$ce_mix_tb" "runs/$mix_tb" "runs/$ce_mix_ts" --to seed-reports
+    "runs/$ce_mix_e" "runs/$ce_mix_t" "runs/$mix_t" "runs/$ce_mix_tb" "runs/$mix_tb" "runs/$ce_mix_ts" \
+    "runs/$ce_mix_tt" "runs/$mix_tt" --to seed-reports
 .venv/bin/python scripts/results.py \
     --group "QLung + mixing=seed-reports/$mix" --group "QLung=seed-reports/$base" \
     --group "CE + mixing=seed-reports/$ce_mix" --group "cross-entropy=seed-reports/$ce" \
@@ -47,6 +52,9 @@ done
     --group "QLung + mixing on a fine time axis + batch norm recomputed=seed-reports/$mix_tb" \
     --group "CE + mixing on a fine time axis (gate lowered)=seed-reports/$ce_mix_t:eval-stream-later" \
     --group "CE + mixing on a fine time axis (balanced selection)=seed-reports/$ce_mix_ts" \
+    --group "QLung + mixing on a fine time axis (gate lowered)=seed-reports/$mix_t:eval-stream-later" \
+    --group "CE + mixing on a fine time axis + event timing=seed-reports/$ce_mix_tt" \
+    --group "QLung + mixing on a fine time axis + event timing=seed-reports/$mix_tt" \
     --pair "QLung + mixing,QLung" --pair "CE + mixing,cross-entropy" --pair "QLung + mixing,CE + mixing" \
     --pair "CE + mixing (windows only),CE + mixing" --pair "QLung + mixing (windows only),QLung + mixing" \
     --pair "CE + mixing at event length,CE + mixing" --pair "CE + mixing on a fine time axis,CE + mixing" \
@@ -55,5 +63,8 @@ done
     --pair "CE + mixing on a fine time axis + batch norm recomputed,CE + mixing on a fine time axis" \
     --pair "QLung + mixing on a fine time axis + batch norm recomputed,QLung + mixing on a fine time axis" \
     --pair "CE + mixing on a fine time axis (balanced selection),CE + mixing on a fine time axis (gate lowered)" \
+    --pair "CE + mixing on a fine time axis + event timing,CE + mixing on a fine time axis (gate lowered)" \
+    --pair "QLung + mixing on a fine time axis + event timing,QLung + mixing on a fine time axis (gate lowered)" \
+    --pair "QLung + mixing on a fine time axis + event timing,CE + mixing on a fine time axis + event timing" \
     --out RESULTS-event-mix.md --skip-empty
 .venv/bin/python scripts/readme_figures.py

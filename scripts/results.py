@@ -10,6 +10,8 @@ judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer
 `scripts/gate_transfer.py`: the quality gate's refusals on training, validation and test patients),
 `seed<k>/window_smoothing.json` (from `scripts/window_smoothing.py`: windows pooled with their neighbours),
 `seed<k>/window_rules.json` (from `scripts/window_rules.py`: window decision rules fixed in advance),
+`seed<k>/window_gap.json` (from `scripts/window_gap.py`: the window - cycle gap over resamples of the patients),
+`seed<k>/step_detector.json` (from `scripts/step_detector.py`: the per-step event detector's own window calls),
 `seed<k>/metrics.csv` (the training's epoch log) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
 the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
@@ -47,6 +49,11 @@ WINDOW_RULES = {
     "1 s segments, most abnormal": "averaged with its least normal 1 s stretch scored as a cycle",
 }
 """`scripts/window_rules.py`'s rules that the results files (and the README, from RESULTS-event-mix.md) quote."""
+DETECTOR_RULES = {
+    "detector": "the step detector alone",
+    "union": "a sound the head or the step detector finds",
+}
+"""`scripts/step_detector.py`'s ways of calling a window that the results files quote."""
 
 ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
@@ -70,6 +77,24 @@ ROWS = [
     *(
         (f"{split} patients, window level (offline), {text}, minus the plain argmax (points)", "rules", (split, rule))
         for rule, text in WINDOW_RULES.items()
+        for split in ("validation", "test")
+    ),
+    *(
+        (f"{split} patients, window level minus cycle level (offline, points){end}", "gap", (split, key))
+        for split in ("validation", "test")
+        for key, end in (
+            ("gap", ""),
+            ("low", ", low end of its 95 % over patient resamples"),
+            ("high", ", high end of its 95 % over patient resamples"),
+        )
+    ),
+    *(
+        (
+            f"{split} patients, window level (offline), {text}, minus the window head's argmax (points)",
+            "detector",
+            (split, rule),
+        )
+        for rule, text in DETECTOR_RULES.items()
         for split in ("validation", "test")
     ),
     ("deployed, record level, Task 2-1 Score", "stream", ("records", "task_2_1", "score")),
@@ -302,6 +327,21 @@ def rule_gains(path: Path) -> dict[str, dict[str, float]] | None:
     }
 
 
+def detector_gains(path: Path) -> dict[str, dict[str, float]] | None:
+    """From a seed's step_detector.json: each way of calling windows with the detector, minus the head's."""
+    if not path.is_file():
+        return None
+    judged = json.loads(path.read_text())
+    return {
+        split: {k: judged[split][k]["score"] - judged[split]["plain"]["score"] for k in DETECTOR_RULES}
+        for split in ("validation", "test")
+    }
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def epoch_log(path: Path) -> dict[str, float] | None:
     """From a seed's metrics.csv: the shares of epochs after the first whose validation windows were nearly all
     called abnormal (Sp under 5 %: the eval-mode collapse of batch-norm statistics lagging the weights,
@@ -352,6 +392,8 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
         seeds.append({"seed": int(seed_dir.name[4:]), "summary": summary, "stream": stream, "stream_dir": stream_dir,
                       "transfer": transfer, "gate": gate, "smoothing": smoothing,
                       "rules": rule_gains(seed_dir / "window_rules.json"),
+                      "gap": _json(seed_dir / "window_gap.json"),
+                      "detector": detector_gains(seed_dir / "step_detector.json"),
                       "risk": None if rows is None else risk(rows),
                       "derived": derived(stream), "drift": drift(gate), "epochs": epoch_log(seed_dir / "metrics.csv"),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip

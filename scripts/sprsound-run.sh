@@ -2,8 +2,10 @@
 # One seed of one recipe on the real SPRSound recordings, as RESULTS.md's figures need it: train, export the
 # bundle, stream the inter-patient test set through it, judge how the verdict rule's calibration, the quality
 # gate and window decision offsets fitted on validation patients carry to the test patients, and whether pooling
-# neighbouring windows or decision rules fixed in advance help. A step whose output is already there is skipped,
-# so a stopped series resumes where it stopped.
+# neighbouring windows or decision rules fixed in advance help, how sure the gap between window and cycle level is
+# over resamples of the patients, and (a run trained with train.event_timing) whether its step detector calls
+# windows better than its window head. A step whose output is already there is skipped, so a stopped series
+# resumes where it stopped.
 # Usage: bash scripts/sprsound-run.sh RECIPE SEED [DATA]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +23,7 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$run/window_decision.json" ] || .venv/bin/python scripts/window_decision_transfer.py "$run"
 [ -f "$run/window_smoothing.json" ] || .venv/bin/python scripts/window_smoothing.py "$run"
 [ -f "$run/window_rules.json" ] || .venv/bin/python scripts/window_rules.py "$run"
+[ -f "$run/window_gap.json" ] || .venv/bin/python scripts/window_gap.py "$run"
+if grep -q '^  event_timing: [1-9]' "$run/config.yaml"; then
+  [ -f "$run/step_detector.json" ] || .venv/bin/python scripts/step_detector.py "$run"
+fi

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import recall_score, roc_auc_score
 
-from training.metrics import auroc, confusion_matrix, icbhi_scores, plot_confusion_matrix
+from training.metrics import auroc, confusion_matrix, icbhi_scores, patient_score_gaps, plot_confusion_matrix
 
 
 def test_scores_of_a_hand_made_matrix() -> None:
@@ -53,3 +53,33 @@ def test_confusion_matrix_png(tmp_path: Path) -> None:
         np.array([[5, 1, 0, 0], [1, 3, 0, 1], [0, 0, 2, 0], [0, 1, 0, 1]]), tmp_path / "cm.png"
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_patient_score_gaps_match_scoring_each_resample_written_out() -> None:
+    from training.window_decision import window_score
+
+    rng = np.random.default_rng(1)
+    patients = [f"p{k}" for k in range(6)]
+
+    def items(n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        truth = rng.integers(0, 4, n)
+        truth[:8] = 0  # every patient below has normal and abnormal items
+        truth[8:16] = 1
+        predicted = np.where(rng.random(n) < 0.6, truth, rng.integers(0, 4, n))
+        return truth, predicted, [patients[k % 6] for k in range(n)]
+
+    windows, cycles = items(90), items(40)
+    gaps = patient_score_gaps(windows, cycles, draws=30, seed=5)
+    # The same resamples written out: each drawn patient brings all of their items, as many times as drawn.
+    draws = np.random.default_rng(5).multinomial(6, np.full(6, 1 / 6), size=30)
+
+    def resample(part: tuple[np.ndarray, np.ndarray, list[str]], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = [i for k, n in enumerate(times) for _ in range(n) for i, p in enumerate(part[2]) if p == patients[k]]
+        return part[0][rows], part[1][rows]
+
+    for gap, times in zip(gaps, draws):
+        expected = window_score(*resample(windows, times)) - window_score(*resample(cycles, times))
+        assert gap == pytest.approx(expected, nan_ok=True)
+    assert np.isfinite(gaps).sum() > 20 and np.nanstd(gaps) > 0
+    with pytest.raises(ValueError, match="one patient per item"):
+        patient_score_gaps((windows[0], windows[1], patients), cycles)

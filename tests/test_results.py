@@ -51,3 +51,29 @@ def test_the_drift_rows_read_the_later_and_random_fifths_at_the_trained_budget()
         "later": 0.05, "random": 0.005,
     }  # fmt: skip
     assert results.drift({"budget": 0.03}) is None and results.drift(None) is None
+
+
+def test_the_gap_rows_read_each_seed_s_window_gap(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    kept = repo / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time"
+    command = [
+        sys.executable,
+        str(repo / "scripts" / "results.py"),
+        "--group",
+        f"CE={kept}",
+        "--out",
+        str(tmp_path / "R.md"),
+    ]
+    assert subprocess.run(command, capture_output=True, text=True, cwd=repo).returncode == 0
+    text = (tmp_path / "R.md").read_text()
+    files = sorted(kept.glob("seed*/window_gap.json"))
+    assert len(files) == 5
+    for split in ("validation", "test"):
+        for key, end in (("gap", ""), ("high", ", high end of its 95 % over patient resamples")):
+            xs = [100 * json.loads(f.read_text())[split][key] for f in files]
+            label = f"{split} patients, window level minus cycle level (offline, points){end}"
+            assert f"| {label} | {np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f} |" in text

@@ -3,6 +3,8 @@ detector trains without changing what is exported."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,5 +174,14 @@ def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(synth_root
     assert 0.0 < loss < 5.0
     model, _ = model_from_checkpoint(load_checkpoint(tmp_path / "timed" / "best.pt"))
     assert model.step_head is not None
+    # The detector's own calls, offline: the head read through the detector's features is the run's own figure.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from step_detector import measure
+
+    judged = measure(tmp_path / "timed")
+    trained = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    for split in ("validation", "test"):
+        assert judged[split]["plain"]["score"] == pytest.approx(trained[split]["score"], nan_ok=True)
+        assert set(judged[split]) == {"windows", "plain", "detector", "union"}
     train(load_recipe("demo", base), tmp_path / "plain", progress=False)
     assert "train_timing" not in (tmp_path / "plain" / "metrics.csv").read_text().splitlines()[0]

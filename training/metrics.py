@@ -215,3 +215,36 @@ def patient_shares(refused: np.ndarray, patients: Sequence[str], draws: int = 20
 def patient_interval(refused: np.ndarray, patients: Sequence[str]) -> list[float]:
     """The central 95 % of the refused share over patient resamples (`patient_shares`), as [low, high]."""
     return [float(v) for v in np.quantile(patient_shares(refused, patients), [0.025, 0.975])]
+
+
+def _score_counts(truth: np.ndarray, predicted: np.ndarray, index: np.ndarray, patients: int) -> np.ndarray:
+    """Per patient: [normal items, normal called normal, abnormal items, abnormal called their class]."""
+    normal = truth == 0
+    right = predicted == truth
+    return np.stack([
+        np.bincount(index, weights=w.astype(np.float64), minlength=patients)
+        for w in (normal, normal & right, ~normal, ~normal & right)
+    ], axis=1)  # fmt: skip
+
+
+def patient_score_gaps(a: tuple[np.ndarray, np.ndarray, Sequence[str]], b: tuple[np.ndarray, np.ndarray, Sequence[str]],
+                       draws: int = 2000, seed: int = 0) -> np.ndarray:  # fmt: skip
+    """ICBHI Score of `a` minus that of `b` (each (truth, predicted, patient per item)) in `draws` resamples of
+    the patients, drawn with replacement and the same for both, each bringing all of their items: how far a gap
+    between two ways of scoring the same patients (windows and cycles) moves from one group of patients to
+    another. NaN where a resample holds no normal or no abnormal item of either."""
+    names = np.unique(np.concatenate([np.asarray(a[2]), np.asarray(b[2])]))
+    counts = []
+    for truth, predicted, patients in (a, b):
+        truth, predicted = np.asarray(truth), np.asarray(predicted)
+        if truth.shape != predicted.shape or truth.shape != np.shape(patients):
+            raise ValueError("need one truth, one prediction and one patient per item")
+        counts.append(_score_counts(truth, predicted, np.searchsorted(names, np.asarray(patients)), len(names)))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=draws).astype(np.float64)
+    scores = []
+    for per_patient in counts:
+        totals = weights @ per_patient
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores.append((totals[:, 1] / totals[:, 0] + totals[:, 3] / totals[:, 2]) / 2)
+    return scores[0] - scores[1]

@@ -1,0 +1,97 @@
+"""Would the per-step event detector (train.event_timing, training/timing.py) call windows better than the window
+head it was trained beside?
+
+The detector is trained and never exported; this asks whether it should be. Every labelled window of the
+validation and of the test patients is scored offline with the run's best.pt (no gate), three ways fixed in
+advance: the window head's argmax (what the daemon does), the detector alone (a window holds a crackle or a wheeze
+where any of its steps says so with probability at least 0.5), and the union of the two (a sound either finds).
+Writes RUN/step_detector.json, prints a line per run.
+Usage: python scripts/step_detector.py RUN [RUN ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+THRESHOLD = 0.5
+
+
+def _class_of(crackle: np.ndarray, wheeze: np.ndarray) -> np.ndarray:
+    """Class index (normal, crackle, wheeze, both) from presence of each sound."""
+    return crackle.astype(int) + 2 * wheeze.astype(int)
+
+
+def _figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    from training.window_decision import window_score
+
+    return {
+        "score": window_score(truth, predicted),
+        "recall": [float(np.mean(predicted[truth == k] == k)) if np.any(truth == k) else None for k in range(4)],
+    }
+
+
+def measure(run: Path) -> dict[str, Any]:
+    import torch
+
+    from qlung_edge import CLASS_NAMES
+    from training.dataset import ExampleDataset, recording_windows
+    from training.engine import geometry_of, load_trained
+    from training.verdicts import preparer
+
+    if CLASS_NAMES != ("normal", "crackle", "wheeze", "both"):
+        raise SystemExit(f"this script reads classes as normal, crackle, wheeze, both; the toolkit has {CLASS_NAMES}")
+    _, model, config, splits = load_trained(run / "best.pt", progress=False)
+    if model.step_head is None:
+        raise SystemExit(f"{run}: trained without train.event_timing, it has no step detector")
+    geometry = geometry_of(config, "window")
+    prepare = preparer(config, splits, progress=True)
+    model.eval()
+    result: dict[str, Any] = {"run": str(run), "threshold": THRESHOLD}
+    for split in ("validation", "test"):
+        recordings = [r for r in splits.recordings[split] if r.audio_path is not None]
+        windows = [w for r in recordings for w in recording_windows(r, geometry) if w.label >= 0]
+        truth = np.array([w.label for w in windows])
+        data = ExampleDataset(prepare(windows, geometry, f"{split} windows"))
+        head, steps = [], []
+        with torch.no_grad():
+            for first in range(0, len(data), 64):
+                x = torch.stack([data[i][0] for i in range(first, min(first + 64, len(data)))])
+                features = model.backbone.steps(x)
+                head.append(model.head(model.backbone.pool(features))[0].softmax(dim=1).numpy())
+                steps.append(torch.sigmoid(model.step_head(features)).amax(dim=2).numpy())
+        head_p, found = np.concatenate(head), np.concatenate(steps) >= THRESHOLD
+        plain = head_p.argmax(axis=1)
+        head_crackle, head_wheeze = np.isin(plain, (1, 3)), np.isin(plain, (2, 3))
+        result[split] = {
+            "windows": len(windows),
+            "plain": _figures(truth, plain),
+            "detector": _figures(truth, _class_of(found[:, 0], found[:, 1])),
+            "union": _figures(truth, _class_of(head_crackle | found[:, 0], head_wheeze | found[:, 1])),
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    for run in args.runs:
+        r = measure(run)
+        (run / "step_detector.json").write_text(json.dumps(r, indent=1))
+        parts = [f"{run}:"]
+        for split in ("validation", "test"):
+            figures = ", ".join(f"{k} {100 * r[split][k]['score']:.2f}" for k in ("plain", "detector", "union"))
+            parts.append(f"{split}: {figures}")
+        print("\n  ".join(parts), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""How sure is the gap between the window level and the cycle level on the test patients?
+
+Issue 16 asks the window-level Score to come within 2 points of the cycle-level Score of the same checkpoint. The
+inter-patient test set's abnormal windows come from few patients (on SPRSound's 2022 test set, 13 patients hold
+all the wheeze windows), so the gap measured there is one draw of patients. This scores every labelled window
+and every annotated cycle of the validation and of the test patients offline with the run's best.pt (no gate:
+the window figure is the run's offline window level) and gives the gap's central 95 % over resamples of the
+patients (`training.metrics.patient_score_gaps`), and the gap without each of the patients holding the most
+abnormal windows. Writes RUN/window_gap.json, prints a line per run.
+Usage: python scripts/window_gap.py RUN [RUN ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+Part = tuple[np.ndarray, np.ndarray, list[str]]
+"""Truth, predicted class and patient of each item (window or cycle)."""
+LEFT_OUT = 5
+"""Patients, by abnormal windows held, whose leaving out is reported one by one."""
+
+
+def measure(run: Path) -> dict[str, Any]:
+    import torch
+
+    from training.dataset import ExampleDataset
+    from training.engine import examples_of, geometry_of, load_trained, predict
+    from training.metrics import patient_score_gaps
+    from training.verdicts import preparer
+    from training.window_decision import window_score
+
+    _, model, config, splits = load_trained(run / "best.pt", progress=False)
+    prepare = preparer(config, splits, progress=True)
+    result: dict[str, Any] = {"run": str(run)}
+    for split in ("validation", "test"):
+        items = {}
+        for unit in ("window", "cycle"):
+            geometry = geometry_of(config, unit)
+            examples = examples_of(splits.recordings[split], geometry)
+            data = ExampleDataset(prepare(examples, geometry, f"{split} {unit}s"))
+            p = predict(model, data, torch.device("cpu"), 64)
+            items[unit] = (np.array([e.label for e in examples]), p.argmax(axis=1), [e.patient for e in examples])
+        windows, cycles = items["window"], items["cycle"]
+        gaps = patient_score_gaps(windows, cycles)
+        finite = gaps[np.isfinite(gaps)]  # none where the patients hold no normal or no abnormal item
+        low, high = np.quantile(finite, [0.025, 0.975]) if finite.size else (float("nan"), float("nan"))
+        held = Counter(p for t, p in zip(windows[0], windows[2]) if t > 0)
+
+        def without(patient: str, windows: Part = windows, cycles: Part = cycles) -> float:
+            def keep(part: Part) -> tuple[np.ndarray, np.ndarray]:
+                mask = np.array([p != patient for p in part[2]])
+                return part[0][mask], part[1][mask]
+
+            return window_score(*keep(windows)) - window_score(*keep(cycles))
+
+        result[split] = {
+            "windows": len(windows[0]),
+            "cycles": len(cycles[0]),
+            "patients": len(set(windows[2]) | set(cycles[2])),
+            "window_score": window_score(windows[0], windows[1]),
+            "cycle_score": window_score(cycles[0], cycles[1]),
+            "gap": window_score(windows[0], windows[1]) - window_score(cycles[0], cycles[1]),
+            "low": float(low),
+            "high": float(high),
+            "resamples": int(finite.size),
+            "without": [
+                {"patient": p, "abnormal_windows": n, "gap": without(p)} for p, n in held.most_common(LEFT_OUT)
+            ],
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    for run in args.runs:
+        r = measure(run)
+        (run / "window_gap.json").write_text(json.dumps(r, indent=1))
+        lines = [f"{run}:"]
+        for split in ("validation", "test"):
+            g = r[split]
+            left = ", ".join(f"{w['patient']} ({w['abnormal_windows']}) {100 * w['gap']:+.2f}" for w in g["without"])
+            lines.append(f"{split}: window {100 * g['window_score']:.2f} - cycle {100 * g['cycle_score']:.2f} = "
+                         f"{100 * g['gap']:+.2f} (95 % over patient resamples {100 * g['low']:+.2f} to "
+                         f"{100 * g['high']:+.2f}); without one patient: {left}")  # fmt: skip
+        print("\n  ".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
