@@ -226,6 +226,7 @@ def export_bundle(
     from training.models import count_parameters
 
     model, config, payload = load_model(checkpoint)
+    model.step_head = None  # the event-timing detector trains beside the head and is not shipped or counted
     seconds = config.data.window_seconds
     samples = int(round(seconds * MODEL_SAMPLE_RATE))
     hop = options.hop_seconds if options.hop_seconds is not None else config.data.hop_seconds

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RESULTS-event-mix.md from scratch: does event mixing (training/augment.py) help, for QLung and for
 # cross-entropy, and does training on the daemon's windows alone (no cycles as examples of their own) close the
-# gap between window and cycle level? Each seed trains the twelve recipes in turn (with and without mixing, mixed
+# gap between window and cycle level? Each seed trains the fourteen recipes in turn (with and without mixing, mixed
 # units or windows only, both losses, cross-entropy with each event laid at its own length, both losses with
 # mixing on edge-cnn's finer time axis, with and without the batch-norm statistics recomputed before each
 # validation, cross-entropy on the finer axis with the best epoch picked on the balanced validation Score, and
@@ -10,7 +10,7 @@
 # eval-stream-later/ from scripts/gate-later-results.sh),
 # so a series stopped early still leaves every pair of the paired
 # differences; a rerun resumes where it stopped. Each seed's reports are kept in seed-reports/
-# (scripts/archive_runs.py), so seeds trained on another day or machine add up. About 205 minutes per seed
+# (scripts/archive_runs.py), so seeds trained on another day or machine add up. About 235 minutes per seed
 # (fourteen runs) on a 2-core CPU.
 # Usage: bash scripts/event-mix-results.sh [DATA] [SEEDS]
 set -euo pipefail

@@ -259,7 +259,7 @@ def _has(data: dict[str, Any] | None, path: tuple[str, ...]) -> bool:
         if not isinstance(data, dict) or key not in data:
             return False
         data = data[key]
-    return data is not None
+    return data is not None and (not isinstance(data, float) or bool(np.isfinite(data)))
 
 
 def drift(gate: dict[str, Any] | None) -> dict[str, float] | None:
@@ -339,6 +339,7 @@ def detector_gains(path: Path) -> dict[str, dict[str, float]] | None:
 
 
 def _json(path: Path) -> dict[str, Any] | None:
+    """A seed's optional report, None where the script was not run for it."""
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -24,6 +24,7 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$run/window_smoothing.json" ] || .venv/bin/python scripts/window_smoothing.py "$run"
 [ -f "$run/window_rules.json" ] || .venv/bin/python scripts/window_rules.py "$run"
 [ -f "$run/window_gap.json" ] || .venv/bin/python scripts/window_gap.py "$run"
-if grep -q '^  event_timing: [1-9]' "$run/config.yaml"; then
+if .venv/bin/python -c 'import sys, yaml; sys.exit(yaml.safe_load(open(sys.argv[1]))["train"].get("event_timing", 0) <= 0)' \
+    "$run/config.yaml"; then
   [ -f "$run/step_detector.json" ] || .venv/bin/python scripts/step_detector.py "$run"
 fi

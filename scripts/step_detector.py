@@ -49,8 +49,6 @@ def measure(run: Path) -> dict[str, Any]:
     if CLASS_NAMES != ("normal", "crackle", "wheeze", "both"):
         raise SystemExit(f"this script reads classes as normal, crackle, wheeze, both; the toolkit has {CLASS_NAMES}")
     _, model, config, splits = load_trained(run / "best.pt", progress=False)
-    if model.step_head is None:
-        raise SystemExit(f"{run}: trained without train.event_timing, it has no step detector")
     geometry = geometry_of(config, "window")
     prepare = preparer(config, splits, progress=True)
     model.eval()
@@ -64,9 +62,9 @@ def measure(run: Path) -> dict[str, Any]:
         with torch.no_grad():
             for first in range(0, len(data), 64):
                 x = torch.stack([data[i][0] for i in range(first, min(first + 64, len(data)))])
-                features = model.backbone.steps(x)
-                head.append(model.head(model.backbone.pool(features))[0].softmax(dim=1).numpy())
-                steps.append(torch.sigmoid(model.step_head(features)).amax(dim=2).numpy())
+                logits, step_logits = model.step_logits(x)
+                head.append(logits.softmax(dim=1).numpy())
+                steps.append(torch.sigmoid(step_logits).amax(dim=2).numpy())
         head_p, found = np.concatenate(head), np.concatenate(steps) >= THRESHOLD
         plain = head_p.argmax(axis=1)
         head_crackle, head_wheeze = np.isin(plain, (1, 3)), np.isin(plain, (2, 3))

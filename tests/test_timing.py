@@ -14,16 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from qlung_edge import CLASS_NAMES
+from qlung_edge.errors import QLungError
 from training.augment import EventMixConfig, EventMixer
 from training.checkpoint import build_model
-from training.config import load_recipe
+from training.config import ConfigError, load_recipe
 from training.models import QLungModel
 from training.records import Cycle, Recording
 from training.timing import (
     UNKNOWN,
     example_targets,
     frame_centres,
-    frames_of,
+    frame_mask,
     lay_events,
     step_targets,
     timing_loss,
@@ -100,7 +101,7 @@ def test_laid_events_add_their_sound_where_they_lie() -> None:
     # A mask over waveform samples becomes one over frames by each frame's centre sample.
     samples = torch.zeros(1, 16000, dtype=torch.bool)
     samples[0, 8000:] = True
-    frames = frames_of(samples, 98)
+    frames = frame_mask(samples, 98)
     centres = np.arange(98) * 160 + 200
     assert frames.shape == (1, 98) and np.array_equal(frames[0].numpy(), centres >= 8000)
 
@@ -157,8 +158,18 @@ def test_the_detector_trains_draws_nothing_and_is_never_exported() -> None:
     assert out["steps"].shape[:2] == (2, 2)
     with_head.eval()
     assert "steps" not in with_head(waves) and with_head.output_names == without.output_names
+    # The detector read beside the head, offline: the same from a waveform as from its log-mel.
+    with torch.no_grad():
+        from_waves = with_head.step_logits(waves)
+        from_frames = with_head.step_logits(with_head.frontend(waves))
+        assert torch.allclose(from_waves[0], with_head(waves)["logits"], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(from_waves, from_frames))
+    with pytest.raises(QLungError, match="no step detector"):
+        without.step_logits(waves)
     with pytest.raises(ValueError, match="edge-cnn"):
         QLungModel("ast", step_detector=True)
+    with pytest.raises(ConfigError, match="event_timing needs the edge-cnn backbone"):
+        load_recipe("qlung-ast-icbhi", ["train.event_timing=1.0"])
 
 
 def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(synth_root: Path, tmp_path: Path) -> None:

@@ -71,8 +71,11 @@ class EventMixConfig:
 
 @dataclass
 class Mixed:
+    """A batch after event mixing, and where each event went (frame targets follow it, training.timing)."""
+
     inputs: torch.Tensor
     labels: torch.Tensor
+    """Each example's class: the union of its own sounds and the laid event's."""
     rows: torch.Tensor
     """The examples an event was laid over."""
     kinds: list[int]

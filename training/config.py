@@ -120,7 +120,8 @@ class TrainConfig:
     event_timing: float = 0.0
     """Weight of a second loss: a per-step crackle and wheeze detector on edge-cnn's time steps, trained on when
     the annotated events (and the events mixing lays) happen in each input (training.timing); never exported.
-    0: off."""
+    Meant for event-level annotations (SPRSound's); ICBHI's cycles tile the recording, so every frame of a crackle
+    cycle counts as crackle. SpecAugment's time mask is not taken out of the targets. 0: off."""
     select_on: str = "score"
     """The validation figure that picks the best epoch: "score", ICBHI's (Sp + Se) / 2 with Se over all abnormal
     examples; "balanced score", Se the mean recall of each abnormal class present, so that a class the validation
@@ -147,6 +148,10 @@ class RunConfig:
     loss: QLungLossConfig = field(default_factory=QLungLossConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.event_timing > 0 and self.model.backbone != "edge-cnn":
+            raise ValueError(f"train.event_timing needs the edge-cnn backbone, got {self.model.backbone!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

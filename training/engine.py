@@ -51,7 +51,7 @@ from training.losses import QLungLoss
 from training.metrics import balanced_score, confusion_matrix, icbhi_scores, plot_confusion_matrix
 from training.records import Cycle, DatasetScan, Recording
 from training.splits import patient_holdout
-from training.timing import example_targets, frames_of, lay_events, timing_loss
+from training.timing import example_targets, frame_mask, lay_events, timing_loss
 from training.verdicts import all_windows, by_recording, calibrate, score
 
 # --------------------------------------------------------------------------- processes and devices
@@ -443,7 +443,7 @@ def train(
                 mixed = mixer.mix(waves, labels)
                 waves, labels = mixed.inputs, mixed.labels
                 if targets is not None and len(mixed.rows):
-                    targets = lay_events(targets, mixed.rows, mixed.kinds, frames_of(mixed.inside, targets.shape[1]))
+                    targets = lay_events(targets, mixed.rows, mixed.kinds, frame_mask(mixed.inside, targets.shape[1]))
             waves, labels, aqs = waves.to(device), labels.to(device), aqs.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 output = trained(waves)

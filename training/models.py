@@ -23,7 +23,6 @@ from qlung_edge import CLASS_NAMES, FRAMES_PER_WINDOW, WINDOW_SAMPLES
 from qlung_edge.errors import QLungError
 from qlung_edge.onnx_sessions import OUTPUT_NAMES
 from training.frontend import FrontEndConfig, KaldiFbank, SpecAugment
-from training.timing import CHANNELS as STEP_CHANNELS
 
 # --------------------------------------------------------------------------- edge-cnn
 
@@ -364,6 +363,8 @@ class LinearHead(AngularHead):
 
 
 BACKBONES = ("edge-cnn", "ast")
+STEP_CHANNELS = 2
+"""Sounds the step detector says yes or no to per step: crackle, wheeze (`training.timing.CHANNELS`)."""
 
 
 class QLungModel(nn.Module):
@@ -400,12 +401,12 @@ class QLungModel(nn.Module):
         self.quality_head: nn.Linear | None = None
         """P(poor recording) from the embedding (`training.quality_model`); None until one is fitted."""
         self.step_head: nn.Conv1d | None = None
+        """Crackle and wheeze logits per time step (`training.timing`); trained, never exported."""
         if step_detector:
             if not isinstance(self.backbone, EdgeCNN):
                 raise ValueError("a per-step event detector needs the edge-cnn backbone")
             with torch.random.fork_rng(devices=[]):  # the rest of training draws as without it
-                self.step_head = nn.Conv1d(self.backbone.channels, len(STEP_CHANNELS), 1)
-        """Crackle and wheeze logits per time step (`training.timing`); trained, never exported."""
+                self.step_head = nn.Conv1d(self.backbone.channels, STEP_CHANNELS, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """`x`: a raw 16 kHz waveform [B, samples], or its log-mel [B, frames, mels] already computed (the
@@ -430,6 +431,15 @@ class QLungModel(nn.Module):
         if self.quality_head is not None:
             out["poor"] = torch.sigmoid(self.quality_head(embedding)).squeeze(1)
         return out
+
+    def step_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits [B, classes], step detector logits [B, 2, steps]) of waveforms or cached log-mel, without
+        SpecAugment: how `scripts/step_detector.py` reads the detector beside the head."""
+        if self.step_head is None or not isinstance(self.backbone, EdgeCNN):
+            raise QLungError("this model has no step detector (trained without train.event_timing)")
+        logmel = x.float() if x.dim() == 3 else self.frontend(x.float())
+        steps = self.backbone.steps(logmel)
+        return self.head(self.backbone.pool(steps))[0], self.step_head(steps)
 
     def attach_quality_head(self) -> nn.Linear:
         """An (unfitted) quality head on the embedding, on the model's device; its output is `poor`, exported with

@@ -16,19 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qlung_edge import CLASS_NAMES, FRAME_HOP, FRAME_LENGTH, MODEL_SAMPLE_RATE, frames_in
+from qlung_edge import FRAME_HOP, FRAME_LENGTH, MODEL_SAMPLE_RATE, frames_in
+from training.augment import BOTH, CRACKLE, WHEEZE
 from training.records import Cycle, Recording
 
 CHANNELS = ("crackle", "wheeze")
 """What the detector says per step: one yes/no per sound, so 'both' is both channels on."""
 UNKNOWN = -1
 """Target of a frame no annotated event of a known kind covers: not trained on."""
-_CRACKLE, _WHEEZE, _BOTH = (CLASS_NAMES.index(name) for name in ("crackle", "wheeze", "both"))
 
 
 def channels_of(label: int) -> tuple[int, int]:
     """(crackle, wheeze) presence of a class."""
-    return int(label in (_CRACKLE, _BOTH)), int(label in (_WHEEZE, _BOTH))
+    return int(label in (CRACKLE, BOTH)), int(label in (WHEEZE, BOTH))
 
 
 def frame_centres(start: float, frames: int) -> np.ndarray:
@@ -83,7 +83,7 @@ def lay_events(targets: torch.Tensor, rows: torch.Tensor, kinds: Sequence[int], 
     return out
 
 
-def frames_of(inside: torch.Tensor, frames: int) -> torch.Tensor:
+def frame_mask(inside: torch.Tensor, frames: int) -> torch.Tensor:
     """A mask over input steps ([rows, frames] log-mel frames or [rows, samples] of a waveform) as frames: a frame
     is inside where its centre sample is."""
     if inside.shape[1] == frames:
