@@ -11,8 +11,6 @@ Usage: python scripts/step_detector.py RUN [RUN ...]
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,18 +75,17 @@ def measure(run: Path) -> dict[str, Any]:
     return result
 
 
+def _describe(r: dict[str, Any]) -> list[str]:
+    return [
+        f"{split}: " + ", ".join(f"{k} {100 * r[split][k]['score']:.2f}" for k in ("plain", "detector", "union"))
+        for split in ("validation", "test")
+    ]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    args = parser.parse_args()
-    for run in args.runs:
-        r = measure(run)
-        (run / "step_detector.json").write_text(json.dumps(r, indent=1))
-        parts = [f"{run}:"]
-        for split in ("validation", "test"):
-            figures = ", ".join(f"{k} {100 * r[split][k]['score']:.2f}" for k in ("plain", "detector", "union"))
-            parts.append(f"{split}: {figures}")
-        print("\n  ".join(parts), flush=True)
+    from run_reports import report_runs
+
+    report_runs(__doc__, "step_detector.json", measure, _describe)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ Usage: python scripts/window_gap.py RUN [RUN ...]
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -88,21 +86,21 @@ def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.2f}"
 
 
+def _describe(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for split in ("validation", "test"):
+        g = r[split]
+        left = ", ".join(f"{w['patient']} ({w['abnormal_windows']}) {_points(w['gap'])}" for w in g["without"])
+        lines.append(f"{split}: window {_points(g['window_score'])} - cycle {_points(g['cycle_score'])} = "
+                     f"{_points(g['gap'])} (95 % over patient resamples {_points(g['low'])} to "
+                     f"{_points(g['high'])}); without one patient: {left}")  # fmt: skip
+    return lines
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    args = parser.parse_args()
-    for run in args.runs:
-        r = measure(run)
-        (run / "window_gap.json").write_text(json.dumps(r, indent=1))
-        lines = [f"{run}:"]
-        for split in ("validation", "test"):
-            g = r[split]
-            left = ", ".join(f"{w['patient']} ({w['abnormal_windows']}) {_points(w['gap'])}" for w in g["without"])
-            lines.append(f"{split}: window {_points(g['window_score'])} - cycle {_points(g['cycle_score'])} = "
-                         f"{_points(g['gap'])} (95 % over patient resamples {_points(g['low'])} to "
-                         f"{_points(g['high'])}); without one patient: {left}")  # fmt: skip
-        print("\n  ".join(lines), flush=True)
+    from run_reports import report_runs
+
+    report_runs(__doc__, "window_gap.json", measure, _describe)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ Usage: python scripts/window_rules.py RUN [RUN ...]
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,20 +84,20 @@ def measure(run: Path) -> dict[str, Any]:
     return result
 
 
+def _describe(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for split in ("validation", "test"):
+        plain = r[split]["plain"]["score"]
+        gains = ", ".join(f"{k} {100 * (v['score'] - plain):+.2f}" for k, v in r[split].items()
+                          if k not in ("plain", "windows"))  # fmt: skip
+        lines.append(f"{split} plain {100 * plain:.2f}; {gains}")
+    return lines
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    args = parser.parse_args()
-    for run in args.runs:
-        r = measure(run)
-        (run / "window_rules.json").write_text(json.dumps(r, indent=1))
-        parts = [f"{run}:"]
-        for split in ("validation", "test"):
-            plain = r[split]["plain"]["score"]
-            gains = ", ".join(f"{k} {100 * (v['score'] - plain):+.2f}" for k, v in r[split].items()
-                              if k not in ("plain", "windows"))  # fmt: skip
-            parts.append(f"{split} plain {100 * plain:.2f}; {gains}")
-        print("\n  ".join(parts), flush=True)
+    from run_reports import report_runs
+
+    report_runs(__doc__, "window_rules.json", measure, _describe)
 
 
 if __name__ == "__main__":

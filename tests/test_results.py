@@ -1,10 +1,12 @@
-"""scripts/results.py on the seeds archived in the repository."""
+"""scripts/results.py on the seeds archived in the repository, and the command line the per-run report scripts share."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 def test_results_leave_out_a_group_without_seeds_only_when_asked(tmp_path: Path) -> None:
@@ -77,3 +79,51 @@ def test_the_gap_rows_read_each_seed_s_window_gap(tmp_path: Path) -> None:
             xs = [100 * json.loads(f.read_text())[split][key] for f in files]
             label = f"{split} patients, window level minus cycle level (offline, points){end}"
             assert f"| {label} | {np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f} |" in text
+
+
+def test_the_detector_rows_are_each_way_of_calling_minus_the_window_head_s(tmp_path: Path) -> None:
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import results
+
+    judged = {
+        "validation": {"plain": {"score": 0.60}, "detector": {"score": 0.65}, "union": {"score": 0.58}},
+        "test": {"plain": {"score": 0.70}, "detector": {"score": 0.61}, "union": {"score": 0.72}},
+    }
+    (tmp_path / "step_detector.json").write_text(json.dumps(judged))
+    gains = results.detector_gains(tmp_path / "step_detector.json")
+    assert gains is not None
+    assert set(gains) == {"validation", "test"} and set(gains["test"]) == set(results.DETECTOR_RULES)
+    for split, rule, want in (
+        ("validation", "detector", 0.05), ("validation", "union", -0.02),
+        ("test", "detector", -0.09), ("test", "union", 0.02),
+    ):  # fmt: skip
+        assert abs(gains[split][rule] - want) < 1e-12
+    # A run trained without the detector has no file and no row.
+    assert results.detector_gains(tmp_path / "missing.json") is None
+
+
+def test_each_run_s_report_is_written_before_the_next_run_is_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from run_reports import report_runs
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run.mkdir()
+
+    def measure(run: Path) -> dict[str, object]:
+        if run.name == "b":
+            assert json.loads((runs[0] / "r.json").read_text()) == {"name": "a"}
+            raise RuntimeError("b failed")
+        return {"name": run.name}
+
+    monkeypatch.setattr(sys, "argv", ["x.py", *map(str, runs)])
+    with pytest.raises(RuntimeError, match="b failed"):
+        report_runs("Title line.\nMore.", "r.json", measure, lambda r: [f"named {r['name']}"])
+    assert f"{runs[0]}:\n  named a" in capsys.readouterr().out
+    assert not (runs[1] / "r.json").exists()

@@ -1,0 +1,24 @@
+"""The command line the per-run report scripts share: measure each run given, write its JSON, print its lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def report_runs(
+    doc: str, file_name: str, measure: Callable[[Path], dict[str, Any]], describe: Callable[[dict[str, Any]], list[str]]
+) -> None:
+    """`python scripts/X.py RUN [RUN ...]`: RUN/file_name from measure(RUN), and a printed block per run.
+
+    Each run's file is written before the next run is measured, so a long series stopped part way keeps what it did.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    for run in parser.parse_args().runs:
+        result = measure(run)
+        (run / file_name).write_text(json.dumps(result, indent=1))
+        print("\n  ".join([f"{run}:", *describe(result)]), flush=True)
