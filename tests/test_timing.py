@@ -194,5 +194,21 @@ def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(synth_root
     for split in ("validation", "test"):
         assert judged[split]["plain"]["score"] == pytest.approx(trained[split]["score"], nan_ok=True)
         assert set(judged[split]) == {"windows", "plain", "detector", "union"}
+    # The bundle is the window head alone: the same answers as the trained model, the detector left out.
+    from export.onnx_export import export_bundle
+    from qlung_edge.bundle import MODEL_FILE
+    from qlung_edge.onnx_sessions import onnx_session, run_onnx
+    from training.models import count_parameters
+
+    manifest = export_bundle(tmp_path / "timed" / "best.pt", tmp_path / "bundle", log=lambda _: None)
+    assert [o["name"] for o in manifest["outputs"]] == ["logits", "probabilities", "embedding"]
+    detector = sum(p.numel() for p in model.step_head.parameters())
+    assert manifest["model"]["parameters"] == count_parameters(model) - detector > 0
+    waves = np.random.default_rng(0).normal(0.0, 0.1, (2, manifest["window_samples"])).astype(np.float32)
+    exported = run_onnx(onnx_session(tmp_path / "bundle" / MODEL_FILE), waves)
+    model.eval()
+    with torch.no_grad():
+        trained = model(torch.from_numpy(waves))["probabilities"].numpy()
+    assert np.abs(exported["probabilities"] - trained).max() <= 1e-4
     train(load_recipe("demo", base), tmp_path / "plain", progress=False)
     assert "train_timing" not in (tmp_path / "plain" / "metrics.csv").read_text().splitlines()[0]
