@@ -20,6 +20,14 @@ os.environ["QLUNG_VALIDATE_EVENTS"] = "1"  # every daemon the tests start, in or
 SHARED_DATA = Path(os.environ.get("QLUNG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture()
+def scripts_importable(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """scripts/ on the import path for one test: its modules are command-line scripts, not a package."""
+    folder = REPO / "scripts"
+    monkeypatch.syspath_prepend(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real recordings (ICBHI sample, SPRSound) beside the checkout; without them those tests skip, in CI they

@@ -23,8 +23,9 @@ def test_results_leave_out_a_group_without_seeds_only_when_asked(tmp_path: Path)
     assert "| figure | CE + mixing |" in text and "Paired per-seed" not in text
 
 
-def test_epochs_whose_validation_went_all_one_way_are_counted_from_the_epoch_log(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+def test_epochs_whose_validation_went_all_one_way_are_counted_from_the_epoch_log(
+    tmp_path: Path, scripts_importable: Path
+) -> None:
     import results
 
     log = tmp_path / "metrics.csv"
@@ -39,8 +40,7 @@ def test_epochs_whose_validation_went_all_one_way_are_counted_from_the_epoch_log
     assert seeds[1]["epochs"] == {"all_abnormal": 7 / 19, "all_normal": 2 / 19}  # 3, 5-8, 10, 16; 2, 4
 
 
-def test_the_drift_rows_read_the_later_and_random_fifths_at_the_trained_budget() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+def test_the_drift_rows_read_the_later_and_random_fifths_at_the_trained_budget(scripts_importable: Path) -> None:
     import results
 
     held_out = {
@@ -81,10 +81,11 @@ def test_the_gap_rows_read_each_seed_s_window_gap(tmp_path: Path) -> None:
             assert f"| {label} | {np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f} |" in text
 
 
-def test_the_detector_rows_are_each_way_of_calling_minus_the_window_head_s(tmp_path: Path) -> None:
+def test_the_detector_rows_are_each_way_of_calling_minus_the_window_head_s(
+    tmp_path: Path, scripts_importable: Path
+) -> None:
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import results
 
     judged = {
@@ -105,11 +106,10 @@ def test_the_detector_rows_are_each_way_of_calling_minus_the_window_head_s(tmp_p
 
 
 def test_each_run_s_report_is_written_before_the_next_run_is_measured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], scripts_importable: Path
 ) -> None:
     import json
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from run_reports import report_runs
 
     runs = [tmp_path / "a", tmp_path / "b"]

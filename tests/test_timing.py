@@ -4,7 +4,6 @@ detector trains without changing what is exported."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,7 +171,9 @@ def test_the_detector_trains_draws_nothing_and_is_never_exported() -> None:
         load_recipe("qlung-ast-icbhi", ["train.event_timing=1.0"])
 
 
-def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(synth_root: Path, tmp_path: Path) -> None:
+def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(
+    synth_root: Path, tmp_path: Path, scripts_importable: Path
+) -> None:
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.engine import train
 
@@ -186,7 +187,6 @@ def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(synth_root
     model, _ = model_from_checkpoint(load_checkpoint(tmp_path / "timed" / "best.pt"))
     assert model.step_head is not None
     # The detector's own calls, offline: the head read through the detector's features is the run's own figure.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from step_detector import measure
 
     judged = measure(tmp_path / "timed")

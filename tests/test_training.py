@@ -308,7 +308,9 @@ def test_window_examples_are_the_daemons_windows_with_cached_front_end(synth_roo
     np.testing.assert_allclose(waves.inputs[0], pad_segment(np.asarray(audio[:40000], np.float32), 64000), atol=1e-6)
 
 
-def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synth_root: Path, tmp_path: Path) -> None:
+def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(
+    synth_root: Path, tmp_path: Path, scripts_importable: Path
+) -> None:
     import numpy as np
 
     from export.onnx_export import export_bundle
@@ -442,7 +444,6 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(synt
     assert risk_coverage(again, by_confidence=True)[0] == by_confidence[0]
     kept = risk_coverage(again, by_confidence=True)[-1]
     assert kept["windows"] == round(0.5 * len(again)) and kept["coverage"] == 0.5
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from verdict_transfer import transfer
 
     judged = transfer(tmp_path / "run", halvings=4)

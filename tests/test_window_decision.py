@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -130,11 +132,7 @@ def test_the_selection_figure_is_checked() -> None:
         TrainConfig(select_on="accuracy")
 
 
-def test_stretches_of_a_window_cut_short_end_with_it() -> None:
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+def test_stretches_of_a_window_cut_short_end_with_it(scripts_importable: Path) -> None:
     from window_rules import _span
 
     spans = [_span(10.0, 14.0, s, 1.0) for s in segment_starts(4.0, 1.0)]
