@@ -17,6 +17,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,27 @@ class Process:
         return self.rank == 0
 
 
-def start_processes(device: torch.device) -> Process:
-    """Join the torchrun process group when launched by torchrun; a single process otherwise."""
+@contextmanager
+def processes(device: torch.device) -> Iterator[Process]:
+    """Join the torchrun process group when launched by torchrun; a single process otherwise.
+
+    A group joined here is ended here, after a last barrier on success: a gloo process that exits with its group
+    still alive can abort at interpreter shutdown ("terminate called without an active exception", SIGABRT),
+    which fails the whole torchrun job after every figure was written."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Process()
-    if not dist.is_initialized():
+        yield Process()
+        return
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Process(dist.get_rank(), dist.get_world_size())
+    try:
+        yield Process(dist.get_rank(), dist.get_world_size())
+        if joined:
+            dist.barrier()  # no rank tears its connections down while another still talks
+    finally:
+        if joined:
+            dist.destroy_process_group()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -330,9 +344,20 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train one seed into `out_dir`; returns the run summary (also written to summary.json)."""
-    out = Path(out_dir)
     device = resolve_device(config.train.device)
-    process = start_processes(device)
+    with processes(device) as process:
+        return _train(config, Path(out_dir), device, process, resume, stop_after, progress)
+
+
+def _train(
+    config: RunConfig,
+    out: Path,
+    device: torch.device,
+    process: Process,
+    resume: bool,
+    stop_after: int | None,
+    progress: bool,
+) -> dict[str, Any]:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     show = progress and process.main
@@ -716,9 +741,11 @@ def _spread(values: list[float]) -> dict[str, Any]:
 def train_seeds(config: RunConfig, out_dir: str | Path, seeds: list[int], progress: bool = True) -> dict[str, Any]:
     """One run per seed under out_dir/seed<k>/, then test Sp, Se and Score as mean +- std (sample std)."""
     out = Path(out_dir)
-    runs = [
-        train(replace(config, train=replace(config.train, seed=s)), out / f"seed{s}", progress=progress) for s in seeds
-    ]
+    with processes(resolve_device(config.train.device)) as process:  # one group for every seed: never joined twice
+        runs = [
+            train(replace(config, train=replace(config.train, seed=s)), out / f"seed{s}", progress=progress)
+            for s in seeds
+        ]
     summary: dict[str, Any] = {"name": config.name, "seeds": seeds, "selection": runs[0]["selection"]}
     for key in ("specificity", "sensitivity", "score", "score_2class"):
         summary[key] = _spread([100 * r["test"][key] for r in runs])
@@ -732,5 +759,6 @@ def train_seeds(config: RunConfig, out_dir: str | Path, seeds: list[int], progre
             for task in ("task_2_1", "task_2_2")
         }
     summary["train_examples_per_second"] = float(np.median([r["train_examples_per_second"] for r in runs]))
-    (out / "seeds_summary.json").write_text(json.dumps(summary, indent=1))
+    if process.main:
+        (out / "seeds_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
