@@ -121,7 +121,7 @@ class TrainConfig:
     """Weight of a second loss: a per-step crackle and wheeze detector on edge-cnn's time steps, trained on when
     the annotated events (and the events mixing lays) happen in each input (training.timing); never exported.
     Meant for event-level annotations (SPRSound's); ICBHI's cycles tile the recording, so every frame of a crackle
-    cycle counts as crackle. SpecAugment's time mask is not taken out of the targets. 0: off."""
+    cycle counts as crackle. Frames SpecAugment's time mask blanks are left out of this loss. 0: off."""
     select_on: str = "score"
     """The validation figure that picks the best epoch: "score", ICBHI's (Sp + Se) / 2 with Se over all abnormal
     examples; "balanced score", Se the mean recall of each abnormal class present, so that a class the validation

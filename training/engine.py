@@ -474,7 +474,7 @@ def _train(
                 output = trained(waves)
                 loss, parts = criterion(output["logits"], output["cosine"], labels, aqs)
                 if targets is not None:
-                    timing_part = timing_loss(output["steps"], targets)
+                    timing_part = timing_loss(output["steps"], targets, output["blanked_frames"])
                     loss = loss + config.train.event_timing * timing_part
                     parts = {**parts, "timing": float(timing_part.detach())}
             optimizer.zero_grad(set_to_none=True)

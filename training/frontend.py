@@ -77,21 +77,28 @@ class SpecAugment(nn.Module):
         self.freq_masks, self.time_masks = freq_masks, time_masks
 
     @staticmethod
-    def _mask(x: torch.Tensor, dim: int, width: int, count: int) -> torch.Tensor:
+    def _mask(x: torch.Tensor, dim: int, width: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[dim]
+        masked = torch.zeros(x.shape[0], size, dtype=torch.bool, device=x.device)
         for _ in range(count):
             widths = torch.randint(0, width + 1, (x.shape[0], 1), device=x.device)
             starts = (torch.rand(x.shape[0], 1, device=x.device) * (size - widths + 1)).long()
             positions = torch.arange(size, device=x.device)[None, :]
             hit = (positions >= starts) & (positions < starts + widths)  # [B, size]
             x = x.masked_fill(hit.unsqueeze(1) if dim == 2 else hit.unsqueeze(2), 0.0)
-        return x
+            masked |= hit
+        return x, masked
+
+    def with_time_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masked input and which of its frames the time masks blanked ([B, frames] bool): a per-frame target
+        there names a sound the network was not let hear (`training.timing`)."""
+        if not self.training:
+            return x, torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        x, _ = self._mask(x, 2, self.freq_mask, self.freq_masks)
+        return self._mask(x, 1, self.time_mask, self.time_masks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        x = self._mask(x, 2, self.freq_mask, self.freq_masks)
-        return self._mask(x, 1, self.time_mask, self.time_masks)
+        return self.with_time_mask(x)[0]
 
 
 def frames_of(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:

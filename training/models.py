@@ -416,18 +416,18 @@ class QLungModel(nn.Module):
         else:
             with torch.autocast(x.device.type, enabled=False):  # the log-mel needs float32 under AMP
                 logmel = self.frontend(x.float())
-        logmel = self.augment(logmel)
         step_logits = None
         if self.step_head is not None and self.training:
             assert isinstance(self.backbone, EdgeCNN)
+            logmel, blanked = self.augment.with_time_mask(logmel)
             steps = self.backbone.steps(logmel)
             embedding, step_logits = self.backbone.pool(steps), self.step_head(steps)
         else:
-            embedding = self.backbone(logmel)
+            embedding = self.backbone(self.augment(logmel))
         logits, cos = self.head(embedding)
         out = {"logits": logits, "probabilities": logits.softmax(dim=1), "cosine": cos, "embedding": embedding}
         if step_logits is not None:
-            out["steps"] = step_logits
+            out["steps"], out["blanked_frames"] = step_logits, blanked
         if self.quality_head is not None:
             out["poor"] = torch.sigmoid(self.quality_head(embedding)).squeeze(1)
         return out

@@ -101,9 +101,14 @@ def step_targets(targets: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch
     return positive, known
 
 
-def timing_loss(step_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def timing_loss(step_logits: torch.Tensor, targets: torch.Tensor, blanked: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy of the detector's logits [B, 2, steps] against frame targets [B, frames, 2], over
-    the known steps only (0 when none is known)."""
-    positive, known = step_targets(targets.to(step_logits.device), step_logits.shape[2])
+    the known steps only (0 when none is known). Frames SpecAugment blanked (`blanked`, [B, frames] bool) are
+    unknown: the network could not hear what the annotation says is there (a 96-frame mask can hide a whole
+    wheeze)."""
+    targets = targets.to(step_logits.device)
+    if blanked is not None:
+        targets = targets.masked_fill(blanked.to(targets.device).unsqueeze(2), UNKNOWN)
+    positive, known = step_targets(targets, step_logits.shape[2])
     losses = F.binary_cross_entropy_with_logits(step_logits.float(), positive, reduction="none")
     return (losses * known).sum() / known.sum().clamp(min=1.0)
