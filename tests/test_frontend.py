@@ -94,6 +94,21 @@ def test_spec_augment_masks_in_training_only() -> None:
         assert full_cols <= 10 and full_rows <= 20
 
 
+def test_the_time_mask_says_which_frames_it_blanked_and_draws_as_before() -> None:
+    aug = SpecAugment(freq_mask=10, time_mask=20, time_masks=2)
+    x = torch.ones(6, 100, 128)
+    torch.manual_seed(3)
+    plain = aug(x)
+    torch.manual_seed(3)
+    masked, blanked = aug.with_time_mask(x)
+    assert torch.equal(masked, plain)  # the same draws: a recipe without event timing trains as it did
+    assert blanked.shape == (6, 100) and blanked.any()
+    assert torch.equal(blanked, (masked == 0).all(dim=2))  # exactly the whole rows the time masks zeroed
+    aug.eval()
+    same, none = aug.with_time_mask(x)
+    assert torch.equal(same, x) and not none.any()
+
+
 @pytest.mark.gpu
 def test_matches_torchaudio_kaldi_fbank() -> None:
     """Needs torchaudio, whose wheels need CUDA torch: runs on the GPU machine."""

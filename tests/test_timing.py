@@ -120,6 +120,20 @@ def test_step_targets_and_loss_read_only_known_steps() -> None:
     assert timing_loss(logits, torch.full((1, 12, 2), UNKNOWN, dtype=torch.int8)).item() == 0.0
 
 
+def test_frames_spec_augment_blanked_are_not_trained_on() -> None:
+    targets = torch.zeros((2, 12, 2), dtype=torch.int8)
+    targets[0, 4:6, 1] = 1  # a wheeze in example 0, frames 4-5
+    blanked = torch.zeros((2, 12), dtype=torch.bool)
+    blanked[0, 4:8] = True  # the time mask hid it (and two frames after it)
+    logits = torch.linspace(-3.0, 3.0, 2 * 2 * 3).reshape(2, 2, 3)
+    unheard = targets.clone()
+    unheard[0, 4:8] = UNKNOWN
+    assert torch.isclose(timing_loss(logits, targets, blanked), timing_loss(logits, unheard))
+    positive, _ = step_targets(unheard, 3)
+    assert positive.sum() == 0  # no step of either example is still said to hold the hidden wheeze
+    assert not torch.isclose(timing_loss(logits, targets, blanked), timing_loss(logits, targets))
+
+
 def test_the_mixer_says_where_it_laid_each_event() -> None:
     torch.manual_seed(0)
     donors = np.random.default_rng(0).standard_normal((4, 20, 8)).astype(np.float32)
@@ -153,8 +167,13 @@ def test_the_detector_trains_draws_nothing_and_is_never_exported() -> None:
     assert with_head.step_head is not None and without.step_head is None
     waves = torch.randn(2, 64000)
     with_head.train()
+    torch.manual_seed(5)
     out = with_head(waves)
     assert out["steps"].shape[:2] == (2, 2)
+    # The frames its SpecAugment blanked come out with the steps, as the same draws blank them.
+    torch.manual_seed(5)
+    _, blanked = with_head.augment.with_time_mask(with_head.frontend(waves))
+    assert blanked.any() and torch.equal(out["blanked_frames"], blanked)
     with_head.eval()
     assert "steps" not in with_head(waves) and with_head.output_names == without.output_names
     # The detector read beside the head, offline: the same from a waveform as from its log-mel.
@@ -172,15 +191,25 @@ def test_the_detector_trains_draws_nothing_and_is_never_exported() -> None:
 
 
 def test_a_recipe_with_event_timing_trains_and_logs_the_detector_loss(
-    synth_root: Path, tmp_path: Path, scripts_importable: Path
+    synth_root: Path, tmp_path: Path, scripts_importable: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import training.engine
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.engine import train
 
+    blanked: list[torch.Tensor] = []
+
+    def spied(logits: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        blanked.append(hidden)  # type: ignore[arg-type]
+        return timing_loss(logits, targets, hidden)
+
+    monkeypatch.setattr(training.engine, "timing_loss", spied)
     base = [f"data.root={synth_root / 'sprsound'}", "data.dataset=sprsound", "data.window_seconds=4.0",
             "data.unit=mixed", "train.epochs=1", "train.max_steps=3", "train.event_mix=0.5",
             "data.quality_estimate=false"]  # fmt: skip
     train(load_recipe("demo", [*base, "train.event_timing=1.0"]), tmp_path / "timed", progress=False)
+    # Every step's loss was told which frames SpecAugment blanked.
+    assert len(blanked) == 3 and all(b is not None and b.dtype == torch.bool and b.any() for b in blanked)
     header, row = (tmp_path / "timed" / "metrics.csv").read_text().splitlines()[:2]
     loss = float(row.split(",")[header.split(",").index("train_timing")])
     assert 0.0 < loss < 5.0
