@@ -98,7 +98,7 @@ class SpecAugment(nn.Module):
         return self._mask(x, 1, self.time_mask, self.time_masks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.with_time_mask(x)[0]
+        return self.with_time_mask(x)[0] if self.training else x  # nothing made in eval: nothing to export
 
 
 def frames_of(waveform: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
