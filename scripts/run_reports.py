@@ -1,4 +1,5 @@
-"""The command line the per-run report scripts share: measure each run given, write its JSON, print its lines."""
+"""What the per-run report scripts share: their command line (measure each run given, write its JSON, print its
+lines) and the window figures they report."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def report_runs(
@@ -22,3 +25,13 @@ def report_runs(
         result = measure(run)
         (run / file_name).write_text(json.dumps(result, indent=1))
         print("\n  ".join([f"{run}:", *describe(result)]), flush=True)
+
+
+def window_figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """ICBHI Score of window classes (normal, crackle, wheeze, both) and each class's recall (None if absent)."""
+    from training.window_decision import window_score
+
+    return {
+        "score": window_score(truth, predicted),
+        "recall": [float(np.mean(predicted[truth == k] == k)) if np.any(truth == k) else None for k in range(4)],
+    }

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from run_reports import report_runs, window_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,15 +26,6 @@ THRESHOLD = 0.5
 def _class_of(crackle: np.ndarray, wheeze: np.ndarray) -> np.ndarray:
     """Class index (normal, crackle, wheeze, both) from presence of each sound."""
     return crackle.astype(int) + 2 * wheeze.astype(int)
-
-
-def _figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    from training.window_decision import window_score
-
-    return {
-        "score": window_score(truth, predicted),
-        "recall": [float(np.mean(predicted[truth == k] == k)) if np.any(truth == k) else None for k in range(4)],
-    }
 
 
 def measure(run: Path) -> dict[str, Any]:
@@ -68,9 +60,9 @@ def measure(run: Path) -> dict[str, Any]:
         head_crackle, head_wheeze = np.isin(plain, (1, 3)), np.isin(plain, (2, 3))
         result[split] = {
             "windows": len(windows),
-            "plain": _figures(truth, plain),
-            "detector": _figures(truth, _class_of(found[:, 0], found[:, 1])),
-            "union": _figures(truth, _class_of(head_crackle | found[:, 0], head_wheeze | found[:, 1])),
+            "plain": window_figures(truth, plain),
+            "detector": window_figures(truth, _class_of(found[:, 0], found[:, 1])),
+            "union": window_figures(truth, _class_of(head_crackle | found[:, 0], head_wheeze | found[:, 1])),
         }
     return result
 
@@ -83,8 +75,6 @@ def _describe(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from run_reports import report_runs
-
     report_runs(__doc__, "step_detector.json", measure, _describe)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from run_reports import report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -98,8 +99,6 @@ def _describe(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from run_reports import report_runs
-
     report_runs(__doc__, "window_gap.json", measure, _describe)
 
 

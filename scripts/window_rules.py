@@ -23,21 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from run_reports import report_runs, window_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STRENGTHS = (0.5, 1.0)
 SEGMENT_SECONDS = (1.0, 2.0)
 RULES = ("mean", "most abnormal")
-
-
-def _figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    from training.window_decision import window_score
-
-    return {
-        "score": window_score(truth, predicted),
-        "recall": [float(np.mean(predicted[truth == k] == k)) if np.any(truth == k) else None for k in range(4)],
-    }
 
 
 def _span(start: float, end: float, offset: float, seconds: float) -> tuple[float, float]:
@@ -66,9 +58,9 @@ def measure(run: Path) -> dict[str, Any]:
         truth = np.array([w.label for w in windows])
         window_p = predict(model, ExampleDataset(prepare(windows, window_geometry, f"{split} windows")),
                            torch.device("cpu"), 64)  # fmt: skip
-        figures: dict[str, Any] = {"windows": len(windows), "plain": _figures(truth, window_p.argmax(axis=1))}
+        figures: dict[str, Any] = {"windows": len(windows), "plain": window_figures(truth, window_p.argmax(axis=1))}
         for strength in STRENGTHS:
-            figures[f"prior x {strength:g}"] = _figures(truth, decide(window_p, prior_offsets(prior, strength)))
+            figures[f"prior x {strength:g}"] = window_figures(truth, decide(window_p, prior_offsets(prior, strength)))
         for seconds in SEGMENT_SECONDS:
             starts = segment_starts(window_geometry.seconds, seconds)
             spans = [[_span(w.start, w.end, s, seconds) for s in starts] for w in windows]
@@ -79,7 +71,7 @@ def measure(run: Path) -> dict[str, Any]:
                                 torch.device("cpu"), 64).reshape(len(windows), len(starts), -1)  # fmt: skip
             for rule in RULES:
                 combined = with_segments(window_p, segment_p, rule, distinct)
-                figures[f"{seconds:g} s segments, {rule}"] = _figures(truth, combined.argmax(axis=1))
+                figures[f"{seconds:g} s segments, {rule}"] = window_figures(truth, combined.argmax(axis=1))
         result[split] = figures
     return result
 
@@ -95,8 +87,6 @@ def _describe(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from run_reports import report_runs
-
     report_runs(__doc__, "window_rules.json", measure, _describe)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from run_reports import report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,8 +93,6 @@ def _describe(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    from run_reports import report_runs
-
     report_runs(__doc__, "window_smoothing.json", measure, _describe)
 
 
