@@ -7,7 +7,8 @@ repository (windows.csv gzipped):
     python scripts/archive_runs.py runs/qlung-edge-sprsound-windows-event-mix ... --to seed-reports
 
 giving seed-reports/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
-window_decision.json, window_smoothing.json, window_rules.json, window_gap.json, step_detector.json, metrics.csv,
+window_decision.json, window_smoothing.json, window_rules.json, window_gap.json, step_detector.json, event_context.json,
+metrics.csv,
 eval-stream/eval_stream.json,
 eval-stream/windows.csv.gz}, and likewise any other eval-stream-* folder (the same seed under another gate).
 A seed already archived is replaced. A seed without an eval-stream report is left
@@ -32,6 +33,7 @@ FILES = (
     "window_rules.json",
     "window_gap.json",
     "step_detector.json",
+    "event_context.json",
     "metrics.csv",
 )
 

@@ -12,6 +12,7 @@ judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer
 `seed<k>/window_rules.json` (from `scripts/window_rules.py`: window decision rules fixed in advance),
 `seed<k>/window_gap.json` (from `scripts/window_gap.py`: the window - cycle gap over resamples of the patients),
 `seed<k>/step_detector.json` (from `scripts/step_detector.py`: the per-step event detector's own window calls),
+`seed<k>/event_context.json` (from `scripts/event_context.py`: annotated events called in other surroundings),
 `seed<k>/metrics.csv` (the training's epoch log) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
 the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
@@ -55,6 +56,13 @@ DETECTOR_RULES = {
 }
 """`scripts/step_detector.py`'s ways of calling a window that the results files quote."""
 
+EVENT_CONTEXTS = {
+    "repeated to fill the input (as the cycle level scores it)": "repeated",
+    "in its own recording (the input-long stretch centred on it)": "in_recording",
+    "laid once over normal breathing": "once_over_normal",
+}
+"""`scripts/event_context.py`'s surroundings of an annotated event that the results files quote."""
+
 ROWS = [
     ("offline, cycle level (one prediction per annotated event)", "summary", ("test_cycles", "score")),
     ("offline, window level", "summary", ("test", "score")),
@@ -87,6 +95,12 @@ ROWS = [
             ("low", ", low end of its 95 % over patient resamples"),
             ("high", ", high end of its 95 % over patient resamples"),
         )
+    ),
+    *(
+        (f"{split} patients, % of {name} events called {name}, {text} (offline)", "context", (split, key, name))
+        for split in ("validation", "test")
+        for name in ("crackle", "wheeze")
+        for text, key in EVENT_CONTEXTS.items()
     ),
     *(
         (
@@ -338,6 +352,17 @@ def detector_gains(path: Path) -> dict[str, dict[str, float]] | None:
     }
 
 
+def event_recalls(path: Path) -> dict[str, dict[str, dict[str, float]]] | None:
+    """From a seed's event_context.json: per split and surroundings, the share of each class's events called it."""
+    if not path.is_file():
+        return None
+    judged = json.loads(path.read_text())
+    return {
+        split: {key: judged[split][key]["own_class_by_class"] for key in EVENT_CONTEXTS.values() if judged[split][key]}
+        for split in ("validation", "test")
+    }
+
+
 def _json(path: Path) -> dict[str, Any] | None:
     """A seed's optional report, None where the script was not run for it."""
     return json.loads(path.read_text()) if path.is_file() else None
@@ -395,6 +420,7 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
                       "rules": rule_gains(seed_dir / "window_rules.json"),
                       "gap": _json(seed_dir / "window_gap.json"),
                       "detector": detector_gains(seed_dir / "step_detector.json"),
+                      "context": event_recalls(seed_dir / "event_context.json"),
                       "risk": None if rows is None else risk(rows),
                       "derived": derived(stream), "drift": drift(gate), "epochs": epoch_log(seed_dir / "metrics.csv"),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip

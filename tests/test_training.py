@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from qlung_edge import CLASS_NAMES
 from qlung_edge.errors import QLungError
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from training.config import RECIPES, ConfigError, load_recipe
@@ -479,6 +480,31 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(
                      (gapped["validation"]["window_score"], trained["validation"]["score"])):  # fmt: skip
         assert got == pytest.approx(own) if got is not None else np.isnan(own)  # None where undefined
     (tmp_path / "run" / "window_gap.json").write_text(json.dumps(gapped))
+    # Each annotated event repeated to fill the input is what the cycle level scores: the same calls, class by class.
+    from event_context import call_events
+    from event_context import measure as event_context
+
+    from training.dataset import ExampleDataset
+    from training.engine import examples_of, geometry_of, load_trained, predict
+    from training.verdicts import preparer
+
+    _, model, config, splits = load_trained(tmp_path / "run" / "best.pt", progress=False)
+    cycle = geometry_of(config, "cycle")
+    events = [c for c in examples_of(splits.recordings["test"], cycle)
+              if c.label > 0 and round(c.end * 16000) - round(c.start * 16000) <= cycle.samples]  # fmt: skip
+    on_cycles = predict(model, ExampleDataset(preparer(config, splits, False)(events, cycle, "events")),
+                        torch.device("cpu"), 64)  # fmt: skip
+    called = call_events(tmp_path / "run")["test"]
+    assert len(events) > 0 and called.labels.tolist() == [c.label for c in events]
+    # Same inputs, same log-mel path: equal but for float noise. The synthetic model is nearly sure of every event,
+    # so the other surroundings move its probabilities by only about 1e-5: the tolerance stays well below that.
+    np.testing.assert_allclose(called.probabilities["repeated"], on_cycles, rtol=0, atol=2e-6)
+    assert np.abs(called.probabilities["once_over_silence"] - on_cycles).max() > 4e-6
+    context = event_context(tmp_path / "run")
+    truth, calls = called.labels, on_cycles.argmax(axis=1)
+    repeated = context["test"]["repeated"]["own_class_by_class"]
+    assert repeated == pytest.approx({CLASS_NAMES[k]: np.mean(calls[truth == k] == k) for k in np.unique(truth)})
+    (tmp_path / "run" / "event_context.json").write_text(json.dumps(context))
     # Two seeds that are the same model: their ensemble decides as each of them does, and RESULTS.md says so.
     import results
     from seed_ensemble import ensemble
@@ -511,6 +537,11 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(
     assert f"| deployed, window level, recall of accepted normal windows | {normal_recall:.2f} ± 0.00 |" in text
     causal = 100 * pooled["test"]["causal, 2 windows"]
     assert f"| deployed, window level, accepted windows, each pooled with the window before it | {causal:.2f} ±" in text
+    quoted = [name for name in repeated if name in ("crackle", "wheeze")]
+    assert quoted, "the synthetic test patients have crackles or wheezes"
+    for name in quoted:
+        label = f"test patients, % of {name} events called {name}, repeated to fill the input"
+        assert f"| {label} (as the cycle level scores it) (offline) | {100 * repeated[name]:.2f} ± 0.00 |" in text
     loaded = results.load_group(group)
     # The reports kept in the repository (windows.csv gzipped, no checkpoints) give the same figures.
     from archive_runs import archive_seed
