@@ -54,13 +54,52 @@ def test_a_finer_time_axis_keeps_the_weights_and_the_budget() -> None:
     assert EdgeCNNConfig(stages=((48, 3), (64, 1), (96, 3)), time_stride=12).block_strides() == [(3, 3), (1, 1), (3, 1)]
 
 
-def test_a_finer_time_axis_exports_and_matches_torch(tmp_path: Path) -> None:
+def test_max_pooling_weighs_only_the_loudest_step_not_how_many_steps_hold_it() -> None:
+    torch.manual_seed(0)
+    steps = torch.randn(2, 256, 13)
+    stretched = steps.clone()
+    stretched[:, :, 1:6] = steps[:, :, :1]  # the first step's content held over five more steps: more of the input
+    stretched = torch.maximum(stretched, steps)  # every step's max kept, so only the mean can move
+    alone, both = EdgeCNN(EdgeCNNConfig(pooling="max")).eval(), EdgeCNN(EdgeCNNConfig()).eval()
+    assert alone.project.in_features == 256 and both.project.in_features == 512
+    with torch.no_grad():
+        assert torch.equal(alone.pool(steps), alone.pool(stretched))
+        assert not torch.allclose(both.pool(steps), both.pool(stretched))
+    with pytest.raises(ValueError, match="pooling must be one of mean-max, max, got 'sum'"):
+        EdgeCNNConfig(pooling="sum")
+
+
+def _frames_one_step_sees(backbone: EdgeCNN, frames: int = 2000) -> int:
+    """Receptive field of a middle time step, in log-mel frames: where its gradient reaches the input."""
+    logmel = torch.randn(1, frames, 128, requires_grad=True)
+    steps = backbone.eval().steps(logmel)
+    steps[0, :, steps.shape[-1] // 2].sum().backward()
+    reached = torch.nonzero(logmel.grad[0].abs().sum(dim=1) > 0).flatten()
+    return int(reached.max() - reached.min() + 1)
+
+
+def test_local_steps_see_under_a_second_where_fine_steps_see_the_whole_window() -> None:
+    torch.manual_seed(0)
+    fine, local = EdgeCNNConfig(time_stride=32), EdgeCNNConfig(time_stride=32, local_steps=True)
+    assert local.block_kernels() == [(3, 3)] * 4 + [(3, 1)] * 5 and fine.block_kernels() == [(3, 3)] * 9
+    # By hand: the stem's 4 frames, then each 3-wide kernel adds 2 steps of its input: 4 + 8 + 16 + 32 + 32 = 92
+    # frames until time stops striding at 32; fine steps keep widening by 64 frames per block after that.
+    assert _frames_one_step_sees(EdgeCNN(local)) == 92 and _frames_one_step_sees(EdgeCNN(fine)) == 412
+    assert _time_steps(EdgeCNN(local), 400) == _time_steps(EdgeCNN(fine), 400) == 13
+    with pytest.raises(ValueError, match="local_steps needs a time_stride"):
+        EdgeCNNConfig(local_steps=True)
+
+
+@pytest.mark.parametrize(
+    "edge", [{}, {"pooling": "max"}, {"pooling": "max", "local_steps": True}], ids=["mean-max", "max", "local-max"]
+)
+def test_a_finer_time_axis_exports_and_matches_torch(tmp_path: Path, edge: dict[str, object]) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     from export.onnx_export import export_onnx
     from export.ops import audit_file
 
     torch.manual_seed(0)
-    model = QLungModel("edge-cnn", head="linear", edge=EdgeCNNConfig(time_stride=32)).eval()
+    model = QLungModel("edge-cnn", head="linear", edge=EdgeCNNConfig(time_stride=32, **edge)).eval()  # type: ignore[arg-type]
     path = tmp_path / "fine.onnx"
     export_onnx(model, path, samples=64_000)
     audit = audit_file(path)

@@ -27,6 +27,10 @@ from training.frontend import FrontEndConfig, KaldiFbank, SpecAugment
 # --------------------------------------------------------------------------- edge-cnn
 
 
+POOLINGS = ("mean-max", "max")
+"""`EdgeCNNConfig.pooling`'s values."""
+
+
 @dataclass(frozen=True)
 class EdgeCNNConfig:
     stem_channels: int = 24
@@ -54,9 +58,21 @@ class EdgeCNNConfig:
     None: every stage strides in time as in frequency (128 frames, 1.28 s, with the default stem and stages).
     A smaller value of `time_strides()` stops the later stages striding in time, so the max over time can single
     out an event much shorter than the window (a 0.5 s wheeze in 4 s of breathing) instead of seeing it averaged
-    into a 1.28 s step."""
+    into a 1.28 s step. Each step still sees 4.12 s of the input through the later 3x3 kernels: `local_steps`."""
+    pooling: str = "mean-max"
+    """How the time steps become the embedding: "mean-max", their mean and max side by side; "max", the max alone,
+    so that how much of the input a sound fills cannot weigh in (a window holds a wheeze if any step does)."""
+
+    local_steps: bool = False
+    """Blocks after `time_stride` is reached no longer mix neighbouring time steps either (3x1 depthwise kernels
+    instead of 3x3): each step then sees about 0.9 s of the input (with the default stem, stages and a time_stride of
+    32) instead of more than a 4 s window, so the max over steps is a max over local stretches."""
 
     def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.local_steps and self.time_stride is None:
+            raise ValueError("local_steps needs a time_stride: the steps are local once time stops striding")
         if self.time_stride is None:
             return
         reachable = self.time_strides()
@@ -74,6 +90,15 @@ class EdgeCNNConfig:
                 out.append(out[-1] * stride)
         return out
 
+    def block_kernels(self) -> list[tuple[int, int]]:
+        """(frequency, time) kernel of each block's depthwise convolution: 1 along time once the steps are local."""
+        out, time = [], self.stem_stride
+        for _, along_time in self.block_strides():
+            local = self.local_steps and self.time_stride is not None and time >= self.time_stride
+            out.append((3, 1) if local else (3, 3))
+            time *= along_time
+        return out
+
     def block_strides(self) -> list[tuple[int, int]]:
         """(frequency, time) stride of each block: time stops striding once `time_stride` is reached."""
         if self.time_stride is None:
@@ -89,9 +114,12 @@ class EdgeCNNConfig:
 class SeparableBlock(nn.Module):
     """3x3 depthwise then 1x1 pointwise convolution, each with batch norm; residual when shapes allow."""
 
-    def __init__(self, channels_in: int, channels_out: int, stride: tuple[int, int]) -> None:
+    def __init__(
+        self, channels_in: int, channels_out: int, stride: tuple[int, int], kernel: tuple[int, int] = (3, 3)
+    ) -> None:
         super().__init__()
-        self.depthwise = nn.Conv2d(channels_in, channels_in, 3, stride, 1, groups=channels_in, bias=False)
+        padding = (kernel[0] // 2, kernel[1] // 2)
+        self.depthwise = nn.Conv2d(channels_in, channels_in, kernel, stride, padding, groups=channels_in, bias=False)
         self.bn1 = nn.BatchNorm2d(channels_in)
         self.pointwise = nn.Conv2d(channels_in, channels_out, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(channels_out)
@@ -116,18 +144,15 @@ class EdgeCNN(nn.Module):
             nn.ReLU(),
         )
         blocks, channels = [], config.stem_channels
-        for (out, _), stride in zip(config.stages, config.block_strides()):
-            blocks.append(SeparableBlock(channels, out, stride))
+        for (out, _), stride, kernel in zip(config.stages, config.block_strides(), config.block_kernels()):
+            blocks.append(SeparableBlock(channels, out, stride, kernel))
             channels = out
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(config.dropout)
-        self.project = nn.Linear(2 * channels, config.embed_dim)
-        self.embed_dim = config.embed_dim
-
-    @property
-    def channels(self) -> int:
+        self.channels = channels
         """Channels of the last feature map (per time step)."""
-        return self.project.in_features // 2
+        self.project = nn.Linear((2 if config.pooling == "mean-max" else 1) * channels, config.embed_dim)
+        self.embed_dim = config.embed_dim
 
     def steps(self, logmel: torch.Tensor) -> torch.Tensor:
         """The last feature map averaged over frequency: [B, channels, time steps]."""
@@ -135,8 +160,10 @@ class EdgeCNN(nn.Module):
         return x.mean(dim=2)
 
     def pool(self, steps: torch.Tensor) -> torch.Tensor:
-        """Time steps [B, C, T'] to the embedding, from their mean and max over time."""
-        pooled = torch.cat([steps.mean(dim=2), steps.amax(dim=2)], dim=1)
+        """Time steps [B, C, T'] to the embedding, from their mean and max over time (or the max alone)."""
+        pooled = steps.amax(dim=2)
+        if self.config.pooling == "mean-max":
+            pooled = torch.cat([steps.mean(dim=2), pooled], dim=1)
         return self.project(self.dropout(pooled))
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
