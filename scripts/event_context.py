@@ -89,6 +89,7 @@ def call_events(run: Path) -> dict[str, Called]:
     import torch
 
     from qlung_edge import MODEL_SAMPLE_RATE
+    from qlung_edge.batches import in_batches
     from qlung_edge.windows import FADE_SECONDS
     from training.cycles import CycleAudioLoader
     from training.engine import geometry_of, load_trained
@@ -100,15 +101,17 @@ def call_events(run: Path) -> dict[str, Called]:
     loader = CycleAudioLoader(splits.scan.recordings, cache_dir=config.data.cache_dir)
 
     @torch.no_grad()
+    def probabilities(waves: np.ndarray) -> np.ndarray:
+        """As training scored its examples: from the log-mel it caches (float16) when it caches."""
+        x = torch.from_numpy(waves)
+        if config.train.cache_features:
+            x = model.frontend(x).half().float()
+        return model(x)["probabilities"].numpy()
+
     def classify(waves: list[np.ndarray]) -> np.ndarray:
-        """Probabilities as training scored its examples: from the log-mel it caches (float16) when it caches."""
-        rows = [np.zeros((0, len(model.classes)), np.float32)]
-        for first in range(0, len(waves), 64):
-            x = torch.from_numpy(np.stack(waves[first : first + 64]))
-            if config.train.cache_features:
-                x = model.frontend(x).half().float()
-            rows.append(model(x)["probabilities"].numpy())
-        return np.concatenate(rows)
+        if not waves:  # these patients hold no crackle or wheeze
+            return np.zeros((0, len(model.classes)), np.float32)
+        return in_batches(probabilities, np.stack(waves), 64)
 
     called = {}
     for split in ("validation", "test"):

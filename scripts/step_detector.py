@@ -32,7 +32,8 @@ def measure(run: Path) -> dict[str, Any]:
     import torch
 
     from qlung_edge import CLASS_NAMES
-    from training.dataset import ExampleDataset, recording_windows
+    from qlung_edge.batches import in_batches
+    from training.dataset import recording_windows
     from training.engine import geometry_of, load_trained
     from training.verdicts import preparer
 
@@ -42,20 +43,20 @@ def measure(run: Path) -> dict[str, Any]:
     geometry = geometry_of(config, "window")
     prepare = preparer(config, splits, progress=True)
     model.eval()
+
+    @torch.no_grad()
+    def called(x: np.ndarray) -> dict[str, np.ndarray]:
+        """The head's probabilities and each sound's highest step probability, for a batch of cached inputs."""
+        logits, step_logits = model.step_logits(torch.from_numpy(x))
+        return {"head": logits.softmax(dim=1).numpy(), "steps": torch.sigmoid(step_logits).amax(dim=2).numpy()}
+
     result: dict[str, Any] = {"run": str(run), "threshold": THRESHOLD}
     for split in ("validation", "test"):
         recordings = [r for r in splits.recordings[split] if r.audio_path is not None]
         windows = [w for r in recordings for w in recording_windows(r, geometry) if w.label >= 0]
         truth = np.array([w.label for w in windows])
-        data = ExampleDataset(prepare(windows, geometry, f"{split} windows"))
-        head, steps = [], []
-        with torch.no_grad():
-            for first in range(0, len(data), 64):
-                x = torch.stack([data[i][0] for i in range(first, min(first + 64, len(data)))])
-                logits, step_logits = model.step_logits(x)
-                head.append(logits.softmax(dim=1).numpy())
-                steps.append(torch.sigmoid(step_logits).amax(dim=2).numpy())
-        head_p, found = np.concatenate(head), np.concatenate(steps) >= THRESHOLD
+        out = in_batches(called, prepare(windows, geometry, f"{split} windows").inputs, 64)
+        head_p, found = out["head"], out["steps"] >= THRESHOLD
         plain = head_p.argmax(axis=1)
         head_crackle, head_wheeze = np.isin(plain, (1, 3)), np.isin(plain, (2, 3))
         result[split] = {
