@@ -96,6 +96,32 @@ ROWS = [
             ("high", ", high end of its 95 % over patient resamples"),
         )
     ),
+    ("training patients, window level (offline, no augmentation or mixing)", "gap", ("train", "window_score")),
+    ("training patients, cycle level (offline, no augmentation or mixing)", "gap", ("train", "cycle_score")),
+    ("training patients, window level minus cycle level (offline, points)", "gap", ("train", "gap")),
+    *(
+        (
+            f"{split} patients, window level minus cycle level at the last epoch (offline, points)",
+            "gap",
+            (key, "last_epoch", "gap"),
+        )
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+    ),
+    *(
+        (
+            f"{split} patients, % of abnormal windows called their class, events filling {text} of the window",
+            "gap",
+            (key, "window_recall_by_coverage", upper, "own_class"),
+        )
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+        for upper, text in (("0.125", "up to 1/8"), ("0.25", "1/8 to 1/4"), ("0.5", "1/4 to 1/2"), ("1", "over half"))
+    ),
+    *(
+        (f"{split} patients, % of {name} {unit}s called {name} (offline)", "gap", (key, f"{unit}_recall", name))
+        for split, key in (("training", "train"), ("test", "test"))
+        for name in ("crackle", "wheeze")
+        for unit in ("window", "cycle")
+    ),
     *(
         (f"{split} patients, % of {name} events called {name}, {text} (offline)", "context", (split, key, name))
         for split in ("validation", "test")

@@ -6,7 +6,11 @@ all the wheeze windows), so the gap measured there is one draw of patients. This
 and every annotated cycle of the validation and of the test patients offline with the run's best.pt (no gate:
 the window figure is the run's offline window level) and gives the gap's central 95 % over resamples of the
 patients (`training.metrics.patient_score_gaps`), and the gap without each of the patients holding the most
-abnormal windows. Writes RUN/window_gap.json, prints a line per run.
+abnormal windows. The same for the training patients, without augmentation or mixing: whether the network fits
+windows as well as cycles on the recordings it learnt from tells underfitting from a failure to carry to new
+patients. And the abnormal windows' recall by how much of the window their annotated events fill, since a cycle
+is an event filling all of its input. Where the run kept its last epoch (last.pt), the three groups' window and
+cycle levels at that epoch too. Writes RUN/window_gap.json, prints a line per group of patients.
 Usage: python scripts/window_gap.py RUN [RUN ...]
 """
 
@@ -14,23 +18,62 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from run_reports import report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if TYPE_CHECKING:
+    from qlung_edge.windows import Span
+
 Part = tuple[np.ndarray, np.ndarray, list[str]]
 """Truth, predicted class and patient of each item (window or cycle)."""
 LEFT_OUT = 5
 """Patients, by abnormal windows held, whose leaving out is reported one by one."""
+SPLITS = ("train", "validation", "test")
+"""The training patients too: a gap there is one the network leaves on what it learnt from."""
+COVERAGE_BINS = (0.125, 0.25, 0.5, 1.0)
+"""Upper ends of the shares of a window its crackles and wheezes fill, by which its recall is broken down."""
 
 
 def _finite(value: float) -> float | None:
     """None for a figure the patients leave undefined (no normal or no abnormal item): JSON has no NaN."""
     return float(value) if np.isfinite(value) else None
+
+
+def class_recalls(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Share of each class's items called that class, for the classes the items hold."""
+    from qlung_edge import CLASS_NAMES
+
+    return {CLASS_NAMES[k]: float(np.mean(predicted[truth == k] == k)) for k in np.unique(truth)}
+
+
+def abnormal_coverage(events: Sequence[Span], start: float, end: float) -> float:
+    """Share of [start, end) that the crackle and wheeze events fill (overlapping events counted once)."""
+    spans = sorted(
+        (max(e.start, start), min(e.end, end)) for e in events if e.label > 0 and e.end > start and e.start < end
+    )
+    covered, reach = 0.0, start
+    for first, last in spans:
+        covered += max(0.0, last - max(first, reach))
+        reach = max(reach, last)
+    return min(1.0, covered / (end - start))  # float rounding must not push a full window past the last bin
+
+
+def recall_by_coverage(truth: np.ndarray, predicted: np.ndarray, coverage: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Abnormal windows' share called their own class, per bin of `coverage`, keyed by the bin's upper end
+    (COVERAGE_BINS; None where the bin is empty)."""
+    bins, low = {}, 0.0
+    for high in COVERAGE_BINS:
+        held = (truth > 0) & (coverage > low) & (coverage <= high)
+        own = float(np.mean(predicted[held] == truth[held])) if held.any() else None
+        bins[f"{high:g}"] = {"above": low, "windows": int(held.sum()), "own_class": own}
+        low = high
+    return bins
 
 
 def measure(run: Path) -> dict[str, Any]:
@@ -43,16 +86,26 @@ def measure(run: Path) -> dict[str, Any]:
     from training.window_decision import window_score
 
     _, model, config, splits = load_trained(run / "best.pt", progress=False)
+    # The last epoch's weights (same recipe, same patients), where training kept them: does fitting longer close
+    # the training patients' gap, and do the others follow?
+    last = load_trained(run / "last.pt", progress=False)[1] if (run / "last.pt").is_file() else None
     prepare = preparer(config, splits, progress=True)
     result: dict[str, Any] = {"run": str(run)}
-    for split in ("validation", "test"):
-        items = {}
+    for split in SPLITS:
+        items, at_last = {}, {}
         for unit in ("window", "cycle"):
             geometry = geometry_of(config, unit)
             examples = examples_of(splits.recordings[split], geometry)
             data = ExampleDataset(prepare(examples, geometry, f"{split} {unit}s"))
             p = predict(model, data, torch.device("cpu"), 64)
             items[unit] = (np.array([e.label for e in examples]), p.argmax(axis=1), [e.patient for e in examples])
+            if last is not None:
+                at_last[unit] = window_score(
+                    items[unit][0], predict(last, data, torch.device("cpu"), 64).argmax(axis=1)
+                )
+            if unit == "window":
+                events = {r.id: r.cycles for r in splits.recordings[split]}
+                coverage = np.array([abnormal_coverage(events[w.recording], w.start, w.end) for w in examples])
         windows, cycles = items["window"], items["cycle"]
         gaps = patient_score_gaps(windows, cycles)
         finite = gaps[np.isfinite(gaps)]  # none where the patients hold no normal or no abnormal item
@@ -73,6 +126,9 @@ def measure(run: Path) -> dict[str, Any]:
             "window_score": _finite(window_score(windows[0], windows[1])),
             "cycle_score": _finite(window_score(cycles[0], cycles[1])),
             "gap": _finite(window_score(windows[0], windows[1]) - window_score(cycles[0], cycles[1])),
+            "window_recall": class_recalls(windows[0], windows[1]),
+            "cycle_recall": class_recalls(cycles[0], cycles[1]),
+            "window_recall_by_coverage": recall_by_coverage(windows[0], windows[1], coverage),
             "low": low,
             "high": high,
             "resamples": int(finite.size),
@@ -80,6 +136,12 @@ def measure(run: Path) -> dict[str, Any]:
                 {"patient": p, "abnormal_windows": n, "gap": _finite(without(p))} for p, n in held.most_common(LEFT_OUT)
             ],
         }
+        if at_last:
+            result[split]["last_epoch"] = {
+                "window_score": _finite(at_last["window"]),
+                "cycle_score": _finite(at_last["cycle"]),
+                "gap": _finite(at_last["window"] - at_last["cycle"]),
+            }
     return result
 
 
@@ -89,12 +151,16 @@ def _points(value: float | None) -> str:
 
 def _describe(r: dict[str, Any]) -> list[str]:
     lines = []
-    for split in ("validation", "test"):
+    for split in (s for s in SPLITS if s in r):  # reports written before the training patients were added
         g = r[split]
         left = ", ".join(f"{w['patient']} ({w['abnormal_windows']}) {_points(w['gap'])}" for w in g["without"])
         lines.append(f"{split}: window {_points(g['window_score'])} - cycle {_points(g['cycle_score'])} = "
                      f"{_points(g['gap'])} (95 % over patient resamples {_points(g['low'])} to "
                      f"{_points(g['high'])}); without one patient: {left}")  # fmt: skip
+        if "last_epoch" in g:
+            e = g["last_epoch"]
+            lines.append(f"  at the last epoch: window {_points(e['window_score'])} - cycle {_points(e['cycle_score'])}"
+                         f" = {_points(e['gap'])}")  # fmt: skip
     return lines
 
 

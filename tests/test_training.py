@@ -479,6 +479,8 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(
                      (gapped["test"]["cycle_score"], trained["test_cycles"]["score"]),
                      (gapped["validation"]["window_score"], trained["validation"]["score"])):  # fmt: skip
         assert got == pytest.approx(own) if got is not None else np.isnan(own)  # None where undefined
+    for unit, own in (("window", trained["test"]["recall"]), ("cycle", trained["test_cycles"]["recall"])):
+        assert gapped["test"][f"{unit}_recall"] == pytest.approx({k: own[k] for k in gapped["test"][f"{unit}_recall"]})
     (tmp_path / "run" / "window_gap.json").write_text(json.dumps(gapped))
     # Each annotated event repeated to fill the input is what the cycle level scores: the same calls, class by class.
     from event_context import call_events
@@ -490,6 +492,26 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(
 
     _, model, config, splits = load_trained(tmp_path / "run" / "best.pt", progress=False)
     cycle = geometry_of(config, "cycle")
+    # The gap on the training patients too: every window and cycle of theirs, none of the other patients'.
+    fitted = gapped["train"]
+    trained_windows = examples_of(splits.recordings["train"], geometry_of(config, "window"))
+    assert fitted["windows"] == len(trained_windows)
+    # Every abnormal window overlaps its events, so each falls in one bin of how much of it they fill.
+    binned = fitted["window_recall_by_coverage"].values()
+    assert sum(b["windows"] for b in binned) == sum(w.label > 0 for w in trained_windows) > 0
+    assert fitted["cycles"] == len(examples_of(splits.recordings["train"], cycle)) > 0
+    assert fitted["gap"] == pytest.approx(fitted["window_score"] - fitted["cycle_score"])
+    # The last epoch's figures come from last.pt: one whose head gives every class the same logit calls every item
+    # normal (Score 0.5 at both levels), while the best epoch's figures stay the run's own.
+    flat = tmp_path / "flat-last-epoch"
+    flat.mkdir()
+    (flat / "best.pt").symlink_to(tmp_path / "run" / "best.pt")
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    payload["weights"]["head.weight"][:] = payload["weights"]["head.weight"][0]
+    save_checkpoint(flat / "last.pt", payload)
+    flattened = window_gap(flat)
+    assert flattened["test"]["last_epoch"] == {"window_score": 0.5, "cycle_score": 0.5, "gap": 0.0}
+    assert flattened["test"]["window_score"] == gapped["test"]["window_score"] != 0.5
     events = [c for c in examples_of(splits.recordings["test"], cycle)
               if c.label > 0 and round(c.end * 16000) - round(c.start * 16000) <= cycle.samples]  # fmt: skip
     on_cycles = predict(model, ExampleDataset(preparer(config, splits, False)(events, cycle, "events")),
