@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_reports import report_runs
+from run_reports import class_recalls, report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -65,11 +65,10 @@ def inputs_of(
     }
 
 
-def recalls(truth: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+def recalls(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     """Share of events called their own class and share called any abnormal class, overall and per class."""
-    per_class = {classes[k]: float(np.mean(predicted[truth == k] == k)) for k in np.unique(truth)}
     return {"own_class": float(np.mean(predicted == truth)), "abnormal": float(np.mean(predicted > 0)),
-            "own_class_by_class": per_class}  # fmt: skip
+            "own_class_by_class": class_recalls(truth, predicted)}  # fmt: skip
 
 
 @dataclass
@@ -151,8 +150,7 @@ def measure(run: Path) -> dict[str, Any]:
             "events": {CLASS_NAMES[k]: int(np.sum(c.labels == k)) for k in np.unique(c.labels)},
             "longer_than_input": c.longer_than_input,
             **{  # None where these patients hold no crackle or wheeze
-                k: recalls(c.labels, p.argmax(axis=1), CLASS_NAMES) if len(c.labels) else None
-                for k, p in c.probabilities.items()
+                k: recalls(c.labels, p.argmax(axis=1)) if len(c.labels) else None for k, p in c.probabilities.items()
             },
         }
     return result

@@ -35,3 +35,10 @@ def window_figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
         "score": window_score(truth, predicted),
         "recall": [float(np.mean(predicted[truth == k] == k)) if np.any(truth == k) else None for k in range(4)],
     }
+
+
+def class_recalls(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Share of each class's items called that class, by class name, for the classes the truth holds."""
+    from qlung_edge import CLASS_NAMES
+
+    return {CLASS_NAMES[k]: float(np.mean(predicted[truth == k] == k)) for k in np.unique(truth)}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from run_reports import report_runs
+from run_reports import class_recalls, report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,13 +43,6 @@ COVERAGE_BINS = (0.125, 0.25, 0.5, 1.0)
 def _finite(value: float) -> float | None:
     """None for a figure the patients leave undefined (no normal or no abnormal item): JSON has no NaN."""
     return float(value) if np.isfinite(value) else None
-
-
-def class_recalls(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Share of each class's items called that class, for the classes the items hold."""
-    from qlung_edge import CLASS_NAMES
-
-    return {CLASS_NAMES[k]: float(np.mean(predicted[truth == k] == k)) for k in np.unique(truth)}
 
 
 def abnormal_coverage(events: Sequence[Span], start: float, end: float) -> float:
@@ -79,6 +72,7 @@ def recall_by_coverage(truth: np.ndarray, predicted: np.ndarray, coverage: np.nd
 def measure(run: Path) -> dict[str, Any]:
     import torch
 
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.dataset import ExampleDataset
     from training.engine import examples_of, geometry_of, load_trained, predict
     from training.metrics import patient_score_gaps
@@ -88,7 +82,7 @@ def measure(run: Path) -> dict[str, Any]:
     _, model, config, splits = load_trained(run / "best.pt", progress=False)
     # The last epoch's weights (same recipe, same patients), where training kept them: does fitting longer close
     # the training patients' gap, and do the others follow?
-    last = load_trained(run / "last.pt", progress=False)[1] if (run / "last.pt").is_file() else None
+    last = model_from_checkpoint(load_checkpoint(run / "last.pt"))[0] if (run / "last.pt").is_file() else None
     prepare = preparer(config, splits, progress=True)
     result: dict[str, Any] = {"run": str(run)}
     for split in SPLITS:

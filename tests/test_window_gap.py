@@ -1,4 +1,4 @@
-"""scripts/window_gap.py's pure parts."""
+"""scripts/window_gap.py's pure parts, and the per-class recall it shares with the other report scripts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 
 def test_class_recalls_are_each_present_class_s_share_called_itself(scripts_importable: Path) -> None:
-    from window_gap import class_recalls
+    from run_reports import class_recalls
 
     truth = np.array([0, 0, 1, 2, 2, 2])
     predicted = np.array([0, 1, 1, 2, 0, 2])
