@@ -13,6 +13,7 @@ judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer
 `seed<k>/window_gap.json` (from `scripts/window_gap.py`: the window - cycle gap over resamples of the patients),
 `seed<k>/step_detector.json` (from `scripts/step_detector.py`: the per-step event detector's own window calls),
 `seed<k>/event_context.json` (from `scripts/event_context.py`: annotated events called in other surroundings),
+`seed<k>/event_removal.json` (from `scripts/event_removal.py`: abnormal windows called with their events removed),
 `seed<k>/metrics.csv` (the training's epoch log) and
 `seed_ensemble.json` (from `scripts/seed_ensemble.py`:
 the seeds averaged into one model, offline). A seed folder archived by `scripts/archive_runs.py` (its windows.csv
@@ -127,6 +128,34 @@ ROWS = [
         for split in ("validation", "test")
         for name in ("crackle", "wheeze")
         for text, key in EVENT_CONTEXTS.items()
+    ),
+    *(
+        (
+            f"{split} patients, % of abnormal windows called abnormal, {text} (offline)",
+            "removal",
+            (key, state, "abnormal"),
+        )
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+        for state, text in (("as_is", "as they are"), ("removed", "with their events removed"))
+    ),
+    *(
+        (
+            f"{split} patients, % of abnormal windows called abnormal, with 0.5 s either side of their events removed "
+            "too (offline)",
+            "removal",
+            (key, "wide_margin", "removed", "abnormal"),
+        )
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+    ),
+    *(
+        (f"{split} patients, % of normal windows called abnormal{text} (offline)", "removal", (key, *path))
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+        for text, path in (
+            ("", ("normal_called_abnormal",)),
+            (", cut and filled where an abnormal window has its events", ("sham", "removed", "abnormal")),
+            (", in recordings with crackles or wheezes", ("normal_of_recordings_with_events_called_abnormal",)),
+            (", in the other recordings", ("normal_of_other_recordings_called_abnormal",)),
+        )
     ),
     *(
         (
@@ -447,6 +476,7 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
                       "gap": _json(seed_dir / "window_gap.json"),
                       "detector": detector_gains(seed_dir / "step_detector.json"),
                       "context": event_recalls(seed_dir / "event_context.json"),
+                      "removal": _json(seed_dir / "event_removal.json"),
                       "risk": None if rows is None else risk(rows),
                       "derived": derived(stream), "drift": drift(gate), "epochs": epoch_log(seed_dir / "metrics.csv"),
                       "windows": None if rows is None else window_recall(rows)})  # fmt: skip

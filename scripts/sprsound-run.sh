@@ -4,7 +4,8 @@
 # gate and window decision offsets fitted on validation patients carry to the test patients, and whether pooling
 # neighbouring windows or decision rules fixed in advance help, how sure the gap between window and cycle level is
 # over resamples of the patients, how often the run calls an annotated event in other surroundings (repeated, in its
-# recording, laid once over normal breathing), and (a run trained with train.event_timing) whether its step detector calls
+# recording, laid once over normal breathing), how often it still calls an abnormal window abnormal once the window's
+# events are removed, and (a run trained with train.event_timing) whether its step detector calls
 # windows better than its window head. A step whose output is already there is skipped, so a stopped series
 # resumes where it stopped.
 # Usage: bash scripts/sprsound-run.sh RECIPE SEED [DATA]
@@ -26,6 +27,7 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$run/window_rules.json" ] || .venv/bin/python scripts/window_rules.py "$run"
 [ -f "$run/window_gap.json" ] || .venv/bin/python scripts/window_gap.py "$run"
 [ -f "$run/event_context.json" ] || .venv/bin/python scripts/event_context.py "$run"
+[ -f "$run/event_removal.json" ] || .venv/bin/python scripts/event_removal.py "$run"
 if .venv/bin/python -c 'import sys, yaml; sys.exit(yaml.safe_load(open(sys.argv[1]))["train"].get("event_timing", 0) <= 0)' \
     "$run/config.yaml"; then
   [ -f "$run/step_detector.json" ] || .venv/bin/python scripts/step_detector.py "$run"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from qlung_edge import CLASS_NAMES
 from training.frontend import AST_MEAN, AST_STD
@@ -155,3 +156,66 @@ class EventMixer:
         for row, kind in zip(rows.tolist(), added):
             out_labels[row] = combined_label(int(labels[row]), kind)
         return Mixed(out_inputs, out_labels, rows, added, inside.cpu())
+
+
+@dataclass(frozen=True)
+class EventRemovalConfig:
+    probability: float = 0.0
+    """Share of eligible windows (an annotated crackle or wheeze, and enough of the window outside it) whose
+    events are replaced; 0 turns removal off."""
+    margin_frames: int = 10
+    """Frames (10 ms each) either side of an annotated event replaced too: annotators' edges are approximate, and
+    a wheeze's tail left in would keep the window's answer."""
+    min_normal_fraction: float = 0.25
+    """Least share of the window outside every event and its margins (the breathing the events are replaced
+    with); a window with less is left alone."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"event removal probability must lie in [0, 1], got {self.probability}")
+        if self.margin_frames < 0:
+            raise ValueError(f"event removal margin_frames must be 0 or more, got {self.margin_frames}")
+        if not 0.0 < self.min_normal_fraction <= 1.0:
+            raise ValueError(f"event removal min_normal_fraction must lie in (0, 1], got {self.min_normal_fraction}")
+
+
+def remove_events(
+    inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, config: EventRemovalConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows with their crackles and wheezes replaced by the rest of the window, relabelled normal.
+
+    Why: on the test patients the window model called as many windows wheeze once their annotated wheeze was
+    replaced by the breathing beside it as before (issue 16): it answers from the recording's surroundings, not
+    the event. A window seen both with its event (and the event's class) and without it (normal) can only be told
+    apart by the event. Inputs are log-mel frames [B, frames, mels]; `targets` [B, frames, 2] are the per-frame
+    crackle/wheeze presence of training.timing (1 inside an event). The replacement is the window's frames outside
+    every event and its margins, in their order from a random start, repeated as needed: annotated normal breathing
+    and the unannotated stretches between events, which the window rule (qlung_edge.windows.window_label) counts
+    as normal too. Draws use torch's generator, so a resumed run continues the same draws."""
+    if inputs.dim() != 3 or targets.shape[:2] != inputs.shape[:2]:
+        raise ValueError(f"event removal needs log-mel frames and their targets, got {tuple(inputs.shape)} and "
+                         f"{tuple(targets.shape)}")  # fmt: skip
+    frames = inputs.shape[1]
+    chosen = torch.rand(len(labels)) < config.probability
+    if not chosen.any():
+        return inputs, labels, targets
+    event = (targets == 1).any(dim=2)
+    if config.margin_frames:
+        width = 2 * config.margin_frames + 1
+        event = F.max_pool1d(event[:, None].float(), width, 1, config.margin_frames)[:, 0] > 0
+    normal = ~event
+    least = max(1, math.ceil(config.min_normal_fraction * frames))
+    eligible = chosen & (labels.cpu() > 0) & event.any(dim=1) & (normal.sum(dim=1) >= least)
+    rows = torch.nonzero(eligible).flatten().tolist()
+    if not rows:
+        return inputs, labels, targets
+    out_inputs, out_labels, out_targets = inputs.clone(), labels.clone(), targets.clone()
+    for row in rows:
+        sources = torch.nonzero(normal[row]).flatten()
+        places = torch.nonzero(event[row]).flatten()
+        offset = int(torch.randint(len(sources), ()))
+        picked = sources[(offset + torch.arange(len(places))) % len(sources)]
+        out_inputs[row, places] = inputs[row, picked.to(inputs.device)]
+        out_targets[row, places] = 0
+        out_labels[row] = CLASS_NAMES.index("normal")
+    return out_inputs, out_labels, out_targets

@@ -118,6 +118,11 @@ class TrainConfig:
     cache_features: bool = True
     """Train on log-mel frames computed once and cached (float16), not on waveforms through the front end each
     epoch: the same numbers up to float16 rounding of the input, several times faster on a CPU."""
+    event_removal: float = 0.0
+    """Share of abnormal training windows (those with at least a second outside their events) whose annotated
+    crackles and wheezes are replaced with the window's own breathing outside them and relabelled normal
+    (training.augment.remove_events), so that only the event tells a window's class. Needs cached log-mel
+    (cache_features). 0: off."""
     event_timing: float = 0.0
     """Weight of a second loss: a per-step crackle and wheeze detector on edge-cnn's time steps, trained on when
     the annotated events (and the events mixing lays) happen in each input (training.timing); never exported.
@@ -133,6 +138,10 @@ class TrainConfig:
             raise ValueError(f"train.select_on must be {' or '.join(SELECTION_FIGURES)}, got {self.select_on!r}")
         if self.event_timing < 0:
             raise ValueError(f"train.event_timing must be 0 or more, got {self.event_timing}")
+        if not 0.0 <= self.event_removal <= 1.0:
+            raise ValueError(f"train.event_removal must lie in [0, 1], got {self.event_removal}")
+        if self.event_removal > 0 and not self.cache_features:
+            raise ValueError("train.event_removal works on cached log-mel frames: it needs train.cache_features")
         if self.bn_recalibration_batches < 0:
             raise ValueError(f"train.bn_recalibration_batches must be 0 or more, got {self.bn_recalibration_batches}")
         if self.event_mix_length not in EVENT_LENGTHS:

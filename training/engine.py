@@ -35,7 +35,7 @@ from qlung_edge.batches import in_batches
 from qlung_edge.config import from_dict
 from qlung_edge.errors import QLungError
 from qlung_edge.examination import VerdictRule
-from training.augment import EventMixConfig, EventMixer
+from training.augment import EventMixConfig, EventMixer, EventRemovalConfig, remove_events
 from training.batch_norm import recalibrate_batch_norm
 from training.checkpoint import (
     build_model,
@@ -383,6 +383,8 @@ def _train(
 
     evaluated_as = geometry_of(config, "window") if splits.geometry.unit == "mixed" else splits.geometry
     timing = config.train.event_timing > 0
+    removal = EventRemovalConfig(config.train.event_removal)
+    framed = timing or removal.probability > 0  # batches carry per-frame event targets
     parts = (("validation", splits.validation), ("test", splits.test))
     datasets: dict[str, Any] = {
         name: ExampleDataset(prepared(examples, evaluated_as, name)) for name, examples in parts
@@ -390,7 +392,7 @@ def _train(
     training_sets = [
         ExampleDataset(
             prepared(examples, g, f"train {g.unit}s"),
-            example_targets(examples, splits.scan.recordings, g.unit, g.seconds) if timing else None,
+            example_targets(examples, splits.scan.recordings, g.unit, g.seconds) if framed else None,
         )
         for g, examples in splits.train_parts
     ]
@@ -463,17 +465,19 @@ def _train(
             train_loader, desc=f"epoch {epoch + 1}/{config.train.epochs}", unit="batch", disable=not show, leave=False
         )
         for waves, labels, aqs, _, *rest in bar:
-            targets = rest[0] if timing else None
+            targets = rest[0] if framed else None
+            if removal.probability > 0:
+                waves, labels, targets = remove_events(waves, labels, targets, removal)
             if mixer is not None:
                 mixed = mixer.mix(waves, labels)
                 waves, labels = mixed.inputs, mixed.labels
-                if targets is not None and len(mixed.rows):
+                if timing and len(mixed.rows):
                     targets = lay_events(targets, mixed.rows, mixed.kinds, frame_mask(mixed.inside, targets.shape[1]))
             waves, labels, aqs = waves.to(device), labels.to(device), aqs.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 output = trained(waves)
                 loss, parts = criterion(output["logits"], output["cosine"], labels, aqs)
-                if targets is not None:
+                if timing:
                     timing_part = timing_loss(output["steps"], targets, output["blanked_frames"])
                     loss = loss + config.train.event_timing * timing_part
                     parts = {**parts, "timing": float(timing_part.detach())}
