@@ -8,20 +8,25 @@ patients' normal windows normal; one that answers from the surroundings calls it
 what it answers from: the same removal with 0.5 s either side of each event (the annotated edges too tight?);
 normal windows cut and filled the same way where a random abnormal window of the same patients has its events
 (does the splicing itself sound abnormal?); and the normal windows of recordings that hold crackles or wheezes
-elsewhere (the recording rather than the window?). Writes RUN/event_removal.json, prints a line per group of patients.
+elsewhere, by how far they lie from the nearest one (the recording rather than the window?). Writes
+RUN/event_removal.json, prints a line per group of patients.
 Usage: python scripts/event_removal.py RUN [RUN ...]
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from run_reports import class_recalls, report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from qlung_edge.windows import Span
 
 SPLITS = ("train", "validation", "test")
 SEED = 0
@@ -29,6 +34,32 @@ SEED = 0
 BATCH = 64
 WIDE_MARGIN_FRAMES = 50
 """The wider margin either side of each event (frames of 10 ms) of the second removal."""
+DISTANCE_BINS = (1.0, 2.0, 4.0)
+"""Upper ends (s) of the gaps between a normal window and the nearest crackle or wheeze of its recording; farther
+ones make a bin of their own, and so do the windows of recordings without any."""
+
+
+def distance_to_events(events: Sequence[Span], start: float, end: float) -> float:
+    """Seconds between [start, end) and the nearest crackle or wheeze event (0 where one overlaps it; infinite
+    where the recording has none)."""
+    gaps = [max(e.start - end, start - e.end, 0.0) for e in events if e.label > 0]
+    return min(gaps, default=float("inf"))
+
+
+def abnormal_by_distance(predicted: np.ndarray, distance: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Share of normal windows called abnormal per bin of their distance to the nearest crackle or wheeze, keyed
+    by the bin's upper end, "farther" beyond the last, "none" for recordings without any."""
+    bins, low = {}, -1.0
+    for high in (*DISTANCE_BINS, np.inf):
+        held = (distance > low) & (distance <= high) & np.isfinite(distance)
+        bins["farther" if high == np.inf else f"{high:g}"] = {
+            "windows": int(held.sum()),
+            "abnormal": _share(predicted, held),
+        }
+        low = high
+    none = ~np.isfinite(distance)
+    bins["none"] = {"windows": int(none.sum()), "abnormal": _share(predicted, none)}
+    return bins
 
 
 def called(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
@@ -103,8 +134,9 @@ def measure(run: Path) -> dict[str, Any]:
         predicted = {k: np.concatenate(v) for k, v in calls.items()}
         chosen = {k: np.concatenate(v) for k, v in changed.items()}
         normal = truth == 0
-        with_events = {r.id for r in splits.recordings[split] if any(c.label > 0 for c in r.cycles)}
-        beside = normal & np.array([e.recording in with_events for e in examples])
+        events = {r.id: r.cycles for r in splits.recordings[split]}
+        distance = np.array([distance_to_events(events[e.recording], e.start, e.end) for e in examples])
+        beside = normal & np.isfinite(distance)
 
         removed, wide, sham = (_judged(truth, predicted["as_is"], predicted[k], chosen[k]) for k in removals)
         result[split] = {
@@ -119,6 +151,7 @@ def measure(run: Path) -> dict[str, Any]:
             "normal_windows_of_recordings_with_events": int(beside.sum()),
             "normal_of_recordings_with_events_called_abnormal": _share(predicted["as_is"], beside),
             "normal_of_other_recordings_called_abnormal": _share(predicted["as_is"], normal & ~beside),
+            "normal_by_distance": abnormal_by_distance(predicted["as_is"][normal], distance[normal]),
         }
     return result
 
@@ -151,6 +184,11 @@ def _describe(r: dict[str, Any]) -> list[str]:
         lines.append(f"  normal windows called abnormal: {_percent(beside)} of the "
                      f"{g['normal_windows_of_recordings_with_events']} in recordings with crackles or wheezes "
                      f"elsewhere, {_percent(others)} of the others")  # fmt: skip
+        if "normal_by_distance" in g:
+            names = {"farther": "farther", "none": "none in the recording"}
+            near = ", ".join(f"{names.get(k, f'up to {k} s')} {_percent(b['abnormal'])} ({b['windows']})"
+                             for k, b in g["normal_by_distance"].items())  # fmt: skip
+            lines.append(f"  normal windows called abnormal by distance to the nearest crackle or wheeze: {near}")
     return lines
 
 

@@ -159,6 +159,20 @@ ROWS = [
     ),
     *(
         (
+            f"{split} patients, % of normal windows called abnormal, {text} the nearest crackle or wheeze (offline)",
+            "removal",
+            (key, "normal_by_distance", bin, "abnormal"),
+        )
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+        for bin, text in (
+            ("1", "up to 1 s from"),
+            ("2", "1 to 2 s from"),
+            ("4", "2 to 4 s from"),
+            ("farther", "over 4 s from"),
+        )
+    ),
+    *(
+        (
             f"{split} patients, window level (offline), {text}, minus the window head's argmax (points)",
             "detector",
             (split, rule),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +136,8 @@ def test_a_recipe_with_event_removal_trains_on_windows_without_their_events(
         if 0 < beside < g["normal_windows"]:
             mixed = (beside * shares[0] + (g["normal_windows"] - beside) * shares[1]) / g["normal_windows"]
             assert mixed == pytest.approx(g["normal_called_abnormal"])
+        by_distance = {k: b["windows"] for k, b in g["normal_by_distance"].items()}
+        assert sum(by_distance.values()) == g["normal_windows"] and by_distance["none"] == g["normal_windows"] - beside
         assert g["sham"]["windows"] <= g["normal_windows"] and g["wide_margin"]["windows"] <= g["windows"]
         if g["sham"]["windows"]:
             assert set(g["sham"]["removed"]["own_class_by_class"]) == {"normal"}
@@ -142,3 +145,27 @@ def test_a_recipe_with_event_removal_trains_on_windows_without_their_events(
             assert g["as_is"]["abnormal"] == pytest.approx(float((predicted[chosen] > 0).mean()))
             assert 0.0 <= g["removed"]["abnormal"] <= 1.0
     assert any(judged[split]["windows"] for split in SPLITS)
+
+
+def test_normal_windows_are_binned_by_their_distance_to_the_nearest_crackle_or_wheeze(
+    scripts_importable: Path,
+) -> None:
+    from event_removal import abnormal_by_distance, distance_to_events
+
+    from training.records import Cycle
+
+    def event(start: float, end: float, label: int) -> Cycle:
+        return Cycle("r", "p", "device", start, end, label)
+
+    events = [event(0.0, 1.0, CRACKLE), event(10.0, 11.0, NORMAL), event(20.0, 20.5, WHEEZE)]
+    assert distance_to_events(events, 2.5, 6.5) == pytest.approx(1.5)  # after the crackle; the normal event ignored
+    assert distance_to_events(events, 12.0, 16.0) == pytest.approx(4.0)  # before the wheeze
+    assert distance_to_events(events, 0.5, 4.5) == 0.0  # overlapping
+    assert distance_to_events(events[1:2], 0.0, 4.0) == float("inf")
+    distance = np.array([0.0, 0.5, 1.5, 3.0, 4.0, 9.0, np.inf, np.inf])
+    predicted = np.array([1, 0, 2, 0, 3, 0, 1, 0])
+    bins = abnormal_by_distance(predicted, distance)
+    assert {k: b["windows"] for k, b in bins.items()} == {"1": 2, "2": 1, "4": 2, "farther": 1, "none": 2}
+    assert {k: b["abnormal"] for k, b in bins.items()} == {"1": 0.5, "2": 1.0, "4": 0.5, "farther": 0.0, "none": 0.5}
+    empty = abnormal_by_distance(predicted[:1], distance[:1])
+    assert empty["farther"] == {"windows": 0, "abnormal": None}
