@@ -1,5 +1,6 @@
-"""Event removal (training.augment.remove_events): a window's crackles and wheezes replaced by its own normal
-breathing, relabelled normal; and a recipe that trains with it."""
+"""Event removal (training.augment.remove_events): a window's crackles and wheezes replaced by the rest of the
+window, relabelled normal; a recipe that trains with it; and scripts/event_removal.py, which scores a run's windows
+with and without their events."""
 
 from __future__ import annotations
 
