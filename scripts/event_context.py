@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_reports import class_recalls, report_runs
+from run_reports import own_and_abnormal, report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,12 +63,6 @@ def inputs_of(
         "once_over_silence": laid_once(event, silence, fade),
         "repeated_over_half": half,
     }
-
-
-def recalls(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Share of events called their own class and share called any abnormal class, overall and per class."""
-    return {"own_class": float(np.mean(predicted == truth)), "abnormal": float(np.mean(predicted > 0)),
-            "own_class_by_class": class_recalls(truth, predicted)}  # fmt: skip
 
 
 @dataclass
@@ -150,7 +144,8 @@ def measure(run: Path) -> dict[str, Any]:
             "events": {CLASS_NAMES[k]: int(np.sum(c.labels == k)) for k in np.unique(c.labels)},
             "longer_than_input": c.longer_than_input,
             **{  # None where these patients hold no crackle or wheeze
-                k: recalls(c.labels, p.argmax(axis=1)) if len(c.labels) else None for k, p in c.probabilities.items()
+                k: own_and_abnormal(c.labels, p.argmax(axis=1)) if len(c.labels) else None
+                for k, p in c.probabilities.items()
             },
         }
     return result

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from run_reports import class_recalls, report_runs
+from run_reports import own_and_abnormal, report_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,18 +62,11 @@ def abnormal_by_distance(predicted: np.ndarray, distance: np.ndarray) -> dict[st
     return bins
 
 
-def called(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
-    """Share of windows called their own (original) class, share called any abnormal class, and own class by
-    class."""
-    return {"own_class": float(np.mean(predicted == truth)), "abnormal": float(np.mean(predicted > 0)),
-            "own_class_by_class": class_recalls(truth, predicted)}  # fmt: skip
-
-
 def _judged(truth: np.ndarray, before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> dict[str, Any] | None:
     """The windows `mask` picks, called as they are (`before`) and after a removal (`after`)."""
     if not mask.any():
         return None
-    return {"as_is": called(truth[mask], before[mask]), "removed": called(truth[mask], after[mask])}
+    return {"as_is": own_and_abnormal(truth[mask], before[mask]), "removed": own_and_abnormal(truth[mask], after[mask])}
 
 
 def _share(predicted: np.ndarray, mask: np.ndarray) -> float | None:
@@ -184,11 +177,10 @@ def _describe(r: dict[str, Any]) -> list[str]:
         lines.append(f"  normal windows called abnormal: {_percent(beside)} of the "
                      f"{g['normal_windows_of_recordings_with_events']} in recordings with crackles or wheezes "
                      f"elsewhere, {_percent(others)} of the others")  # fmt: skip
-        if "normal_by_distance" in g:
-            names = {"farther": "farther", "none": "none in the recording"}
-            near = ", ".join(f"{names.get(k, f'up to {k} s')} {_percent(b['abnormal'])} ({b['windows']})"
-                             for k, b in g["normal_by_distance"].items())  # fmt: skip
-            lines.append(f"  normal windows called abnormal by distance to the nearest crackle or wheeze: {near}")
+        names = {"farther": "farther", "none": "none in the recording"}
+        near = ", ".join(f"{names.get(k, f'up to {k} s')} {_percent(b['abnormal'])} ({b['windows']})"
+                         for k, b in g["normal_by_distance"].items())  # fmt: skip
+        lines.append(f"  normal windows called abnormal by distance to the nearest crackle or wheeze: {near}")
     return lines
 
 

@@ -42,3 +42,9 @@ def class_recalls(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     from qlung_edge import CLASS_NAMES
 
     return {CLASS_NAMES[k]: float(np.mean(predicted[truth == k] == k)) for k in np.unique(truth)}
+
+
+def own_and_abnormal(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Share of items called their own class, share called any abnormal class, and own class by class."""
+    return {"own_class": float(np.mean(predicted == truth)), "abnormal": float(np.mean(predicted > 0)),
+            "own_class_by_class": class_recalls(truth, predicted)}  # fmt: skip

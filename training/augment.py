@@ -185,8 +185,8 @@ def remove_events(
     """Windows with their crackles and wheezes replaced by the rest of the window, relabelled normal.
 
     Why: on the test patients the window model called as many windows wheeze once their annotated wheeze was
-    replaced by the breathing beside it as before (issue 16): it answers from the recording's surroundings, not
-    the event. A window seen both with its event (and the event's class) and without it (normal) can only be told
+    replaced by the breathing beside it as before (issue 16): it answers from the event's surroundings, not the
+    event. A window seen both with its event (and the event's class) and without it (normal) can only be told
     apart by the event. Inputs are log-mel frames [B, frames, mels]; `targets` [B, frames, 2] are the per-frame
     crackle/wheeze presence of training.timing (1 inside an event). The replacement is the window's frames outside
     every event and its margins, in their order from a random start, repeated as needed: annotated normal breathing
