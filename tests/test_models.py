@@ -90,8 +90,30 @@ def test_local_steps_see_under_a_second_where_fine_steps_see_the_whole_window() 
         EdgeCNNConfig(local_steps=True)
 
 
+def test_subtracting_the_window_mean_drops_a_constant_offset_per_band_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    plain = EdgeCNN(EdgeCNNConfig(time_stride=32)).eval()
+    centred = EdgeCNN(EdgeCNNConfig(time_stride=32, subtract_window_mean=True)).eval()
+    centred.load_state_dict(plain.state_dict())
+    logmel = torch.randn(2, 400, 128)
+    offset = torch.linspace(-2.0, 3.0, 128)  # a frequency response: one constant per mel band
+    louder = logmel.clone()
+    louder[:, :100, 40] += 3.0  # a change within the window: one band louder for a quarter of it
+
+    def moved(model: EdgeCNN, changed: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(changed) - model(logmel)).abs().max())
+
+    assert moved(centred, logmel + offset) < 1e-3 * moved(plain, logmel + offset)
+    assert moved(centred, louder) > 0.1 * moved(plain, louder)
+    with torch.no_grad():
+        assert torch.allclose(centred(logmel), plain(logmel - logmel.mean(dim=1, keepdim=True)), atol=1e-6)
+
+
 @pytest.mark.parametrize(
-    "edge", [{}, {"pooling": "max"}, {"pooling": "max", "local_steps": True}], ids=["mean-max", "max", "local-max"]
+    "edge",
+    [{}, {"pooling": "max"}, {"pooling": "max", "local_steps": True}, {"subtract_window_mean": True}],
+    ids=["mean-max", "max", "local-max", "band-mean"],
 )
 def test_a_finer_time_axis_exports_and_matches_torch(tmp_path: Path, edge: dict[str, object]) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")

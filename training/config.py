@@ -62,7 +62,7 @@ class ModelConfig:
     """ASTConfig overrides (embed_dim, depth, heads) for smaller transformers."""
     edge: dict[str, Any] = field(default_factory=dict)
     """EdgeCNNConfig overrides (stem_channels, stem_kernel, stem_stride, embed_dim, time_stride, pooling,
-    local_steps)."""
+    local_steps, subtract_window_mean)."""
     dropout: float = 0.1
 
     def __post_init__(self) -> None:

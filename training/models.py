@@ -68,6 +68,11 @@ class EdgeCNNConfig:
     instead of 3x3): each step then sees about 0.9 s of the input (with the default stem, stages and a time_stride of
     32) instead of more than a 4 s window, so the max over steps is a max over local stretches."""
 
+    subtract_window_mean: bool = False
+    """Each mel band's mean over the input is subtracted before the first layer. A stethoscope's, a chest site's or
+    a patient's frequency response is close to a constant offset per band in log-mel; what is left is how each band
+    changes within the window (so a sound that fills one band for the whole window is lost with the offset)."""
+
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
@@ -156,6 +161,8 @@ class EdgeCNN(nn.Module):
 
     def steps(self, logmel: torch.Tensor) -> torch.Tensor:
         """The last feature map averaged over frequency: [B, channels, time steps]."""
+        if self.config.subtract_window_mean:
+            logmel = logmel - logmel.mean(dim=1, keepdim=True)
         x = self.blocks(self.stem(logmel.transpose(1, 2).unsqueeze(1)))  # [B, C, mels', frames']
         return x.mean(dim=2)
 
