@@ -101,6 +101,23 @@ ROWS = [
     ("training patients, cycle level (offline, no augmentation or mixing)", "gap", ("train", "cycle_score")),
     ("training patients, window level minus cycle level (offline, points)", "gap", ("train", "gap")),
     *(
+        row
+        for split, key in (("training", "train"), ("validation", "validation"), ("test", "test"))
+        for row in (
+            (
+                f"{split} patients, window level composed from the cycle-level calls of the events each window "
+                "overlaps (offline)",
+                "gap",
+                (key, "composed_score"),
+            ),
+            (
+                f"{split} patients, the same composed window level minus cycle level (offline, points)",
+                "gap",
+                (key, "composed_gap"),
+            ),
+        )
+    ),
+    *(
         (
             f"{split} patients, window level minus cycle level at the last epoch (offline, points)",
             "gap",

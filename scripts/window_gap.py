@@ -9,8 +9,10 @@ patients (`training.metrics.patient_score_gaps`), and the gap without each of th
 abnormal windows. The same for the training patients, without augmentation or mixing: whether the network fits
 windows as well as cycles on the recordings it learnt from tells underfitting from a failure to carry to new
 patients. And the abnormal windows' recall by how much of the window their annotated events fill, since a cycle
-is an event filling all of its input. Where the run kept its last epoch (last.pt), the three groups' window and
-cycle levels at that epoch too. Writes RUN/window_gap.json, prints a line per group of patients.
+is an event filling all of its input. And the window level composed from the cycle-level calls of the events each
+window overlaps (`composed_calls`): the part of the gap the window rule makes by itself. Where the run kept its
+last epoch (last.pt), the three groups' window and cycle levels at that epoch too. Writes RUN/window_gap.json,
+prints a line per group of patients.
 Usage: python scripts/window_gap.py RUN [RUN ...]
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if TYPE_CHECKING:
     from qlung_edge.windows import Span
+    from training.records import Cycle, Recording
 
 Part = tuple[np.ndarray, np.ndarray, list[str]]
 """Truth, predicted class and patient of each item (window or cycle)."""
@@ -69,6 +73,28 @@ def recall_by_coverage(truth: np.ndarray, predicted: np.ndarray, coverage: np.nd
     return bins
 
 
+def composed_calls(
+    windows: Sequence[Span], cycles: Sequence[Cycle], cycle_calls: np.ndarray, recordings: Sequence[Recording]
+) -> np.ndarray:
+    """Each window's class composed from the cycle-level calls of the annotated events it overlaps, by the rule
+    that labels windows from those events (`window_label`): what the window level would be if the network heard
+    every event in a window as it hears the event alone, repeated to fill the input. Its gap to the cycle level
+    is the part of the window-cycle gap the window rule makes by itself (several events to get right at once, a
+    crackle and a wheeze making 'both'), before anything the network hears in continuous breathing.
+    -1 where no called event overlaps the window (cannot happen for a labelled window)."""
+    from qlung_edge.windows import window_label
+
+    called: dict[str, list[Cycle]] = {}
+    for cycle, call in zip(cycles, cycle_calls, strict=True):
+        called.setdefault(cycle.recording, []).append(replace(cycle, label=int(call)))
+    unlabelled = {r.id: r.unlabelled for r in recordings}
+    out = []
+    for w in windows:
+        label = window_label(called.get(w.recording, []), w.start, w.end, unlabelled=unlabelled.get(w.recording, ()))
+        out.append(-1 if label is None else label)
+    return np.array(out, dtype=int)
+
+
 def measure(run: Path) -> dict[str, Any]:
     import torch
 
@@ -100,7 +126,11 @@ def measure(run: Path) -> dict[str, Any]:
             if unit == "window":
                 events = {r.id: r.cycles for r in splits.recordings[split]}
                 coverage = np.array([abnormal_coverage(events[w.recording], w.start, w.end) for w in examples])
+                window_examples = examples
+            else:
+                composed = composed_calls(window_examples, examples, items["cycle"][1], splits.recordings[split])
         windows, cycles = items["window"], items["cycle"]
+        composed_score = window_score(windows[0], composed)
         gaps = patient_score_gaps(windows, cycles)
         finite = gaps[np.isfinite(gaps)]  # none where the patients hold no normal or no abnormal item
         low, high = (float(v) for v in np.quantile(finite, [0.025, 0.975])) if finite.size else (None, None)
@@ -120,6 +150,8 @@ def measure(run: Path) -> dict[str, Any]:
             "window_score": _finite(window_score(windows[0], windows[1])),
             "cycle_score": _finite(window_score(cycles[0], cycles[1])),
             "gap": _finite(window_score(windows[0], windows[1]) - window_score(cycles[0], cycles[1])),
+            "composed_score": _finite(composed_score),
+            "composed_gap": _finite(composed_score - window_score(cycles[0], cycles[1])),
             "window_recall": class_recalls(windows[0], windows[1]),
             "cycle_recall": class_recalls(cycles[0], cycles[1]),
             "window_recall_by_coverage": recall_by_coverage(windows[0], windows[1], coverage),
@@ -151,6 +183,9 @@ def _describe(r: dict[str, Any]) -> list[str]:
         lines.append(f"{split}: window {_points(g['window_score'])} - cycle {_points(g['cycle_score'])} = "
                      f"{_points(g['gap'])} (95 % over patient resamples {_points(g['low'])} to "
                      f"{_points(g['high'])}); without one patient: {left}")  # fmt: skip
+        if "composed_score" in g:  # reports written before the composed calls were added have none
+            lines.append(f"  windows composed from their events' cycle-level calls: {_points(g['composed_score'])}"
+                         f" - cycle = {_points(g['composed_gap'])}")  # fmt: skip
         if "last_epoch" in g:
             e = g["last_epoch"]
             lines.append(f"  at the last epoch: window {_points(e['window_score'])} - cycle {_points(e['cycle_score'])}"
