@@ -112,10 +112,10 @@ def measure(run: Path) -> dict[str, Any]:
     prepare = preparer(config, splits, progress=True)
     result: dict[str, Any] = {"run": str(run)}
     for split in SPLITS:
-        items, at_last = {}, {}
+        items, at_last, examples_by_unit = {}, {}, {}
         for unit in ("window", "cycle"):
             geometry = geometry_of(config, unit)
-            examples = examples_of(splits.recordings[split], geometry)
+            examples = examples_by_unit[unit] = examples_of(splits.recordings[split], geometry)
             data = ExampleDataset(prepare(examples, geometry, f"{split} {unit}s"))
             p = predict(model, data, torch.device("cpu"), 64)
             items[unit] = (np.array([e.label for e in examples]), p.argmax(axis=1), [e.patient for e in examples])
@@ -126,11 +126,11 @@ def measure(run: Path) -> dict[str, Any]:
             if unit == "window":
                 events = {r.id: r.cycles for r in splits.recordings[split]}
                 coverage = np.array([abnormal_coverage(events[w.recording], w.start, w.end) for w in examples])
-                window_examples = examples
-            else:
-                composed = composed_calls(window_examples, examples, items["cycle"][1], splits.recordings[split])
         windows, cycles = items["window"], items["cycle"]
-        composed_score = window_score(windows[0], composed)
+        window_level, cycle_level = window_score(windows[0], windows[1]), window_score(cycles[0], cycles[1])
+        composed = composed_calls(examples_by_unit["window"], examples_by_unit["cycle"], cycles[1],
+                                  splits.recordings[split])  # fmt: skip
+        composed_level = window_score(windows[0], composed)
         gaps = patient_score_gaps(windows, cycles)
         finite = gaps[np.isfinite(gaps)]  # none where the patients hold no normal or no abnormal item
         low, high = (float(v) for v in np.quantile(finite, [0.025, 0.975])) if finite.size else (None, None)
@@ -147,11 +147,11 @@ def measure(run: Path) -> dict[str, Any]:
             "windows": len(windows[0]),
             "cycles": len(cycles[0]),
             "patients": len(set(windows[2]) | set(cycles[2])),
-            "window_score": _finite(window_score(windows[0], windows[1])),
-            "cycle_score": _finite(window_score(cycles[0], cycles[1])),
-            "gap": _finite(window_score(windows[0], windows[1]) - window_score(cycles[0], cycles[1])),
-            "composed_score": _finite(composed_score),
-            "composed_gap": _finite(composed_score - window_score(cycles[0], cycles[1])),
+            "window_score": _finite(window_level),
+            "cycle_score": _finite(cycle_level),
+            "gap": _finite(window_level - cycle_level),
+            "composed_score": _finite(composed_level),
+            "composed_gap": _finite(composed_level - cycle_level),
             "window_recall": class_recalls(windows[0], windows[1]),
             "cycle_recall": class_recalls(cycles[0], cycles[1]),
             "window_recall_by_coverage": recall_by_coverage(windows[0], windows[1], coverage),
