@@ -11,6 +11,9 @@ judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer
 `seed<k>/window_smoothing.json` (from `scripts/window_smoothing.py`: windows pooled with their neighbours),
 `seed<k>/window_rules.json` (from `scripts/window_rules.py`: window decision rules fixed in advance),
 `seed<k>/window_gap.json` (from `scripts/window_gap.py`: the window - cycle gap over resamples of the patients),
+`seed<k>/event_edges.json` (from `scripts/event_edges.py`: what the annotated edges tell the cycle level),
+`seed<k>/event_segments.json` (from `scripts/event_segments.py`: windows composed from a learned segmenter's events),
+`seed<k>/crop_scan.json` (from `scripts/crop_scan.py`: windows called from short crops scored as cycles),
 `seed<k>/step_detector.json` (from `scripts/step_detector.py`: the per-step event detector's own window calls),
 `seed<k>/event_context.json` (from `scripts/event_context.py`: annotated events called in other surroundings),
 `seed<k>/event_removal.json` (from `scripts/event_removal.py`: abnormal windows called with their events removed),
@@ -114,6 +117,74 @@ ROWS = [
                 f"{split} patients, the same composed window level minus cycle level (offline, points)",
                 "gap",
                 (key, "composed_gap"),
+            ),
+        )
+    ),
+    *(
+        row
+        for split in ("validation", "test")
+        for row in (
+            (
+                f"{split} patients, cycle level from nothing but each event's annotated length (offline)",
+                "edges",
+                (split, "length_rule_score"),
+            ),
+            *(
+                (
+                    f"{split} patients, cycle level with every event cut to a fixed {length} s centred on it (offline)",
+                    "edges",
+                    (split, "centred_cuts", length, "cycle_score"),
+                )
+                for length in ("0.5", "1", "2")
+            ),
+            (
+                f"{split} patients, window level composed from the calls of those 1 s cuts (offline)",
+                "edges",
+                (split, "centred_cuts", "1", "composed_window_score"),
+            ),
+            (
+                f"{split} patients, cycle level with every event cut to the window's length centred on it (offline)",
+                "edges",
+                (split, "window_length_cut_score"),
+            ),
+            (
+                f"{split} patients, window level minus that window-long cut cycle level (offline, points)",
+                "edges",
+                (split, "window_minus_window_length_cut"),
+            ),
+            (
+                f"{split} patients, window level composed from the calls of the learned event segmenter's segments "
+                "(offline)",
+                "segments",
+                (split, "composed_segmented_score"),
+            ),
+            (
+                f"{split} patients, the same segmenter-composed window level minus the network's own window calls "
+                "(offline, points)",
+                "own_window",
+                (split, "segments"),
+            ),
+            (
+                f"{split} patients, learned event segmenter, onset F1 against the annotated events (x 100)",
+                "segments",
+                (split, "segmentation", "onset_f1"),
+            ),
+            (
+                f"{split} patients, window level from its 0.5 s crops each scored as a cycle, thresholds chosen on "
+                "the validation patients (offline)",
+                "crops",
+                (split, "thresholds", "score"),
+            ),
+            (
+                f"{split} patients, the same crop-scanned window level minus cycle level (offline, points)",
+                "crops",
+                (split, "thresholds_gap"),
+            ),
+            (
+                f"{split} patients, the same crop-scanned window level minus the network's own window calls "
+                "(offline, points)",
+                "own_window",
+                (split, "crops"),
             ),
         )
     ),
@@ -438,6 +509,22 @@ def detector_gains(path: Path) -> dict[str, dict[str, float]] | None:
     }
 
 
+def own_window_gains(seed_dir: Path) -> dict[str, dict[str, float]] | None:
+    """From a seed's crop_scan.json and event_segments.json: the window level each way of finding the events gives,
+    minus the network's own window calls scored in the same run of the script, per split."""
+    crops, segments = _json(seed_dir / "crop_scan.json"), _json(seed_dir / "event_segments.json")
+    if crops is None and segments is None:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for split in ("validation", "test"):
+        out[split] = {}
+        if crops is not None:
+            out[split]["crops"] = crops[split]["thresholds"]["score"] - crops[split]["window"]["score"]
+        if segments is not None:
+            out[split]["segments"] = segments[split]["composed_segmented_score"] - segments[split]["window_score"]
+    return out
+
+
 def event_recalls(path: Path) -> dict[str, dict[str, dict[str, float]]] | None:
     """From a seed's event_context.json: per split and surroundings, the share of each class's events called it."""
     if not path.is_file():
@@ -505,6 +592,10 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
                       "transfer": transfer, "gate": gate, "smoothing": smoothing,
                       "rules": rule_gains(seed_dir / "window_rules.json"),
                       "gap": _json(seed_dir / "window_gap.json"),
+                      "edges": _json(seed_dir / "event_edges.json"),
+                      "segments": _json(seed_dir / "event_segments.json"),
+                      "crops": _json(seed_dir / "crop_scan.json"),
+                      "own_window": own_window_gains(seed_dir),
                       "detector": detector_gains(seed_dir / "step_detector.json"),
                       "context": event_recalls(seed_dir / "event_context.json"),
                       "removal": _json(seed_dir / "event_removal.json"),

@@ -5,9 +5,11 @@
 # neighbouring windows or decision rules fixed in advance help, how sure the gap between window and cycle level is
 # over resamples of the patients, how often the run calls an annotated event in other surroundings (repeated, in its
 # recording, laid once over normal breathing), how often it still calls an abnormal window abnormal once the window's
-# events are removed, and (a run trained with train.event_timing) whether its step detector calls
-# windows better than its window head. A step whose output is already there is skipped, so a stopped series
-# resumes where it stopped.
+# events are removed, what the annotated edges of the events tell the cycle level, whether scanning each window
+# with short crops scored as cycles calls it better, whether windows composed from a learned event segmenter's
+# segments do (the segmenter of the same seed, trained once per seed by scripts/event_segments.py train), and (a run
+# trained with train.event_timing) whether its step detector calls windows better than its window head. A step
+# whose output is already there is skipped, so a stopped series resumes where it stopped.
 # Usage: bash scripts/sprsound-run.sh RECIPE SEED [DATA]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,12 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$run/window_gap.json" ] || .venv/bin/python scripts/window_gap.py "$run"
 [ -f "$run/event_context.json" ] || .venv/bin/python scripts/event_context.py "$run"
 [ -f "$run/event_removal.json" ] || .venv/bin/python scripts/event_removal.py "$run"
+[ -f "$run/event_edges.json" ] || .venv/bin/python scripts/event_edges.py "$run"
+[ -f "$run/crop_scan.json" ] || .venv/bin/python scripts/crop_scan.py "$run"
+segmenter="runs/event-segmenter/seed$seed"
+[ -f "$segmenter/segmenter.pt" ] || .venv/bin/python scripts/event_segments.py train --seed "$seed" --out "$segmenter" \
+  --data "$data"
+[ -f "$run/event_segments.json" ] || .venv/bin/python scripts/event_segments.py measure --segmenter "$segmenter" "$run"
 if .venv/bin/python -c 'import sys, yaml; sys.exit(yaml.safe_load(open(sys.argv[1]))["train"].get("event_timing", 0) <= 0)' \
     "$run/config.yaml"; then
   [ -f "$run/step_detector.json" ] || .venv/bin/python scripts/step_detector.py "$run"

@@ -81,6 +81,58 @@ def test_the_gap_rows_read_each_seed_s_window_gap(tmp_path: Path) -> None:
             assert f"| {label} | {np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f} |" in text
 
 
+def test_the_edge_and_segmenter_rows_read_each_seed_s_reports(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    kept = repo / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time-2s"
+    command = [sys.executable, str(repo / "scripts" / "results.py"), "--group", f"CE={kept}", "--out",
+               str(tmp_path / "R.md")]  # fmt: skip
+    assert subprocess.run(command, capture_output=True, text=True, cwd=repo).returncode == 0
+    text = (tmp_path / "R.md").read_text()
+    for name, label, path in (
+        ("event_edges.json", "cycle level from nothing but each event's annotated length (offline)",
+         ("length_rule_score",)),
+        ("event_edges.json", "cycle level with every event cut to a fixed 1 s centred on it (offline)",
+         ("centred_cuts", "1", "cycle_score")),
+        ("event_segments.json", "window level composed from the calls of the learned event segmenter's segments "
+         "(offline)", ("composed_segmented_score",)),
+    ):  # fmt: skip
+        files = sorted(kept.glob(f"seed*/{name}"))
+        assert len(files) == 3
+        for split in ("validation", "test"):
+            xs = []
+            for f in files:
+                value = json.loads(f.read_text())[split]
+                for key in path:
+                    value = value[key]
+                xs.append(100 * value)
+            assert f"| {split} patients, {label} | {np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f} |" in text
+
+
+def test_the_own_window_gains_are_each_probe_s_window_level_minus_the_network_s_calls(
+    scripts_importable: Path, tmp_path: Path
+) -> None:
+    import json
+
+    import results
+
+    assert results.own_window_gains(tmp_path) is None  # neither probe run
+    crops = {split: {"thresholds": {"score": 0.70 + k / 10}, "window": {"score": 0.62}}
+             for k, split in enumerate(("validation", "test"))}  # fmt: skip
+    (tmp_path / "crop_scan.json").write_text(json.dumps(crops))
+    assert results.own_window_gains(tmp_path) == {
+        "validation": {"crops": pytest.approx(0.08)},
+        "test": {"crops": pytest.approx(0.18)},
+    }
+    segments = {split: {"composed_segmented_score": 0.55, "window_score": 0.60} for split in ("validation", "test")}
+    (tmp_path / "event_segments.json").write_text(json.dumps(segments))
+    assert results.own_window_gains(tmp_path)["test"] == {"crops": pytest.approx(0.18),
+                                                          "segments": pytest.approx(-0.05)}  # fmt: skip
+
+
 def test_the_detector_rows_are_each_way_of_calling_minus_the_window_head_s(
     tmp_path: Path, scripts_importable: Path
 ) -> None:

@@ -489,6 +489,22 @@ def test_window_recipe_trains_calibrates_a_verdict_and_exports_its_geometry(
         assert 0.0 <= g["composed_score"] <= 1.0
         assert g["composed_gap"] == pytest.approx(g["composed_score"] - g["cycle_score"])
     (tmp_path / "run" / "window_gap.json").write_text(json.dumps(gapped))
+    # The annotated edges: the cycle level and its composed windows are window_gap's; the crop scan's ends too.
+    from crop_scan import measure as crop_scan
+    from event_edges import measure as event_edges
+
+    def same(got: float, own: float | None) -> bool:  # window_gap writes None where the patients leave it undefined
+        return bool(np.isnan(got)) if own is None else got == pytest.approx(own, nan_ok=True)
+
+    edged, scanned = event_edges(tmp_path / "run"), crop_scan(tmp_path / "run")
+    for split in ("validation", "test"):
+        assert same(edged[split]["cycle_score"], gapped[split]["cycle_score"])
+        assert same(scanned[split]["cycle_score"], gapped[split]["cycle_score"])
+        assert same(edged[split]["composed_window_score"], gapped[split]["composed_score"])
+        assert same(scanned[split]["window"]["score"], trained[split]["score"])
+        assert set(edged[split]["centred_cuts"]) == {"0.5", "1", "2", "4"}  # and the window's own 4 s
+        assert same(edged[split]["window_score"], trained[split]["score"])
+        assert scanned[split]["crops"] >= scanned[split]["windows"] > 0
     # Each annotated event repeated to fill the input is what the cycle level scores: the same calls, class by class.
     from event_context import call_events
     from event_context import measure as event_context

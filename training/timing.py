@@ -36,16 +36,21 @@ def frame_centres(start: float, frames: int) -> np.ndarray:
     return start + (np.arange(frames) * FRAME_HOP + FRAME_LENGTH / 2) / MODEL_SAMPLE_RATE
 
 
-def window_targets(recording: Recording, start: float, seconds: float) -> np.ndarray:
-    """[frames, 2] int8 targets of the window starting at `start` (as `dataset.prepare` cuts it: moved back to
-    end with the recording; a recording shorter than the window is repeated, and so are its events)."""
+def window_frame_times(recording: Recording, start: float, seconds: float) -> np.ndarray:
+    """Times (s in the recording) of the frames of the window starting at `start`, cut as `dataset.prepare` cuts
+    it: moved back to end with the recording; a recording shorter than the window is repeated to fill it."""
     frames = frames_in(int(round(seconds * MODEL_SAMPLE_RATE)))
     duration = recording.duration or 0.0
     start = max(min(start, duration - seconds), 0.0)
     times = frame_centres(start, frames)
-    if 0.0 < duration < seconds:
-        times = times % duration
-    out = np.full((frames, len(CHANNELS)), UNKNOWN, np.int8)
+    return times % duration if 0.0 < duration < seconds else times
+
+
+def window_targets(recording: Recording, start: float, seconds: float) -> np.ndarray:
+    """[frames, 2] int8 targets of the window starting at `start` (a recording shorter than the window is
+    repeated, and so are its events)."""
+    times = window_frame_times(recording, start, seconds)
+    out = np.full((len(times), len(CHANNELS)), UNKNOWN, np.int8)
     for event in recording.cycles:
         covered = (times >= event.start) & (times < event.end)
         out[covered] = np.maximum(out[covered], np.array(channels_of(event.label), np.int8))
