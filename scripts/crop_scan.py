@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_reports import report_runs, window_figures
+from run_reports import report_runs, scorer, window_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -66,10 +66,7 @@ def scan_calls(crop_probabilities: list[np.ndarray], crackle: float | None, whee
 
 
 def measure(run: Path) -> dict[str, Any]:
-    import torch
-
-    from training.dataset import ExampleDataset
-    from training.engine import examples_of, geometry_of, load_trained, predict
+    from training.engine import examples_of, geometry_of, load_trained
     from training.verdicts import preparer
     from training.window_decision import window_score
 
@@ -77,10 +74,7 @@ def measure(run: Path) -> dict[str, Any]:
     if splits.selection != "validation":
         raise SystemExit(f"{run}: its recipe selects on the test set; the thresholds would be chosen on test patients")
     window_geometry, cycle_geometry = geometry_of(config, "window"), geometry_of(config, "cycle")
-    prepare = preparer(config, splits, progress=True)
-
-    def probabilities(examples: list[Any], geometry: Any, name: str) -> np.ndarray:
-        return predict(model, ExampleDataset(prepare(examples, geometry, name)), torch.device("cpu"), 64)
+    probabilities = scorer(model, preparer(config, splits, progress=True))
 
     result: dict[str, Any] = {"run": str(run), "crop_seconds": CROP, "crop_hop_seconds": CROP_HOP}
     scanned: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}

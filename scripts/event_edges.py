@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from run_reports import report_runs
+from run_reports import report_runs, scorer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -66,16 +66,14 @@ def length_rule_calls(train: Sequence[Cycle], cycles: Sequence[Cycle]) -> np.nda
 
 
 def measure(run: Path) -> dict[str, Any]:
-    import torch
     from window_gap import composed_calls
 
-    from training.dataset import ExampleDataset
-    from training.engine import examples_of, geometry_of, load_trained, predict
+    from training.engine import examples_of, geometry_of, load_trained
     from training.verdicts import preparer
     from training.window_decision import window_score
 
     _, model, config, splits = load_trained(run / "best.pt", progress=False)
-    prepare = preparer(config, splits, progress=True)
+    probabilities = scorer(model, preparer(config, splits, progress=True))
     window_geometry, cycle_geometry = geometry_of(config, "window"), geometry_of(config, "cycle")
     train_cycles = examples_of(splits.recordings["train"], cycle_geometry)
     result: dict[str, Any] = {"run": str(run), "lengths": list(LENGTHS), "window_seconds": window_geometry.seconds}
@@ -88,12 +86,10 @@ def measure(run: Path) -> dict[str, Any]:
         window_truth = np.array([w.label for w in windows])
 
         def calls(examples: list[Any], name: str) -> np.ndarray:
-            data = ExampleDataset(prepare(examples, cycle_geometry, name))
-            return predict(model, data, torch.device("cpu"), 64).argmax(axis=1)
+            return probabilities(examples, cycle_geometry, name).argmax(axis=1)
 
         annotated = calls(cycles, f"{split} cycles")
-        window_data = ExampleDataset(prepare(windows, window_geometry, f"{split} windows"))
-        own = predict(model, window_data, torch.device("cpu"), 64).argmax(axis=1)
+        own = probabilities(windows, window_geometry, f"{split} windows").argmax(axis=1)
         by_length = {}
         for seconds in sorted({*LENGTHS, window_geometry.seconds}):
             called = calls(centred_cuts(cycles, durations, seconds), f"{split} {seconds:g} s cuts")

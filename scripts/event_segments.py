@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,11 @@ def train(args: argparse.Namespace) -> None:
 
 
 def measure(segmenter_dir: Path, run: Path) -> dict[str, Any]:
-    import torch
+    from run_reports import scorer
     from window_gap import composed_calls
 
-    from qlung_edge.windows import window_label
-    from training.dataset import ExampleDataset, Geometry
-    from training.engine import examples_of, geometry_of, load_trained, predict
+    from training.dataset import Geometry
+    from training.engine import examples_of, geometry_of, load_trained
     from training.segmenter import (
         SECONDS_PER_FRAME,
         TrainedSegmenter,
@@ -111,6 +110,7 @@ def measure(segmenter_dir: Path, run: Path) -> dict[str, Any]:
     if set(seg_meta["patients"]["validation"]) != {r.patient for r in splits.recordings["validation"]}:
         raise SystemExit(f"{run}: the segmenter chose its epoch on other validation patients than the run's")
     prepare = preparer(config, splits, progress=False)
+    probabilities = scorer(model, prepare)
     seg_geometry = Geometry("window", WINDOW, HOP)
     result: dict[str, Any] = {"run": str(run), "segmenter": str(segmenter_dir), "best_epoch": seg.best_epoch}
     tracks: dict[str, Any] = {}
@@ -147,17 +147,15 @@ def measure(segmenter_dir: Path, run: Path) -> dict[str, Any]:
                   for k, s in enumerate(segments[i])]  # fmt: skip
 
         def calls(examples: list[Any], geometry: Any, name: str) -> np.ndarray:
-            data = ExampleDataset(prepare(examples, geometry, name))
-            return predict(model, data, torch.device("cpu"), 64).argmax(axis=1)
+            return probabilities(examples, geometry, name).argmax(axis=1)
 
         truth = np.array([w.label for w in windows])
         own = calls(windows, window_geometry, f"{split} windows")
         cycle_calls = calls(cycles, cycle_geometry, f"{split} cycles")
         piece_calls = calls(pieces, cycle_geometry, f"{split} segments")
-        called: dict[str, list[Any]] = {}
-        for piece, call in zip(pieces, piece_calls, strict=True):
-            called.setdefault(piece.recording, []).append(replace(piece, label=int(call)))
-        learned = np.array([window_label(called.get(w.recording, []), w.start, w.end) or 0 for w in windows])
+        # A labelled window overlaps no left-out span, so composing by the window rule as window_gap does is the
+        # same; a window no segment overlaps (-1 there) heard nothing: normal.
+        learned = np.maximum(composed_calls(windows, pieces, piece_calls, recordings), 0)
         oracle = composed_calls(windows, cycles, cycle_calls, recordings)
         cycle_level = window_score(np.array([c.label for c in cycles]), cycle_calls)
         result[split] = {

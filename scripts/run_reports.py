@@ -27,6 +27,20 @@ def report_runs(
         print("\n  ".join([f"{run}:", *describe(result)]), flush=True)
 
 
+def scorer(model: Any, prepare: Callable[[list[Any], Any, str], Any]) -> Callable[[list[Any], Any, str], np.ndarray]:
+    """(examples, geometry, name) -> class probabilities [N, C] of a checkpoint's model on CPU, the inputs prepared
+    (and cached) by `prepare` (`training.verdicts.preparer`)."""
+    import torch
+
+    from training.dataset import ExampleDataset
+    from training.engine import predict
+
+    def probabilities(examples: list[Any], geometry: Any, name: str) -> np.ndarray:
+        return predict(model, ExampleDataset(prepare(examples, geometry, name)), torch.device("cpu"), 64)
+
+    return probabilities
+
+
 def window_figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
     """ICBHI Score of window classes (normal, crackle, wheeze, both) and each class's recall (None if absent)."""
     from training.window_decision import window_score

@@ -56,14 +56,18 @@ class SegmenterConfig:
     seed: int = 0
 
 
-def activity_targets(recording: Recording, start: float, seconds: float) -> np.ndarray:
-    """[frames] float32: 1 where a frame lies inside an annotated event of any kind (a rhonchus, whose class the
-    classifier leaves out, is still an event to cut), 0 elsewhere."""
-    times = window_frame_times(recording, start, seconds)
+def _inside_events(recording: Recording, times: np.ndarray) -> np.ndarray:
+    """float32 per time: 1 inside an annotated event of any kind (a rhonchus, whose class the classifier leaves
+    out, is still an event to cut), 0 elsewhere."""
     out = np.zeros(len(times), np.float32)
     for begin, end in [(c.start, c.end) for c in recording.cycles] + list(recording.unlabelled):
         out[(times >= begin) & (times < end)] = 1.0
     return out
+
+
+def activity_targets(recording: Recording, start: float, seconds: float) -> np.ndarray:
+    """[frames] training targets of the window starting at `start`, cut as the daemon cuts it."""
+    return _inside_events(recording, window_frame_times(recording, start, seconds))
 
 
 class EventSegmenter(nn.Module):
@@ -165,6 +169,15 @@ def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
+def _frame_precision_recall(truth: np.ndarray, called: np.ndarray) -> tuple[float, float]:
+    """Precision and recall of the frames called inside against the frames truly inside (both bool); 0 where
+    nothing is called, or nothing is inside."""
+    hits = float(np.sum(truth & called))
+    precision = hits / float(called.sum()) if called.any() else 0.0
+    recall = hits / float(truth.sum()) if truth.any() else 0.0
+    return precision, recall  # plain floats: they go into a history that torch.load(weights_only=True) reads
+
+
 def onset_matches(predicted: Sequence[float], truth: Sequence[float], collar: float) -> int:
     """Pairs of (detected onset, annotated onset) no more than `collar` apart, each used once: greedy by distance,
     which is optimal for points on a line at a fixed tolerance only approximately, as sed_eval also does."""
@@ -192,9 +205,7 @@ def segment_scores(
     recordings (`events`: each recording's annotated onsets)."""
     truth = np.concatenate([np.asarray(t) > 0.5 for t in frame_truth])
     called = np.concatenate([np.asarray(p) >= threshold for p in frame_probabilities])
-    hits = float(np.sum(truth & called))
-    fp = hits / called.sum() if called.any() else 0.0
-    fr = hits / truth.sum() if truth.any() else 0.0
+    fp, fr = _frame_precision_recall(truth, called)
     matched = sum(onset_matches([s.start for s in segs], onsets, collar) for segs, onsets in zip(segments, events))
     n_segments = sum(len(s) for s in segments)
     n_events = sum(len(e) for e in events)
@@ -205,11 +216,7 @@ def segment_scores(
 
 def recording_frame_truth(recording: Recording, total_frames: int) -> np.ndarray:
     """[total_frames] 1 inside an annotated event of any kind, 0 elsewhere, over the whole recording."""
-    times = frame_centres(0.0, total_frames)
-    out = np.zeros(total_frames, np.float32)
-    for begin, end in [(c.start, c.end) for c in recording.cycles] + list(recording.unlabelled):
-        out[(times >= begin) & (times < end)] = 1.0
-    return out
+    return _inside_events(recording, frame_centres(0.0, total_frames))
 
 
 @dataclass
@@ -279,10 +286,8 @@ def train_segmenter(
             optimiser.step()
             schedule.step()
             losses.append(loss.item())
-        p = frame_probabilities(model, validation_inputs)
-        truth, called = validation_targets > 0.5, p >= config.threshold
-        hits = float(np.sum(truth & called))
-        f1 = float(_f1(hits / max(called.sum(), 1), hits / max(truth.sum(), 1)))
+        called = frame_probabilities(model, validation_inputs) >= config.threshold
+        f1 = _f1(*_frame_precision_recall(np.asarray(validation_targets) > 0.5, called))
         trained.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_frame_f1": f1,
                                 "seconds": time.monotonic() - began})  # fmt: skip
         progress(f"segmenter epoch {epoch}/{config.epochs}: loss {np.mean(losses):.4f}, "
@@ -322,10 +327,8 @@ def called_segments(
     window_samples = int(round(window_seconds * MODEL_SAMPLE_RATE))
     out = {}
     for recording_id, indices in indices_by_recording(w.recording for w in windows).items():
-        samples = max(int(round((recordings[recording_id].duration or 0.0) * MODEL_SAMPLE_RATE)), window_samples)
-        total = frames_in(samples)
+        recorded = int(round((recordings[recording_id].duration or 0.0) * MODEL_SAMPLE_RATE))
         firsts = [int(round(windows[i].start * MODEL_SAMPLE_RATE)) // FRAME_HOP for i in indices]
-        track = stitch(probabilities[indices], firsts, total)
-        real = frames_in(int(round((recordings[recording_id].duration or 0.0) * MODEL_SAMPLE_RATE)))
-        out[recording_id] = track[: max(real, 1)]
+        track = stitch(probabilities[indices], firsts, frames_in(max(recorded, window_samples)))
+        out[recording_id] = track[: max(frames_in(recorded), 1)]  # a short recording's repeats dropped
     return out
