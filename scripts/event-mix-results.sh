@@ -85,6 +85,7 @@ done
     --pair "CE + mixing at event length,CE + mixing" --pair "CE + mixing on a fine time axis,CE + mixing" \
     --pair "QLung + mixing on a fine time axis,QLung + mixing" \
     --pair "QLung + mixing on a fine time axis,CE + mixing on a fine time axis" \
+    --pair "QLung + mixing on a fine time axis (gate lowered),CE + mixing on a fine time axis (gate lowered)" \
     --pair "CE + mixing on a fine time axis + batch norm recomputed,CE + mixing on a fine time axis" \
     --pair "QLung + mixing on a fine time axis + batch norm recomputed,QLung + mixing on a fine time axis" \
     --pair "CE + mixing on a fine time axis (balanced selection),CE + mixing on a fine time axis (gate lowered)" \

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from results import WINDOW_RULES  # noqa: E402  (the rule rows' names, one source)
+from results import GLANCE_HEADING, WINDOW_RULES  # noqa: E402  (the rows' names, one source)
 
 BENCH_FIGURES = [
     "AQS streaming, 1 s blocks",
@@ -119,9 +119,14 @@ recordings in both groups)."""
 
 def headline_block(results: str, source: str, figures: tuple[str, ...], paired: tuple[str, ...] | None = None) -> str:
     """A results file's table rows whose figure is one of `figures` (in the paired per-seed tables, one of
-    `paired` where given), with its headings and its window-minus-cycle line, below where they come from."""
+    `paired` where given), with its headings, below where they come from."""
     command = re.search(r"- command: `(.+)`", results)
     body = results.split("\n\n", 2)[-1] if results.count("\n\n") >= 2 else results
+    sections = body.split("\n\n")
+    glance = [i for i, section in enumerate(sections) if section.startswith(GLANCE_HEADING)]
+    if glance:  # a line per group, for the event-mix block; these blocks quote rows of the wide table
+        del sections[glance[0] : glance[0] + 2]
+    body = "\n\n".join(sections)
     lines = [f"From [{source}]({source}) (`{command.group(1) if command else source}`):", ""]
     in_pairs = False
     for line in body.splitlines():
@@ -135,14 +140,36 @@ def headline_block(results: str, source: str, figures: tuple[str, ...], paired: 
     return "\n".join(lines).rstrip() + "\n"
 
 
+def event_mix_block(results: str) -> str:
+    """RESULTS-event-mix.md's recipes, its at-a-glance table (one line per recipe) and its QLung − cross-entropy
+    pairs at the headline rows. Its wide table (a column per recipe, every figure) stays in the file: two dozen
+    columns cannot be read in the README."""
+    command = re.search(r"- command: `(.+)`", results)
+    lines = [f"From [RESULTS-event-mix.md](RESULTS-event-mix.md) (`{command.group(1) if command else 'results.py'}`;"
+             " every figure of every recipe is there):", ""]  # fmt: skip
+    lines += [line for line in results.splitlines() if line.startswith("- ") and not line.startswith("- command:")]
+    sections = results.split("\n\n")
+    for i, section in enumerate(sections):
+        if section.startswith(GLANCE_HEADING) and i + 1 < len(sections):
+            lines += ["", section, "", sections[i + 1]]
+        elif section.startswith("Paired per-seed differences, QLung") and re.match(
+            r"Paired per-seed differences, QLung[^−]* − (CE|cross-entropy)", section
+        ):
+            rows = [
+                row
+                for row in sections[i + 1].splitlines()
+                if row.startswith(("| figure |", "| --- |")) or row[2:].split(" | ")[0] in EVENT_MIX_FIGURES
+            ]
+            lines += ["", section, "", *rows]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def blocks() -> dict[str, str]:
     out = {"bench": bench_block((REPO / "BENCHMARKS.md").read_text())}
     if (REPO / "RESULTS.md").exists():
         out["results"] = results_block((REPO / "RESULTS.md").read_text())
     if (REPO / "RESULTS-event-mix.md").exists():
-        out["results-event-mix"] = headline_block(
-            (REPO / "RESULTS-event-mix.md").read_text(), "RESULTS-event-mix.md", EVENT_MIX_FIGURES
-        )
+        out["results-event-mix"] = event_mix_block((REPO / "RESULTS-event-mix.md").read_text())
     if (REPO / "GATE.md").exists():
         out["gate"] = headline_block((REPO / "GATE.md").read_text(), "GATE.md", GATE_FIGURES, GATE_FIGURES[:5])
     return out

@@ -76,3 +76,25 @@ def test_the_licence_file_is_the_one_setup_cfg_names() -> None:
     setup = (REPO / "setup.cfg").read_text()
     assert re.search(r"^license = MIT$", setup, re.M) and re.search(r"^license_files = LICENSE$", setup, re.M)
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_event_mix_block_keeps_the_glance_table_and_only_the_qlung_against_cross_entropy_pairs() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_figures
+
+    results = (
+        "- command: `x`\n- A: recipe `a`\n\nIntro.\n\n"
+        f"{readme_figures.GLANCE_HEADING} (test):\n\n| recipe | seeds |\n| --- | ---: |\n| A | 3 |\n\n"
+        "| figure | A |\n| --- | ---: |\n| deployed, record level, Task 2-1 Score | 70.00 |\n\n"
+        "Paired per-seed differences, QLung + m − CE + m (seeds present in both):\n\n"
+        "| figure | per seed | mean ± std |\n| --- | --- | ---: |\n"
+        "| deployed, record level, Task 2-1 Score | +1.00 | 1.00 |\n| some other row | +2.00 | 2.00 |\n\n"
+        "Paired per-seed differences, CE + m − cross-entropy (seeds present in both):\n\n"
+        "| figure | per seed | mean ± std |\n| --- | --- | ---: |\n"
+        "| deployed, record level, Task 2-1 Score | +3.00 | 3.00 |\n"
+    )
+    block = readme_figures.event_mix_block(results)
+    assert "- A: recipe `a`" in block and "- command:" not in block and "(`x`;" in block
+    assert "| A | 3 |" in block and "| deployed, record level, Task 2-1 Score | 70.00 |" not in block
+    assert "QLung + m − CE + m" in block and "| deployed, record level, Task 2-1 Score | +1.00 | 1.00 |" in block
+    assert "some other row" not in block and "CE + m − cross-entropy" not in block and "+3.00" not in block

@@ -179,3 +179,32 @@ def test_each_run_s_report_is_written_before_the_next_run_is_measured(
         report_runs("Title line.\nMore.", "r.json", measure, lambda r: [f"named {r['name']}"])
     assert f"{runs[0]}:\n  named a" in capsys.readouterr().out
     assert not (runs[1] / "r.json").exists()
+
+
+def test_the_glance_line_is_each_seed_s_deployed_window_minus_cycle_and_counts_the_seeds_that_reach_a_target(
+    scripts_importable: Path,
+) -> None:
+    import json
+
+    import numpy as np
+    import results
+
+    kept = Path(__file__).resolve().parents[1] / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time-2s"
+    seeds = results.load_group(kept)
+    gaps, task = [], []
+    for seed_dir in sorted(kept.glob("seed*")):
+        stream = json.loads((seed_dir / "eval-stream" / "eval_stream.json").read_text())
+        summary = json.loads((seed_dir / "summary.json").read_text())
+        gaps.append(100 * (stream["accepted"]["score"] - summary["test_cycles"]["score"]))
+        task.append(100 * stream["records"]["task_2_1"]["score"])
+    assert len(gaps) == 3
+    line = results.glance({"CE 2 s": seeds})[-1]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:2] == ["CE 2 s", "3"]
+    assert cells[4] == f"{np.mean(gaps):.2f} ± {np.std(gaps, ddof=1):.2f}"
+    assert cells[5] == f"{sum(g >= -2 for g in gaps)} of 3"
+    assert cells[8] == f"{np.mean(task):.2f} ± {np.std(task, ddof=1):.2f}"
+    assert cells[9] == f"{sum(t >= 73.7 for t in task)} of 3"
+    # The count is of seeds at or above the floor as printed, not of the means.
+    assert results._reaching([-2.004, -1.0, -2.01], -2.0) == "2 of 3"
+    assert results._reaching([], -2.0) == "n/a"
