@@ -8,7 +8,7 @@ repository (windows.csv gzipped):
 
 giving seed-reports/RECIPE/seed<k>/{summary.json, config.yaml, verdict_transfer.json, gate_transfer.json,
 window_decision.json, window_smoothing.json, window_rules.json, window_gap.json, step_detector.json, event_context.json,
-event_removal.json, event_edges.json, event_segments.json, crop_scan.json, metrics.csv,
+event_removal.json, event_edges.json, event_segments.json, crop_scan.json, label_overlap.json, metrics.csv,
 eval-stream/eval_stream.json,
 eval-stream/windows.csv.gz}, and likewise any other eval-stream-* folder (the same seed under another gate).
 A seed already archived is replaced. A seed without an eval-stream report is left
@@ -38,6 +38,7 @@ FILES = (
     "event_edges.json",
     "event_segments.json",
     "crop_scan.json",
+    "label_overlap.json",
     "metrics.csv",
 )
 

@@ -14,6 +14,7 @@ judged under other ways of calibrating the verdict rule), `seed<k>/gate_transfer
 `seed<k>/event_edges.json` (from `scripts/event_edges.py`: what the annotated edges tell the cycle level),
 `seed<k>/event_segments.json` (from `scripts/event_segments.py`: windows composed from a learned segmenter's events),
 `seed<k>/crop_scan.json` (from `scripts/crop_scan.py`: windows called from short crops scored as cycles),
+`seed<k>/label_overlap.json` (from `scripts/label_overlap.py`: the stream's windows labelled by stricter overlaps),
 `seed<k>/step_detector.json` (from `scripts/step_detector.py`: the per-step event detector's own window calls),
 `seed<k>/event_context.json` (from `scripts/event_context.py`: annotated events called in other surroundings),
 `seed<k>/event_removal.json` (from `scripts/event_removal.py`: abnormal windows called with their events removed),
@@ -186,6 +187,23 @@ ROWS = [
                 "(offline, points)",
                 "own_window",
                 (split, "crops"),
+            ),
+        )
+    ),
+    *(
+        row
+        for seconds in ("0.25", "0.5", "1")
+        for row in (
+            (
+                f"deployed, window level, events counted only where they overlap the window by {seconds} s or half"
+                " their length",
+                "overlap",
+                (seconds, "score"),
+            ),
+            (
+                f"deployed, the same minus the window rule's 0.05 s (points, {seconds} s)",
+                "overlap",
+                (seconds, "gain"),
             ),
         )
     ),
@@ -596,6 +614,8 @@ def load_group(folder: Path, stream_dir: str = "eval-stream") -> list[dict[str, 
                       "edges": _json(seed_dir / "event_edges.json"),
                       "segments": _json(seed_dir / "event_segments.json"),
                       "crops": _json(seed_dir / "crop_scan.json"),
+                      # the stream's own calls: another gate's stream (stream_dir) has none of its own yet
+                      "overlap": _json(seed_dir / "label_overlap.json") if stream_dir == "eval-stream" else None,
                       "own_window": own_window_gains(seed_dir),
                       "detector": detector_gains(seed_dir / "step_detector.json"),
                       "context": event_recalls(seed_dir / "event_context.json"),

@@ -32,6 +32,7 @@ bundle="bundles/$recipe-seed$seed"
 [ -f "$run/event_removal.json" ] || .venv/bin/python scripts/event_removal.py "$run"
 [ -f "$run/event_edges.json" ] || .venv/bin/python scripts/event_edges.py "$run"
 [ -f "$run/crop_scan.json" ] || .venv/bin/python scripts/crop_scan.py "$run"
+[ -f "$run/label_overlap.json" ] || .venv/bin/python scripts/label_overlap.py "$run"
 segmenter="runs/event-segmenter/seed$seed"
 [ -f "$segmenter/segmenter.pt" ] || .venv/bin/python scripts/event_segments.py train --seed "$seed" --out "$segmenter" \
   --data "$data"

@@ -208,3 +208,20 @@ def test_the_glance_line_is_each_seed_s_deployed_window_minus_cycle_and_counts_t
     # The count is of seeds at or above the floor as printed, not of the means.
     assert results._reaching([-2.004, -1.0, -2.01], -2.0) == "2 of 3"
     assert results._reaching([], -2.0) == "n/a"
+
+
+def test_the_overlap_rows_read_each_seed_s_label_overlap_and_only_for_its_own_stream(scripts_importable: Path) -> None:
+    import json
+
+    import results
+
+    repo = Path(__file__).resolve().parents[1]
+    kept = repo / "seed-reports" / "ce-edge-sprsound-windows-event-mix-fine-time"
+    files = sorted(kept.glob("seed*/label_overlap.json"))
+    assert len(files) == 5
+    xs = [100 * json.loads(f.read_text())["0.5"]["score"] for f in files]
+    label = "deployed, window level, events counted only where they overlap the window by 0.5 s or half their length"
+    row = next(r for r in results.ROWS if r[0] == label)
+    assert results.values(results.load_group(kept), row[1], row[2]) == pytest.approx(xs)
+    # The same seeds streamed under another gate: their label_overlap.json judged the first stream's calls.
+    assert results.values(results.load_group(kept, "eval-stream-later"), row[1], row[2]) == []
