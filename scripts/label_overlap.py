@@ -33,11 +33,14 @@ SECONDS = (0.25, 0.5, 1.0)
 
 
 def counted(spans: Sequence[tuple[float, float]], start: float, end: float, seconds: float) -> list[int]:
-    """Indices of the spans that overlap [start, end) by `seconds` or by half their own length, whichever is less."""
+    """Indices of the spans that overlap [start, end) by `seconds` or by half their own length, whichever is less,
+    and never by less than the window rule asks (so every rule here is at least as strict as it)."""
+    from qlung_edge.windows import MIN_OVERLAP_SECONDS
+
     return [
         i
         for i, (s, e) in enumerate(spans)
-        if min(end, e) - max(start, s) >= min(seconds, 0.5 * (e - s)) and min(end, e) > max(start, s)
+        if min(end, e) - max(start, s) >= max(MIN_OVERLAP_SECONDS, min(seconds, 0.5 * (e - s)))
     ]
 
 
@@ -50,11 +53,19 @@ def strict_label(recording: Recording, start: float, end: float, seconds: float)
     return window_label(events, start, end, min_overlap=0.0, unlabelled=left_out)
 
 
+def window_end(recording: Recording, start: float, window_seconds: float) -> float:
+    """Where a window of eval-stream's table ends: a recording shorter than one window is one window, padded, that
+    ends with the audio (`qlung_edge.streaming`)."""
+    end = start + window_seconds
+    return end if recording.duration is None else min(end, recording.duration)
+
+
 @cache
 def _recordings(data: str) -> dict[str, Recording]:
+    """The recordings as eval-stream read them: with their audio, so that events are clipped to it."""
     from training.sprsound import scan_sprsound
 
-    return {r.id: r for r in scan_sprsound(data, with_audio=False, progress=False).recordings}
+    return {r.id: r for r in scan_sprsound(data, progress=False).recordings}
 
 
 def measure(run: Path) -> dict[str, Any]:
@@ -80,8 +91,8 @@ def measure(run: Path) -> dict[str, Any]:
     for seconds in SECONDS:
         truth, predicted = [], []
         for row in accepted:
-            start = float(row["start"])
-            label = strict_label(recordings[row["recording"]], start, start + stream["window_seconds"], seconds)
+            start, recording = float(row["start"]), recordings[row["recording"]]
+            label = strict_label(recording, start, window_end(recording, start, stream["window_seconds"]), seconds)
             if label is not None:
                 truth.append(label)
                 predicted.append(int(row["predicted"]))

@@ -147,7 +147,11 @@ def event_mix_block(results: str) -> str:
     command = re.search(r"- command: `(.+)`", results)
     lines = [f"From [RESULTS-event-mix.md](RESULTS-event-mix.md) (`{command.group(1) if command else 'results.py'}`;"
              " every figure of every recipe is there):", ""]  # fmt: skip
-    lines += [line for line in results.splitlines() if line.startswith("- ") and not line.startswith("- command:")]
+    for line in results.splitlines():  # the recipes, listed above the tables
+        if line.startswith((GLANCE_HEADING, "| ")):
+            break
+        if line.startswith("- ") and not line.startswith("- command:"):
+            lines.append(line)
     sections = results.split("\n\n")
     for i, section in enumerate(sections):
         if section.startswith(GLANCE_HEADING) and i + 1 < len(sections):

@@ -19,9 +19,11 @@ def test_an_event_counts_from_the_overlap_asked_or_half_its_own_length(scripts_i
         (2.0, 3.0),  # touches the window's end: left out
         (1.875, 2.125),  # exactly half of a 0.25 s event inside: counts
         (1.7, 2.6),  # 0.3 s of 0.9 s: under both 0.5 s and half its length, left out
+        (1.0, 1.06),  # a 0.06 s event wholly inside: counts
+        (1.96, 2.04),  # half of a 0.08 s event, 0.04 s: under the window rule's 0.05 s, so never counted
     ]
-    assert counted(spans, 0.0, 2.0, 0.5) == [1, 2, 4]
-    assert counted(spans, 0.0, 2.0, 0.05) == [0, 1, 2, 4, 5]
+    assert counted(spans, 0.0, 2.0, 0.5) == [1, 2, 4, 6]
+    assert counted(spans, 0.0, 2.0, 0.05) == [0, 1, 2, 4, 5, 6]
 
 
 def test_a_sliver_of_a_crackle_no_longer_makes_a_window_a_crackle_window(scripts_importable: Path) -> None:
@@ -57,6 +59,21 @@ def test_the_stream_s_own_windows_and_calls_are_labelled_again(
     stream["data"] = str(shared_data / "sprsound")
     (run / "eval-stream" / "eval_stream.json").write_text(json.dumps(stream))
     result = measure(run)
+    # At the window rule's own 0.05 s the labels are the stream's: the same recordings, events clipped to the
+    # audio, padded windows ending with it.
+    from label_overlap import _recordings, strict_label, window_end
+    from results import windows_table
+
+    from qlung_edge.windows import MIN_OVERLAP_SECONDS
+
+    recordings = _recordings(stream["data"])
+    accepted = [row for row in windows_table(run / "eval-stream") if row["status"] == "classified"]
+    assert len(accepted) > 2000
+    for row in accepted:
+        recording, start = recordings[row["recording"]], float(row["start"])
+        end = window_end(recording, start, stream["window_seconds"])
+        label = strict_label(recording, start, end, MIN_OVERLAP_SECONDS)
+        assert ("" if label is None else str(label)) == row["truth"], row
     # The window rule over the table's accepted windows is the stream's own figure.
     assert result["window_rule"]["score"] == pytest.approx(stream["accepted"]["score"], abs=1e-9)
     counts = [result["window_rule"]["windows"], *(result[f"{s:g}"]["windows"] for s in SECONDS)]

@@ -89,6 +89,7 @@ def test_the_event_mix_block_keeps_the_glance_table_and_only_the_qlung_against_c
         "Paired per-seed differences, QLung + m − CE + m (seeds present in both):\n\n"
         "| figure | per seed | mean ± std |\n| --- | --- | ---: |\n"
         "| deployed, record level, Task 2-1 Score | +1.00 | 1.00 |\n| some other row | +2.00 | 2.00 |\n\n"
+        "- a note below the tables, not a recipe\n\n"
         "Paired per-seed differences, CE + m − cross-entropy (seeds present in both):\n\n"
         "| figure | per seed | mean ± std |\n| --- | --- | ---: |\n"
         "| deployed, record level, Task 2-1 Score | +3.00 | 3.00 |\n"
@@ -98,3 +99,4 @@ def test_the_event_mix_block_keeps_the_glance_table_and_only_the_qlung_against_c
     assert "| A | 3 |" in block and "| deployed, record level, Task 2-1 Score | 70.00 |" not in block
     assert "QLung + m − CE + m" in block and "| deployed, record level, Task 2-1 Score | +1.00 | 1.00 |" in block
     assert "some other row" not in block and "CE + m − cross-entropy" not in block and "+3.00" not in block
+    assert "a note below the tables" not in block
