@@ -11,6 +11,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -103,6 +104,30 @@ def run_demo(out: Path, recordings: int = 300, seed: int = 0) -> None:
     click.secho(f"\ndemo finished in {time.perf_counter() - begin:.1f} s", bold=True)
 
 
+def event_line(event: dict[str, Any]) -> str:
+    """One printed line per daemon event: a window's time, quality and call, an examination's verdict, or the
+    named fields of the other events."""
+    if event["type"] == "verdict":
+        return (
+            f"   [verdict] Task 2-1 {event['task_2_1']}, Task 2-2 {event['task_2_2']} ({event['ended_by']}): "
+            f"{event['reason']}"
+        )
+    if event["type"] == "exam":
+        why = [event["reason"], ", ".join(f"{k} {v}" for k, v in event["identity"].items() if v)]
+        return f"   [exam] {event['exam_id']} starts at {event['start']:.1f} s ({'; '.join(w for w in why if w)})"
+    if event["type"] != "window":
+        keys = [k for k in ("model", "backend", "source", "counts") if k in event]
+        return f"   [{event['type']}] " + ", ".join(f"{k}={event[k]}" for k in keys)
+    w = event["window"]
+    line = f"   {w['start']:6.1f}-{w['end']:5.1f} s  AQS {event['quality']['aqs']:.2f}  {event['status']:<10}"
+    if event["status"] == "classified":
+        exam = event["exam"]
+        line += f" {event['prediction']['label']:<8} exam: {exam['label']} over {exam['windows']} windows"
+    elif event["status"] == "gated":
+        line += f" {', '.join(event['reasons'])}: {event['advice']}"
+    return line + f"  ({event['latency_ms']:.0f} ms)"
+
+
 def stream_demo_recording(bundle: Path, data: Path, events_file: Path) -> None:
     """The longest synthetic recording, with 3 s of it silenced, through `Daemon` and its quality gate."""
     from training.synth import load_ground_truth
@@ -121,18 +146,7 @@ def stream_demo_recording(bundle: Path, data: Path, events_file: Path) -> None:
         name = "print"
 
         def send(self, event: dict) -> None:  # type: ignore[type-arg]
-            if event["type"] != "window":
-                keys = [k for k in ("model", "backend", "source", "counts") if k in event]
-                click.echo(f"   [{event['type']}] " + ", ".join(f"{k}={event[k]}" for k in keys))
-                return
-            w = event["window"]
-            line = f"   {w['start']:6.1f}-{w['end']:5.1f} s  AQS {event['quality']['aqs']:.2f}  {event['status']:<10}"
-            if event["status"] == "classified":
-                exam = event["exam"]
-                line += f" {event['prediction']['label']:<8} exam: {exam['label']} over {exam['windows']} windows"
-            elif event["status"] == "gated":
-                line += f" {', '.join(event['reasons'])}: {event['advice']}"
-            click.echo(line + f"  ({event['latency_ms']:.0f} ms)")
+            click.echo(event_line(event))
 
     source = FileSource(name=f"file:{recording}", path=recording, realtime=True, speed=20.0)
     config = DaemonConfig(bundle=bundle, source=source.name, hop_seconds=1.0, stream_name="demo")
