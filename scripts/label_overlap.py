@@ -69,7 +69,6 @@ def _recordings(data: str) -> dict[str, Recording]:
 
 
 def measure(run: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results import windows_table
 
     stream = json.loads((run / "eval-stream" / "eval_stream.json").read_text())

@@ -156,9 +156,7 @@ def event_mix_block(results: str) -> str:
     for i, section in enumerate(sections):
         if section.startswith(GLANCE_HEADING) and i + 1 < len(sections):
             lines += ["", section, "", sections[i + 1]]
-        elif section.startswith("Paired per-seed differences, QLung") and re.match(
-            r"Paired per-seed differences, QLung[^−]* − (CE|cross-entropy)", section
-        ):
+        elif re.match(r"Paired per-seed differences, QLung[^−]* − (CE|cross-entropy)", section):
             rows = [
                 row
                 for row in sections[i + 1].splitlines()
